@@ -1,0 +1,119 @@
+"""Settings: the only reader of the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite:///incidents.db"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot reads from its environment, validated once at start-up."""
+
+    slack_bot_token: str | None
+    slack_signing_secret: str | None
+    slack_app_token: str | None
+    database_url: str
+    slack_api_url: str
+    incident_timezone: str
+    templates_dir: Path | None
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        require: Iterable[str] = (),
+        environ: Mapping[str, str] | None = None,
+        env_file: str | Path | None = ".env",
+    ) -> Settings:
+        """Read settings from `environ` (default: the process environment) over `env_file`.
+
+        `require` names variables this command cannot run without (for example `serve`
+        needs `SLACK_SIGNING_SECRET`); a missing one raises `ConfigError` naming it.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = values.get(name, "").strip()
+            return value or None
+
+        for name in require:
+            if get(name) is None:
+                raise ConfigError(f"{name} is not set; see .env.example for what it should hold.")
+
+        settings = cls(
+            slack_bot_token=_token(get("SLACK_BOT_TOKEN"), "SLACK_BOT_TOKEN", "xoxb-"),
+            slack_signing_secret=get("SLACK_SIGNING_SECRET"),
+            slack_app_token=_token(get("SLACK_APP_TOKEN"), "SLACK_APP_TOKEN", "xapp-"),
+            database_url=_database_url(get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            slack_api_url=_api_url(get("SLACK_API_URL") or DEFAULT_SLACK_API_URL),
+            incident_timezone=_timezone(get("INCIDENT_TIMEZONE") or "UTC"),
+            templates_dir=_templates_dir(get("TEMPLATES_DIR")),
+        )
+        return settings
+
+
+def _token(value: str | None, name: str, prefix: str) -> str | None:
+    if value is not None and not value.startswith(prefix):
+        raise ConfigError(f"{name} must start with {prefix!r}; check that the right token is set.")
+    return value
+
+
+def _database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            f"DATABASE_URL is not a database URL: {value!r} "
+            "(expected e.g. sqlite:///incidents.db or postgresql+psycopg://user@host/db)."
+        ) from None
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"DATABASE_URL names {url.get_backend_name()!r}; "
+            "only sqlite and postgresql are supported."
+        )
+    return value
+
+
+def _api_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"SLACK_API_URL must be an http(s) URL, got {value!r}.")
+    return value if value.endswith("/") else value + "/"
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"INCIDENT_TIMEZONE is not a known IANA time zone: {value!r} (e.g. Africa/Nairobi)."
+        ) from None
+    return value
+
+
+def _templates_dir(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"TEMPLATES_DIR does not name a folder: {value!r}.")
+    return path

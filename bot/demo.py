@@ -1,0 +1,414 @@
+"""A local stand-in for Slack, and `incident-bot demo`, which runs a sample incident through it.
+
+`FakeSlack` plays the part of Slack's Web API on 127.0.0.1 (the methods this bot calls,
+files_upload_v2's upload URL and the commands' response URLs) and records every call.
+`SlashCommand` builds a request signed exactly as Slack signs one. The tests use both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
+
+from slack_sdk.signature import SignatureVerifier
+
+DEMO_TEAM = "T0DEMO0001"
+DEMO_USER = "U0DEMO0001"
+DEMO_SIGNING_SECRET = "demo-signing-secret"
+DEMO_BOT_TOKEN = "xoxb-demo-token"
+DEMO_ZONE = "Africa/Nairobi"
+
+
+@dataclass
+class ApiCall:
+    """One request the stand-in received."""
+
+    method: str
+    params: dict[str, Any]
+    token: str | None
+
+
+@dataclass
+class Fault:
+    """An answer to give instead of the normal one, `times` times."""
+
+    status: int = 200
+    error: str | None = None
+    retry_after: int | None = None
+    delay: float = 0.0
+    times: int = 1
+
+
+@dataclass
+class FakeSlack:
+    """Slack's Web API on loopback: answers like Slack, remembers what it was asked."""
+
+    users: dict[str, str] = field(default_factory=dict)  # user id -> IANA zone
+    team_id: str = DEMO_TEAM
+    bot_user_id: str = "U0BOT00001"
+    calls: list[ApiCall] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    members_only: set[str] = field(default_factory=set)  # channels the bot is not in
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._server: ThreadingHTTPServer | None = None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start(self) -> FakeSlack:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                fake._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def base(self) -> str:
+        assert self._server is not None, "start() the stand-in first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        return f"{self.base}/response/{name}"
+
+    # --- inspecting and steering ---------------------------------------------------------
+
+    def fail(self, method: str, fault: Fault) -> None:
+        with self._lock:
+            self.faults.setdefault(method, []).append(fault)
+
+    def calls_to(self, method: str) -> list[ApiCall]:
+        with self._lock:
+            return [call for call in self.calls if call.method == method]
+
+    def wait_for(self, method: str, count: int = 1, timeout: float = 10.0) -> list[ApiCall]:
+        """The calls to `method` once there are `count` of them (or when `timeout` runs out)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                found = [call for call in self.calls if call.method == method]
+                remaining = deadline - time.monotonic()
+                if len(found) >= count or remaining <= 0:
+                    return found
+                self._lock.wait(remaining)
+
+    def wait_for_responses(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.responses) < count and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, deadline - time.monotonic()))
+            return list(self.responses)
+
+    # --- answering -----------------------------------------------------------------------
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length) if length else b""
+        path = request.path.split("?", 1)[0]
+        if path.startswith("/upload/"):
+            with self._lock:
+                self.uploads[path.removeprefix("/upload/")] = raw
+                self._lock.notify_all()
+            _send(request, 200, b"OK", "text/plain")
+            return
+        if path.startswith("/response/"):
+            with self._lock:
+                self.responses.append(json.loads(raw or b"{}"))
+                self._lock.notify_all()
+            _send(request, 200, b"ok", "text/plain")
+            return
+        if not path.startswith("/api/"):
+            _send(request, 404, b"Not Found", "text/plain")
+            return
+        method = path.removeprefix("/api/")
+        params = _params(raw, request.headers.get("Content-Type", ""))
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip() or params.pop("token", None)
+        with self._lock:
+            self.calls.append(ApiCall(method=method, params=params, token=token))
+            self._lock.notify_all()
+            queue = self.faults.get(method) or []
+            fault = queue[0] if queue else None
+            if fault is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    queue.pop(0)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.status != 200 or fault.error:
+                headers = (
+                    {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                )
+                body = {"ok": False, "error": fault.error or "fatal_error"}
+                _send(request, fault.status, json.dumps(body).encode(), "application/json", headers)
+                return
+        if not token:
+            _send(request, 200, b'{"ok": false, "error": "not_authed"}', "application/json")
+            return
+        answer = self._answer(method, params)
+        _send(request, 200, json.dumps(answer).encode(), "application/json")
+
+    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        number = next(self._ids)
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": "https://demo.slack.com/",
+                "team": "Demo",
+                "team_id": self.team_id,
+                "user": "incident-bot",
+                "user_id": self.bot_user_id,
+                "bot_id": "B0BOT00001",
+            }
+        if method == "users.info":
+            user = str(params.get("user", ""))
+            if user not in self.users:
+                return {"ok": False, "error": "user_not_found"}
+            zone = self.users[user]
+            offset = datetime.now(ZoneInfo(zone)).utcoffset() or timedelta(0)
+            return {
+                "ok": True,
+                "user": {
+                    "id": user,
+                    "tz": zone,
+                    "tz_label": zone,
+                    "tz_offset": int(offset.total_seconds()),
+                },
+            }
+        if method in ("chat.postMessage", "chat.postEphemeral"):
+            channel = str(params.get("channel", ""))
+            if channel in self.members_only:
+                return {"ok": False, "error": "not_in_channel"}
+            ts = f"{int(time.time())}.{number:06d}"
+            return {
+                "ok": True,
+                "channel": channel,
+                "ts": ts,
+                "message": {"text": params.get("text"), "ts": ts},
+            }
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{number:09d}"
+            return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            files = params.get("files")
+            listed = json.loads(files) if isinstance(files, str) else files or []
+            channel = str(params.get("channel_id", ""))
+            if channel in self.members_only:
+                return {"ok": False, "error": "not_in_channel"}
+            return {
+                "ok": True,
+                "files": [{"id": f["id"], "title": f.get("title", "")} for f in listed],
+            }
+        return {"ok": False, "error": "unknown_method"}
+
+    def uploaded_text(self, index: int = -1) -> str:
+        """The content of an uploaded file (the last one by default)."""
+        with self._lock:
+            return list(self.uploads.values())[index].decode()
+
+
+def _params(raw: bytes, content_type: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    if "json" in content_type:
+        loaded = json.loads(raw)
+        return dict(loaded) if isinstance(loaded, dict) else {}
+    return dict(parse_qsl(raw.decode(), keep_blank_values=True))
+
+
+def _send(
+    request: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        request.send_header(name, value)
+    request.end_headers()
+    request.wfile.write(body)
+
+
+# --- signed requests ----------------------------------------------------------------------
+
+
+def slack_escape(typed: str) -> str:
+    """Text as Slack sends what a person typed: `&`, `<` and `>` escaped."""
+    return typed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def sign(secret: str, body: str, *, timestamp: int | None = None) -> dict[str, str]:
+    """The headers Slack sends with a request body, signed with the app's signing secret."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+    return {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-slack-request-timestamp": stamp,
+        "x-slack-signature": signature or "",
+    }
+
+
+@dataclass
+class SlashCommand:
+    """Builds `/incident` requests as Slack sends them for one person in one channel."""
+
+    secret: str
+    team_id: str = DEMO_TEAM
+    channel_id: str = "C0DEMO0001"
+    user_id: str = DEMO_USER
+    response_url: str = "https://hooks.slack.com/commands/T0/1/x"
+
+    def body(self, text: str, *, escaped: bool = False) -> str:
+        """The form body for `/incident <text>`; `text` is what the person typed."""
+        return urlencode(
+            {
+                "token": "legacy-verification-token",
+                "team_id": self.team_id,
+                "team_domain": "demo",
+                "channel_id": self.channel_id,
+                "channel_name": "incident",
+                "user_id": self.user_id,
+                "user_name": "demo",
+                "command": "/incident",
+                "text": text if escaped else slack_escape(text),
+                "api_app_id": "A0DEMO0001",
+                "is_enterprise_install": "false",
+                "response_url": self.response_url,
+                "trigger_id": "1.2.3",
+            }
+        )
+
+    def signed(self, text: str, *, escaped: bool = False) -> tuple[str, dict[str, str]]:
+        body = self.body(text, escaped=escaped)
+        return body, sign(self.secret, body)
+
+
+# --- the demo -----------------------------------------------------------------------------
+
+
+def hum_replay(day: str) -> list[str]:
+    """The incident of shared/reference-postmortems/hum-ddos-outage.md as `/incident` texts."""
+    return [
+        f"start {day} 1:06 AM - Servers answer every request with 503 errors",
+        f"note {day} 1:06 AM - Outage begins",
+        f"note {day} 1:06 AM - DataDog monitoring systems alerted developers",
+        f"note {day} 1:10 AM - Alerted key stakeholders and security provider",
+        f"note {day} 1:10 AM - Activated countermeasures",
+        f"note {day} 1:37 AM - Monitored attack progression",
+        f"note {day} 1:40 AM - Assessed defense performance",
+        f"note {day} 1:51 AM - Successfully stopped the attack",
+        f"note {day} 1:54 AM - Analyzed the attack",
+        f"note {day} 2:11 AM - Assessed damages and Identified weak spots",
+        f"note {day} 2:30 AM - Verification of security vendor SLA",
+        f"note {day} 2:39 AM - Servers restart begin",
+        "impact Requests to the company's servers resulted in 503 error response messages. "
+        "All the services served by the servers returned a 503 status code. "
+        "The outage affected 100% of traffic to the servers. The websites served were all down.",
+        "cause a DDoS attack that overloaded the servers' RAM",
+        "resolution The network team implemented IP-based Access Control Lists (ACLs) to block "
+        "all the traffic from attack sources. The attack was coming from a single source. "
+        "The servers were restarted once the attack was curbed.",
+        "action Assess potential damages like loss of revenue and customers",
+        "action Assign responsibilities according to the assessed damages",
+        "action Set up detection mechanisms",
+        "action Deploy a DDoS protection solution",
+        "status",
+        f"close {day} 2:46 AM - 100% traffic online",
+    ]
+
+
+def run() -> int:
+    """Run the sample incident through the real app against the stand-in; print the postmortem."""
+    from slack_bolt.request import BoltRequest
+
+    from bot.app import build_app
+    from bot.config import Settings
+    from bot.services import build_services
+
+    fake = FakeSlack(users={DEMO_USER: DEMO_ZONE}).start()
+    try:
+        settings = dataclasses.replace(
+            Settings.load(),
+            slack_bot_token=DEMO_BOT_TOKEN,
+            slack_signing_secret=DEMO_SIGNING_SECRET,
+            slack_api_url=fake.api_url,
+        )
+        services = build_services(settings)
+        app = build_app(settings, services)
+        command = SlashCommand(
+            secret=DEMO_SIGNING_SECRET,
+            channel_id=f"C0DEMO{uuid.uuid4().hex[:6].upper()}",
+            response_url=fake.response_url("demo"),
+        )
+        print(
+            f"Running a sample incident in channel {command.channel_id} "
+            f"(database: {settings.database_url})",
+            file=sys.stderr,
+        )
+        day = (datetime.now(ZoneInfo(DEMO_ZONE)) - timedelta(days=1)).date().isoformat()
+        for text in hum_replay(day):
+            body, headers = command.signed(text)
+            request_headers: dict[str, str | Sequence[str]] = dict(headers)
+            response = app.dispatch(BoltRequest(body=body, headers=request_headers))
+            reply = json.loads(response.body or "{}").get("text", "") if response.body else ""
+            first_line = reply.splitlines()[0] if reply else ""
+            print(
+                f"  /incident {_shorten(text, 60):<62} {response.status} "
+                f"{_shorten(first_line, 70)}",
+                file=sys.stderr,
+            )
+            if response.status != 200:
+                return 1
+        if not services.followups.wait(timeout=60) or not fake.uploads:
+            print("incident-bot demo: the postmortem was not uploaded", file=sys.stderr)
+            return 1
+        posted = fake.calls_to("chat.postMessage")
+        if posted:
+            print(f"Posted to the channel: {posted[-1].params.get('text')}", file=sys.stderr)
+        print("Uploaded postmortem (files_upload_v2):\n", file=sys.stderr)
+        sys.stdout.write(fake.uploaded_text())
+        sys.stdout.flush()
+        return 0
+    finally:
+        fake.stop()
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

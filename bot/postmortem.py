@@ -1,0 +1,269 @@
+"""Postmortems: a plain context built from an incident, rendered by Jinja templates.
+
+One `Environment` is built at start-up. HTML templates are autoescaped; Markdown ones are
+not, so every typed text goes through the `md` filter. Templates receive only the frozen
+dataclasses below, never an ORM object, and typed text is only ever template *data*.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    select_autoescape,
+)
+from markupsafe import Markup, escape
+from sqlalchemy.orm import Session
+
+from bot import incidents
+from bot.models import Incident
+
+
+class Format(StrEnum):
+    MARKDOWN = "md"
+    HTML = "html"
+
+
+TEMPLATE_NAMES = {Format.MARKDOWN: "postmortem.md.j2", Format.HTML: "postmortem.html.j2"}
+
+
+def builtin_templates_dir() -> Path:
+    """The shipped templates: inside the installed package, or at the top of a checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "templates", package_dir.parent / "templates"):
+        if (candidate / TEMPLATE_NAMES[Format.MARKDOWN]).is_file():
+            return candidate
+    raise FileNotFoundError(f"the built-in templates are missing from {package_dir}")
+
+
+def build_environment(templates_dir: Path | None = None) -> Environment:
+    """The Jinja environment: the user's templates first (if any), then the built-in ones."""
+    loaders = [FileSystemLoader(builtin_templates_dir())]
+    if templates_dir is not None:
+        loaders.insert(0, FileSystemLoader(templates_dir))
+    env = Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "htm", "html.j2", "htm.j2"), default_for_string=False
+        ),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = markdown_escape
+    env.filters["md_item"] = markdown_item
+    env.filters["br"] = html_lines
+    env.filters["continues"] = continue_sentence
+    env.filters["sentence"] = end_sentence
+    return env
+
+
+@dataclass(frozen=True)
+class Line:
+    """One timeline entry as the reader sees it."""
+
+    when: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """When the impact began and ended, in the incident's zone."""
+
+    phrase: str
+    start: str
+    end: str
+    zone: str
+    duration: str
+    ongoing: bool
+    spans_days: bool
+
+
+@dataclass(frozen=True)
+class PostmortemContext:
+    reference: str
+    title: str
+    channel_id: str
+    status: str
+    timezone: str
+    date: str
+    window: Window
+    impact: str | None
+    cause: str | None
+    resolution: str | None
+    summary: str | None
+    timeline: Sequence[Line]
+    actions: Sequence[str]
+    generated_on: str
+
+
+def build_context(session: Session, *, incident: Incident, now: datetime) -> PostmortemContext:
+    """Read everything a postmortem shows about an incident into plain values."""
+    entries = incidents.timeline(session, incident=incident)
+    zone = ZoneInfo(incident.timezone)
+    start = min([incident.started_at, *(e.occurred_at for e in entries[:1])])
+    end = incident.closed_at or now
+    ongoing = incident.closed_at is None
+    local_start, local_end = start.astimezone(zone), end.astimezone(zone)
+    days = {local_start.date(), local_end.date()} | {
+        e.occurred_at.astimezone(zone).date() for e in entries
+    }
+    spans_days = len(days) > 1
+    zone_name = _zone_abbreviation(local_start)
+
+    lines = []
+    previous_day: date | None = None
+    for entry in entries:
+        local = entry.occurred_at.astimezone(zone)
+        show_date = spans_days and local.date() != previous_day
+        lines.append(Line(when=_clock(local, zone_name, with_date=show_date), text=entry.text))
+        previous_day = local.date()
+
+    return PostmortemContext(
+        reference=incident.reference,
+        title=incident.title,
+        channel_id=incident.channel_id,
+        status="ongoing" if ongoing else "resolved",
+        timezone=incident.timezone,
+        date=_long_date(local_start.date()),
+        window=Window(
+            phrase=_window_phrase(local_start, local_end, zone_name, spans_days, ongoing),
+            start=_clock(local_start, zone_name, with_date=spans_days),
+            end=_clock(local_end, zone_name, with_date=spans_days),
+            zone=zone_name,
+            duration=format_duration(_minute(end) - _minute(start)),
+            ongoing=ongoing,
+            spans_days=spans_days,
+        ),
+        impact=incident.impact,
+        cause=incident.cause,
+        resolution=incident.resolution,
+        summary=incident.summary,
+        timeline=lines,
+        actions=incidents.actions(session, incident=incident),
+        generated_on=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+def render(env: Environment, context: PostmortemContext, fmt: Format = Format.MARKDOWN) -> str:
+    return env.get_template(TEMPLATE_NAMES[fmt]).render(pm=context)
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def format_duration(span: timedelta) -> str:
+    """`1 hour 40 minutes`, `2 days 3 hours`, `less than a minute`."""
+    minutes = max(0, int(span.total_seconds() // 60))
+    if minutes == 0:
+        return "less than a minute"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [
+        f"{n} {unit}{'' if n == 1 else 's'}"
+        for n, unit in ((days, "day"), (hours, "hour"), (minutes, "minute"))
+        if n
+    ]
+    return " ".join(parts)
+
+
+def _zone_abbreviation(moment: datetime) -> str:
+    name = moment.tzname() or "UTC"
+    if name[0] in "+-":  # zones without a letter abbreviation report "+0530" or "-03"
+        return f"UTC{name}"
+    return name
+
+
+def _clock(local: datetime, zone_name: str, *, with_date: bool) -> str:
+    text = f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+    if with_date:
+        text = f"{local.day} {local:%b} {text}"
+    own_zone = _zone_abbreviation(local)
+    if own_zone != zone_name:  # daylight saving changed during the incident
+        text = f"{text} {own_zone}"
+    return text
+
+
+def _long_date(day: date) -> str:
+    return f"{day:%A} {day.day} {day:%B %Y}"
+
+
+def _window_phrase(
+    start: datetime, end: datetime, zone_name: str, spans_days: bool, ongoing: bool
+) -> str:
+    def point(moment: datetime) -> str:
+        clock = _clock(moment, zone_name, with_date=False)
+        return f"{clock} on {moment.day} {moment:%B %Y}" if spans_days else clock
+
+    if ongoing:
+        return f"Since {point(start)} {zone_name}"
+    return f"From {point(start)} to {point(end)} {zone_name}"
+
+
+# --- filters -------------------------------------------------------------------------------
+
+_MD_INLINE = re.compile(r"([\\`*\[\]<>])|(?<!\w)_|_(?!\w)|&(?=#?\w+;)")
+_MD_BLOCK_START = re.compile(r"^(\s*)([#+=>|-]|~~~)")
+_MD_ORDERED = re.compile(r"^(\s*\d+)([.)])")
+
+
+def markdown_escape(text: str) -> str:
+    """Escape typed text so Markdown shows it as typed; line breaks stay line breaks."""
+    lines = []
+    for line in text.splitlines() or [""]:
+        line = _MD_INLINE.sub(lambda m: "\\" + m.group(0), line)
+        line = _MD_BLOCK_START.sub(r"\1\\\2", line)
+        line = _MD_ORDERED.sub(r"\1\\\2", line)
+        lines.append(line)
+    return "  \n".join(lines)
+
+
+def markdown_item(text: str) -> str:
+    """Escape text for a list item: continuation lines are indented to stay in the item."""
+    return markdown_escape(text).replace("\n", "\n  ")
+
+
+def html_lines(text: str) -> Markup:
+    """Escape text for HTML, keeping its line breaks."""
+    return Markup("<br>\n").join(escape(line) for line in text.splitlines() or [""])
+
+
+# Words that start a sentence only because they are common, so they can be lowercased when
+# the text continues a sentence ("From 1:06 AM to 2:46 AM EAT, requests ..."). Anything
+# else may be a name ("Stripe", "DNS") and keeps its capital.
+_COMMON_OPENERS = frozenset(
+    "a an the all any some most many every each no our their its this that these those about "
+    "around roughly approximately nearly almost half one two three users customers requests "
+    "traffic clients people visitors there it we they".split()
+)
+
+
+def continue_sentence(text: str) -> str:
+    """Typed text continuing a sentence: a common first word lowercased, a final stop."""
+    text = text.strip()
+    text = text if not text or text[-1] in ".!?…)\"'”’" else text + "."
+    first, _, rest = text.partition(" ")
+    if first.lower() in _COMMON_OPENERS and first[:1].isupper() and first[1:] == first[1:].lower():
+        text = first.lower() + (" " + rest if rest else "")
+    return text
+
+
+def end_sentence(text: str) -> str:
+    """Typed text as a sentence of its own: a common first word capitalised, a final stop."""
+    text = text.strip()
+    first, _, rest = text.partition(" ")
+    if first in _COMMON_OPENERS:
+        text = first.capitalize() + (" " + rest if rest else "")
+    return text if not text or text[-1] in ".!?…)\"'”’" else text + "."

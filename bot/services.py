@@ -1,0 +1,111 @@
+"""What listeners need besides the request: storage, templates, clocks, follow-up work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from jinja2 import Environment
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import db, postmortem
+from bot.config import Settings
+from bot.slack.timezones import UserTimezones
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FollowUps:
+    """Work that runs after the acknowledgement (posting, uploading), on a few threads."""
+
+    def __init__(self, max_workers: int = 4) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="followup")
+        self._futures: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("follow-up work failed")
+
+        future = self._executor.submit(run)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the work submitted so far; True when all of it finished."""
+        with self._lock:
+            pending = set(self._futures)
+        done, not_done = wait(pending, timeout=timeout)
+        return not not_done
+
+
+@dataclass
+class Services:
+    """What listeners need besides the request: storage, templates, clocks and helpers."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    templates: Environment
+    timezones: UserTimezones
+    followups: FollowUps = field(default_factory=FollowUps)
+    clock: Callable[[], datetime] = utc_now
+
+
+def build_services(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    create_schema: bool = True,
+) -> Services:
+    engine = engine or db.make_engine(settings.database_url)
+    if create_schema:
+        db.create_schema(engine)
+    return Services(
+        settings=settings,
+        engine=engine,
+        sessions=db.make_session_factory(engine),
+        templates=postmortem.build_environment(settings.templates_dir),
+        timezones=UserTimezones(
+            fallback=settings.incident_timezone, api_url=settings.slack_api_url
+        ),
+        clock=clock,
+    )
+
+
+def web_client(settings: Settings, token: str | None) -> WebClient:
+    """A Web API client that retries what Slack asks to be retried, a bounded number of times."""
+    return WebClient(
+        token=token,
+        base_url=settings.slack_api_url,
+        timeout=10,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=2),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )

@@ -1,0 +1,355 @@
+"""`/incident`: a table of subcommands that both dispatches and renders the help.
+
+Each handler turns one parsed command into one use-case call and a `Reply`; the listener
+acknowledges only after the session commits, so what Slack shows as recorded is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_bolt import Ack, App, BoltContext
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from bot import incidents, timeparse
+from bot.models import Field, Incident
+from bot.services import Services
+from bot.slack import publish, replies
+from bot.slack import text as slack_text
+from bot.slack.middleware import with_session
+from bot.slack.replies import Reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One `/incident` command, parsed: who typed what, where, and when it arrived."""
+
+    session: Session
+    services: Services
+    team_id: str
+    channel_id: str
+    user_id: str
+    text: str
+    now: datetime
+    token: str | None
+    response_url: str | None
+
+    def zone(self) -> ZoneInfo:
+        """The caller's time zone (Slack's `users.info`), or the configured fallback."""
+        return self.services.timezones.zone_for(
+            team_id=self.team_id, user_id=self.user_id, token=self.token
+        )
+
+    def leading_time(self) -> timeparse.Leading:
+        """The text split into its optional `<when> - ` and the rest."""
+        head, separator, _ = self.text.partition(timeparse.SEPARATOR)
+        if not separator or not timeparse.looks_like_time(head):
+            return timeparse.Leading(when=None, rest=self.text)
+        return timeparse.split_leading_time(self.text, zone=self.zone(), now=self.now)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A handler's result: the reply, and perhaps work to do once Slack has its answer."""
+
+    reply: Reply
+    followup: Callable[[], None] | None = None
+
+
+Handler = Callable[[Call, Incident | None], Outcome]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    usage: str
+    description: str
+    handler: Handler
+    aliases: tuple[str, ...] = ()
+    needs_text: bool = True
+    needs_incident: bool = True
+
+
+def handle_start(call: Call, _: Incident | None) -> Outcome:
+    zone = call.zone()
+    leading = timeparse.split_leading_time(call.text, zone=zone, now=call.now)
+    try:
+        incident = incidents.start_incident(
+            call.session,
+            team_id=call.team_id,
+            channel_id=call.channel_id,
+            user_id=call.user_id,
+            title=leading.rest,
+            started_at=leading.when or call.now,
+            timezone=zone.key,
+            now=call.now,
+        )
+    except incidents.IncidentAlreadyOpenError as error:
+        return Outcome(replies.already_open(error.incident))
+    return Outcome(replies.started(incident, now=call.now))
+
+
+def handle_note(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    leading = call.leading_time()
+    occurred_at = leading.when or call.now
+    incidents.add_entry(
+        call.session,
+        incident=incident,
+        text=leading.rest,
+        occurred_at=occurred_at,
+        author_id=call.user_id,
+        now=call.now,
+    )
+    return Outcome(
+        replies.noted(incident, occurred_at=occurred_at, text=leading.rest, now=call.now)
+    )
+
+
+def _field_handler(field: Field, label: str) -> Handler:
+    def handle(call: Call, incident: Incident | None) -> Outcome:
+        assert incident is not None
+        replaced = getattr(incident, field.value) is not None
+        change = incidents.set_field(
+            call.session,
+            incident=incident,
+            field=field,
+            value=call.text,
+            user_id=call.user_id,
+            now=call.now,
+        )
+        return Outcome(
+            replies.field_set(incident, field_name=label, value=change.value, replaced=replaced)
+        )
+
+    handle.__name__ = f"handle_{field.value}"
+    return handle
+
+
+def handle_action(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    action = incidents.add_action(
+        call.session, incident=incident, text=call.text, user_id=call.user_id, now=call.now
+    )
+    call.session.flush()
+    count = len(incidents.actions(call.session, incident=incident))
+    return Outcome(replies.action_added(incident, text=action.text, count=count))
+
+
+def handle_close(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    text = call.text
+    if text and timeparse.looks_like_time(text):  # `/incident close 2:46 AM` with no text after it
+        text = text + timeparse.SEPARATOR
+    leading = timeparse.split_leading_time(text, zone=call.zone(), now=call.now) if text else None
+    when = leading.when if leading and leading.when else call.now
+    incidents.close_incident(
+        call.session,
+        incident=incident,
+        closed_at=when,
+        user_id=call.user_id,
+        text=leading.rest if leading else None,
+        now=call.now,
+    )
+    services, incident_id, token = call.services, incident.id, call.token
+    channel_id, response_url = call.channel_id, call.response_url
+
+    def followup() -> None:
+        publish.publish_postmortem(
+            services,
+            incident_id=incident_id,
+            channel_id=channel_id,
+            token=token,
+            response_url=response_url,
+        )
+
+    return Outcome(replies.closed(incident), followup=followup)
+
+
+def handle_status(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    entries = incidents.timeline(call.session, incident=incident, last=STATUS_ENTRIES)
+    total = incidents.count_entries(call.session, incident=incident)
+    return Outcome(replies.status(incident, entries=entries, total=total, now=call.now))
+
+
+def handle_help(_call: Call, _incident: Incident | None) -> Outcome:
+    return Outcome(help_reply())
+
+
+STATUS_ENTRIES = 20
+
+SUBCOMMANDS: Sequence[Subcommand] = (
+    Subcommand(
+        "start",
+        "start [<when> -] <title>",
+        "Open an incident in this channel (INC-<n>); <when> is when it began.",
+        handle_start,
+        aliases=("open", "declare"),
+        needs_incident=False,
+    ),
+    Subcommand(
+        "note",
+        "note [<when> -] <text>",
+        "Add an entry to the timeline, stamped now or at <when>.",
+        handle_note,
+        aliases=("add", "log"),
+    ),
+    Subcommand(
+        "impact",
+        "impact <text>",
+        "Who or what was affected, e.g. `requests to checkout returned 503 errors`.",
+        _field_handler(Field.IMPACT, "impact"),
+    ),
+    Subcommand(
+        "cause",
+        "cause <text>",
+        "The root cause, e.g. `a DDoS attack that overloaded the servers' RAM`.",
+        _field_handler(Field.CAUSE, "root cause"),
+        aliases=("rootcause", "root-cause"),
+    ),
+    Subcommand(
+        "resolution",
+        "resolution <text>",
+        "How it was resolved.",
+        _field_handler(Field.RESOLUTION, "resolution"),
+        aliases=("fix",),
+    ),
+    Subcommand(
+        "summary",
+        "summary <text>",
+        "A closing summary for the postmortem.",
+        _field_handler(Field.SUMMARY, "summary"),
+    ),
+    Subcommand(
+        "action",
+        "action <text>",
+        "Add a corrective or preventative measure.",
+        handle_action,
+        aliases=("measure", "todo"),
+    ),
+    Subcommand(
+        "close",
+        "close [<when> -] [<text>]",
+        "Close the incident (the text becomes the last entry) and post the postmortem.",
+        handle_close,
+        aliases=("end", "resolve"),
+        needs_text=False,
+    ),
+    Subcommand(
+        "status",
+        "status",
+        "Show the open incident and its latest timeline entries.",
+        handle_status,
+        needs_text=False,
+    ),
+    Subcommand(
+        "help",
+        "help",
+        "Show this help.",
+        handle_help,
+        needs_text=False,
+        needs_incident=False,
+    ),
+)
+
+_BY_NAME = {name: sub for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases)}
+
+
+def split_subcommand(text: str) -> tuple[str, str]:
+    """`"note 1:06 AM - x"` → `("note", "1:06 AM - x")`; the name is lowercased."""
+    stripped = text.strip()
+    name, _, rest = stripped.partition(" ")
+    if "\n" in name:
+        name, _, more = name.partition("\n")
+        rest = more + (" " + rest if rest else "")
+    return name.lower(), rest.strip()
+
+
+def find_subcommand(name: str) -> Subcommand | None:
+    return _BY_NAME.get(name)
+
+
+def help_reply(problem: str | None = None) -> Reply:
+    return replies.help_text([(sub.usage, sub.description) for sub in SUBCOMMANDS], problem=problem)
+
+
+def run_command(call_text: str, build_call: Callable[[str], Call]) -> Outcome:
+    """Dispatch one command's text; user errors come back as replies, nothing raised."""
+    name, rest = split_subcommand(call_text)
+    if not name:
+        return Outcome(help_reply())
+    subcommand = find_subcommand(name)
+    if subcommand is None:
+        return Outcome(help_reply(f"I don't know `{shorten_name(name)}`. Here is what I can do:"))
+    if subcommand.needs_text and not rest:
+        return Outcome(
+            help_reply(f"`/incident {subcommand.name}` needs some text: {subcommand.usage}")
+        )
+    call = build_call(slack_text.decode(rest))
+    if len(call.text) > incidents.MAX_TEXT_LENGTH:
+        return Outcome(replies.refusal(str(incidents.TextTooLongError(len(call.text)))))
+    incident = None
+    if subcommand.needs_incident:
+        incident = incidents.find_open_incident(
+            call.session, team_id=call.team_id, channel_id=call.channel_id
+        )
+        if incident is None:
+            return Outcome(replies.no_open_incident())
+    try:
+        return subcommand.handler(call, incident)
+    except (incidents.IncidentError, timeparse.TimeParseError) as error:
+        call.session.rollback()
+        return Outcome(replies.refusal(str(error)))
+
+
+def shorten_name(name: str) -> str:
+    return replies.shorten(name, 40)
+
+
+def handle_incident_command(
+    ack: Ack, command: dict[str, Any], context: BoltContext, services: Services
+) -> None:
+    """The `/incident` listener: parse, run one use case, commit, then acknowledge."""
+    session: Session = context["db"]
+    now = services.clock()
+
+    def build_call(text: str) -> Call:
+        return Call(
+            session=session,
+            services=services,
+            team_id=command.get("team_id") or context.team_id or "",
+            channel_id=command.get("channel_id", ""),
+            user_id=command.get("user_id", ""),
+            text=text,
+            now=now,
+            token=context.bot_token,
+            response_url=command.get("response_url"),
+        )
+
+    try:
+        outcome = run_command(command.get("text", ""), build_call)
+        session.commit()
+    except SQLAlchemyError:
+        log.exception("could not record /incident %s", split_subcommand(command.get("text", ""))[0])
+        session.rollback()
+        outcome = Outcome(replies.could_not_record())
+    ack(**outcome.reply.as_ack())
+    if outcome.followup is not None:
+        services.followups.submit(outcome.followup)
+
+
+def register(app: App, services: Services) -> None:
+    @with_session(services.sessions)
+    def handle_incident(ack: Ack, command: dict[str, Any], context: BoltContext) -> None:
+        handle_incident_command(ack, command, context, services)
+
+    app.command("/incident")(handle_incident)

@@ -1,0 +1,114 @@
+"""After a close is acknowledged: store the postmortem, post the summary, upload the file."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
+
+from bot import incidents, postmortem
+from bot.models import Incident
+from bot.services import Services, web_client
+from bot.slack import replies
+from bot.slack.replies import Reply
+
+log = logging.getLogger(__name__)
+
+# Errors that mean the bot cannot post in this channel until someone invites it.
+NOT_A_MEMBER = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
+
+
+def publish_postmortem(
+    services: Services,
+    *,
+    incident_id: int,
+    channel_id: str,
+    token: str | None,
+    response_url: str | None,
+) -> None:
+    """Render and keep the postmortem, then post the summary and the Markdown file."""
+    with services.sessions() as session:
+        incident = session.get_one(Incident, incident_id)
+        context = postmortem.build_context(session, incident=incident, now=services.clock())
+        summary = replies.close_summary(
+            incident,
+            window=context.window.phrase,
+            duration=context.window.duration,
+            entries=len(context.timeline),
+            actions=len(context.actions),
+        )
+        try:
+            markdown = postmortem.render(services.templates, context)
+        except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
+            log.exception("rendering the postmortem of %s failed", incident.reference)
+            _tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
+            markdown = None
+        if markdown is not None:
+            incidents.record_postmortem(
+                session, incident=incident, markdown=markdown, now=services.clock()
+            )
+            session.commit()
+        reference, title = incident.reference, incident.title
+
+    client = web_client(services.settings, token)
+    try:
+        client.chat_postMessage(
+            channel=channel_id,
+            text=summary.text,
+            blocks=[block.to_dict() for block in summary.blocks],
+            unfurl_links=False,
+        )
+    except SlackApiError as error:
+        code = str(error.response.get("error", ""))
+        log.warning("posting the summary of %s failed: %s", reference, code)
+        if code in NOT_A_MEMBER:
+            # The response URL can still speak in the channel; ask for an invitation.
+            _tell(response_url, summary)
+            _tell(
+                response_url,
+                replies.refusal(
+                    f"I am not a member of this channel, so I could not post there ({code}). "
+                    "Invite me with /invite and run the export to get the postmortem file."
+                ),
+            )
+            return
+        _tell(
+            response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
+        )
+    except SlackClientError as error:
+        log.warning("posting the summary of %s failed: %s", reference, error)
+        _tell(
+            response_url,
+            replies.refusal(f"I could not reach Slack to post the summary of {reference}."),
+        )
+
+    if markdown is None:
+        return
+    try:
+        client.files_upload_v2(
+            channel=channel_id,
+            content=markdown,
+            filename=f"{reference}-postmortem.md",
+            title=replies.shorten(f"Postmortem {reference}: {title}", 250),
+        )
+    except SlackClientError as error:
+        code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
+        log.warning("uploading the postmortem of %s failed: %s", reference, code)
+        _tell(
+            response_url,
+            replies.refusal(
+                f"I could not upload the postmortem of {reference} ({code}). It is saved: "
+                f"`incident-bot export {reference}` prints it."
+            ),
+        )
+
+
+def _tell(response_url: str | None, reply: Reply) -> None:
+    """Answer through the command's response URL; a failure here is only logged."""
+    if not response_url:
+        return
+    try:
+        WebhookClient(response_url, timeout=10).send(**reply.as_ack())
+    except Exception:
+        log.exception("could not answer through the response URL")

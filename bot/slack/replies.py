@@ -1,0 +1,234 @@
+"""What people read in Slack: Block Kit with a plain-text fallback, never able to ping a channel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.incidents import EntryRow
+from bot.models import Incident
+from bot.slack import text as slack_text
+
+# Slack's limit on a section's text; longer typed text is shortened in replies only.
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer to a command: to the caller only, or to the whole channel."""
+
+    text: str
+    blocks: Sequence[Block] = field(default_factory=tuple)
+    in_channel: bool = False
+
+    def as_ack(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "blocks": [block.to_dict() for block in self.blocks],
+            "response_type": "in_channel" if self.in_channel else "ephemeral",
+        }
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(text: str, limit: int = 2500) -> str:
+    """Typed text for mrkdwn: escaped, mention-safe, shortened for Slack's block limits."""
+    return slack_text.escape(shorten(text, limit))
+
+
+def local_time(moment: datetime, zone: str, *, now: datetime | None = None) -> str:
+    """`1:06 AM EAT`, with the date when it is not today in that zone."""
+    local = moment.astimezone(ZoneInfo(zone))
+    clock = f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+    label = f"{clock} {local.tzname()}"
+    if now is None or now.astimezone(ZoneInfo(zone)).date() != local.date():
+        label = f"{label}, {local:%a} {local.day} {local:%b %Y}"
+    return label
+
+
+def _section(markdown: str) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=shorten(markdown, SECTION_LIMIT)))
+
+
+def _context(markdown: str) -> ContextBlock:
+    return ContextBlock(elements=[MarkdownTextObject(text=shorten(markdown, SECTION_LIMIT))])
+
+
+def simple(message: str) -> Reply:
+    """A one-section reply to the caller; `message` is already mrkdwn-safe."""
+    return Reply(text=message, blocks=(_section(message),))
+
+
+def refusal(message: str) -> Reply:
+    """A request that was not carried out; `message` is plain text and gets escaped."""
+    safe = slack_text.escape(message)
+    return Reply(text=safe, blocks=(_section(f":warning: {safe}"),))
+
+
+def started(incident: Incident, *, now: datetime) -> Reply:
+    title = quoted(incident.title, 2000)
+    when = local_time(incident.started_at, incident.timezone, now=now)
+    opener = slack_text.user(incident.opened_by)
+    headline = f":rotating_light: *{incident.reference}* opened by {opener}: {title}"
+    return Reply(
+        text=f"{incident.reference} opened: {title}",
+        blocks=(
+            HeaderBlock(
+                text=PlainTextObject(
+                    text=shorten(f"{incident.reference}: {incident.title}", HEADER_LIMIT),
+                    emoji=False,
+                )
+            ),
+            _section(headline),
+            _context(
+                f"Started {when} · add to the timeline with `/incident note <text>` · "
+                "finish with `/incident close`"
+            ),
+        ),
+        in_channel=True,
+    )
+
+
+def already_open(incident: Incident) -> Reply:
+    message = (
+        f"*{incident.reference}* is already open in this channel: {quoted(incident.title, 2000)}\n"
+        "Add to it with `/incident note <text>`, or `/incident close` it before starting another."
+    )
+    return Reply(
+        text=f"{incident.reference} is already open in this channel.", blocks=(_section(message),)
+    )
+
+
+def no_open_incident() -> Reply:
+    message = (
+        "There is no open incident in this channel, so nothing was recorded.\n"
+        "Start one with `/incident start <title>` (or `/incident start 1:06 AM - <title>` "
+        "if it began earlier)."
+    )
+    return Reply(text="There is no open incident in this channel.", blocks=(_section(message),))
+
+
+def noted(incident: Incident, *, occurred_at: datetime, text: str, now: datetime) -> Reply:
+    when = local_time(occurred_at, incident.timezone, now=now)
+    return simple(f"Added to *{incident.reference}* at {when}: {quoted(text)}")
+
+
+def field_set(incident: Incident, *, field_name: str, value: str, replaced: bool) -> Reply:
+    note = " (the earlier one is kept in the incident's history)" if replaced else ""
+    return simple(f"*{incident.reference}* {field_name} set{note}: {quoted(value)}")
+
+
+def action_added(incident: Incident, *, text: str, count: int) -> Reply:
+    return simple(f"Measure {count} added to *{incident.reference}*: {quoted(text)}")
+
+
+def closed(incident: Incident) -> Reply:
+    return simple(f"*{incident.reference}* is closed. Posting the summary and the postmortem here…")
+
+
+def close_summary(
+    incident: Incident, *, window: str, duration: str, entries: int, actions: int
+) -> Reply:
+    """The short summary posted to the channel when an incident closes."""
+    title = quoted(incident.title, 2000)
+    lines = [
+        f":white_check_mark: *{incident.reference}* resolved: {title}",
+        f"*Window:* {slack_text.escape(window)} ({duration})",
+    ]
+    if incident.impact:
+        lines.append(f"*Impact:* {quoted(incident.impact, 600)}")
+    if incident.cause:
+        lines.append(f"*Root cause:* {quoted(incident.cause, 600)}")
+    closer = slack_text.user(incident.closed_by or "")
+    context = (
+        f"{entries} timeline entr{'y' if entries == 1 else 'ies'} · {actions} "
+        f"measure{'' if actions == 1 else 's'} · closed by {closer}"
+    )
+    return Reply(
+        text=f"{incident.reference} resolved: {title}",
+        blocks=(_section("\n".join(lines)), _context(context)),
+        in_channel=True,
+    )
+
+
+def status(incident: Incident, *, entries: Sequence[EntryRow], total: int, now: datetime) -> Reply:
+    started_at = local_time(incident.started_at, incident.timezone, now=now)
+    header = (
+        f"*{incident.reference}*: {quoted(incident.title, 1000)}\n"
+        f"Open since {started_at}, opened by {slack_text.user(incident.opened_by)}"
+    )
+    blocks: list[Block] = [_section(header)]
+    fields = [
+        ("Impact", incident.impact),
+        ("Root cause", incident.cause),
+        ("Resolution", incident.resolution),
+        ("Summary", incident.summary),
+    ]
+    known = [f"*{name}:* {quoted(value, 500)}" for name, value in fields if value]
+    if known:
+        blocks.append(_section("\n".join(known)))
+    if entries:
+        hidden = total - len(entries)
+        lines = [
+            f"• {local_time(e.occurred_at, incident.timezone, now=now)} - {quoted(e.text, 200)}"
+            for e in entries
+        ]
+        if hidden:
+            lines.insert(0, f"_{hidden} earlier entr{'y' if hidden == 1 else 'ies'} not shown_")
+        blocks.append(_section("*Timeline*\n" + _fit_lines(lines)))
+    else:
+        blocks.append(_section("*Timeline*\nNothing noted yet: `/incident note <text>`"))
+    return Reply(text=f"{incident.reference}: {total} timeline entries so far", blocks=blocks)
+
+
+def _fit_lines(lines: list[str]) -> str:
+    # Keep the newest lines when the section limit forces a cut.
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if size + len(line) + 1 > SECTION_LIMIT - 20:
+            kept.append("…")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(reversed(kept))
+
+
+def could_not_record() -> Reply:
+    return simple(
+        ":warning: I could not record that: the database did not answer. Nothing was saved; "
+        "please try again in a moment."
+    )
+
+
+def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) -> Reply:
+    """Usage for every subcommand; `rows` are (usage, description) pairs from the command table."""
+    lines = [f"`/incident {usage}`  {description}" for usage, description in rows]
+    body = "*Incident commands*\n" + "\n".join(lines)
+    blocks: list[Block] = []
+    if problem:
+        blocks.append(_section(f":warning: {slack_text.escape(problem)}"))
+    blocks.append(_section(body))
+    blocks.append(
+        _context(
+            "`<when>` is optional: a time such as `1:06 AM` or `2026-11-20 01:06`, read in your "
+            "Slack time zone, followed by ` - `. Without it, the entry is stamped now."
+        )
+    )
+    fallback = (slack_text.escape(problem) + "\n" if problem else "") + body
+    return Reply(text=fallback, blocks=blocks)

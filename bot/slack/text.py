@@ -1,0 +1,57 @@
+"""Slack's text markup: what arrives (`&lt;`, `<@U1|ann>`) and what may safely go back."""
+
+from __future__ import annotations
+
+import re
+
+# <@U123>, <@U123|ann>, <#C123|general>, <!here>, <!subteam^S1|@oncall>, <https://x|label>
+_MARKUP = re.compile(r"<([^<>]*)>")
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+_ZERO_WIDTH_SPACE = "\u200b"
+
+
+def decode(text: str) -> str:
+    """Turn Slack's escaped command text into what the person typed.
+
+    Mentions become their visible form (`@ann`, `#general`, `@here`), links their URL or
+    label, and the three escaped characters (`&amp;`, `&lt;`, `&gt;`) themselves.
+    """
+    return _unescape(_MARKUP.sub(_visible_form, text))
+
+
+def _visible_form(match: re.Match[str]) -> str:
+    inner = match.group(1)
+    target, _, label = inner.partition("|")
+    if target.startswith("@"):
+        return f"@{label}" if label else target
+    if target.startswith("#"):
+        return f"#{label}" if label else target
+    if target.startswith("!"):
+        keyword = target[1:].split("^", 1)[0]
+        if keyword in ("channel", "here", "everyone"):
+            return f"@{keyword}"
+        if label:
+            return label if label.startswith("@") or keyword != "subteam" else f"@{label}"
+        return f"@{keyword}"
+    if label:
+        return f"{label} ({target})" if label != target else target
+    return target
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def escape(text: str) -> str:
+    """Make stored text safe to post: no markup, and `@channel` and friends cannot ping."""
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub(lambda m: f"@{_ZERO_WIDTH_SPACE}{m.group(1)}", escaped)
+
+
+def user(user_id: str) -> str:
+    """A mention of one person, which Slack shows as their name."""
+    return f"<@{user_id}>" if re.fullmatch(r"[UW][A-Z0-9]+", user_id) else escape(user_id)
+
+
+def channel(channel_id: str) -> str:
+    return f"<#{channel_id}>" if re.fullmatch(r"[CGD][A-Z0-9]+", channel_id) else escape(channel_id)

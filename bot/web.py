@@ -1,0 +1,76 @@
+"""The HTTP app: `POST /slack/events` for Slack, `GET /healthz` for load balancers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from bot import db
+from bot.config import Settings
+from bot.services import Services
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+SLACK_PATH = "/slack/events"
+
+WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
+
+
+def build_wsgi(app: App, services: Services) -> WsgiApp:
+    """Route health checks ourselves and everything else to Bolt's WSGI adapter."""
+    slack = SlackRequestHandler(app, path=SLACK_PATH)
+
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz" and environ.get("REQUEST_METHOD") in (
+            "GET",
+            "HEAD",
+        ):
+            healthy = db.ping(services.engine)
+            return _json(
+                start_response,
+                200 if healthy else 503,
+                {"database": "ok" if healthy else "unreachable"},
+            )
+        return slack(environ, start_response)
+
+    return wsgi
+
+
+def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+    )
+    return [payload]
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
+    """Run the WSGI app under gunicorn: `workers` processes of `threads` threads each."""
+    from gunicorn.app.base import BaseApplication
+
+    from bot.app import build_app
+    from bot.services import build_services
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", threads)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> WsgiApp:
+            # Each worker builds its own app: engines and thread pools must not cross a fork.
+            services = build_services(settings, create_schema=False)
+            return build_wsgi(build_app(settings, services), services)
+
+    Server().run()

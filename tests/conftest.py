@@ -60,9 +60,7 @@ def _postgres_engine(schema: str) -> Engine:
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     admin.dispose()
-    return db.make_engine(
-        TEST_DATABASE_URL, connect_args={"options": f"-csearch_path={schema}"}
-    )
+    return db.make_engine(TEST_DATABASE_URL, connect_args={"options": f"-csearch_path={schema}"})
 
 
 def _drop_postgres_schema(schema: str) -> None:

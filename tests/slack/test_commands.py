@@ -1,0 +1,462 @@
+"""`/incident` end to end: signed requests into the real Bolt app, Slack played by the stand-in."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.demo import Fault, hum_replay
+from bot.incidents import MAX_TEXT_LENGTH
+from bot.models import Action, FieldChange, Incident, Postmortem, TimelineEntry
+from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, TEAM, Bot
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-postmortems"
+HUM = REFERENCE / "hum-ddos-outage.md"
+
+
+def count(bot: Bot, model: type) -> int:
+    with bot.services.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def stored_entries(bot: Bot) -> list[TimelineEntry]:
+    with bot.services.sessions() as session:
+        return list(
+            session.scalars(
+                select(TimelineEntry).order_by(TimelineEntry.occurred_at, TimelineEntry.id)
+            )
+        )
+
+
+def the_incident(bot: Bot, channel: str = CHANNEL, team: str = TEAM) -> Incident:
+    with bot.services.sessions() as session:
+        return session.scalars(
+            select(Incident).where(Incident.channel_id == channel, Incident.team_id == team)
+        ).one()
+
+
+# --- start ----------------------------------------------------------------------------------
+
+
+def test_start_opens_an_incident_and_tells_the_channel(bot: Bot) -> None:
+    reply = bot.command("start Checkout returns 500s")
+
+    assert reply.status == 200
+    assert reply.in_channel
+    assert "INC-1" in reply.text and "Checkout returns 500s" in reply.text
+    incident = the_incident(bot)
+    assert (incident.number, incident.title, incident.status) == (
+        1,
+        "Checkout returns 500s",
+        "open",
+    )
+    assert incident.started_at == bot.clock.now
+    assert incident.timezone == "Africa/Nairobi"  # Alice's zone, from users.info
+    assert incident.opened_by == ALICE
+
+
+def test_start_with_a_time_is_read_in_the_starters_zone(bot: Bot) -> None:
+    bot.command("start 1:06 AM - Outage", user=BOB)  # now is 22:00 the day before in Los Angeles
+
+    incident = the_incident(bot)
+    assert incident.timezone == "America/Los_Angeles"
+    assert incident.started_at == datetime(2026, 11, 19, 9, 6, tzinfo=UTC)
+
+
+def test_second_start_in_the_same_channel_is_refused_and_names_the_open_one(bot: Bot) -> None:
+    bot.command("start First")
+    reply = bot.command("start Second")
+
+    assert reply.status == 200
+    assert not reply.in_channel
+    assert "INC-1" in reply.text
+    assert "First" in reply.visible
+    assert count(bot, Incident) == 1
+
+
+def test_numbers_count_per_workspace_and_workspaces_never_see_each_other(bot: Bot) -> None:
+    assert "INC-1" in bot.command("start A", channel="C0AAAAAAA1").text
+    assert "INC-2" in bot.command("start B", channel="C0BBBBBBB1").text
+    other = {"team": "T0OTHER001", "channel": "C0AAAAAAA1"}  # same channel id, other workspace
+
+    assert "no open incident" in bot.command("note hello", **other).text.lower()
+    assert "INC-1" in bot.command("start C", **other).text
+    bot.command("note from the other workspace", **other)
+
+    assert "*INC-1*: C" in bot.command("status", **other).visible
+    ours = bot.command("status", channel="C0AAAAAAA1").visible
+    assert "*INC-1*: A" in ours
+    assert "from the other workspace" not in ours
+
+
+# --- note -----------------------------------------------------------------------------------
+
+
+def test_note_is_stamped_with_the_moment_the_command_arrived(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.clock.advance(minutes=7)
+    reply = bot.command("note Rolled back the deploy")
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "Rolled back the deploy" in reply.text
+    [entry] = stored_entries(bot)
+    assert entry.text == "Rolled back the deploy"
+    assert entry.occurred_at == bot.clock.now
+    assert entry.author_id == ALICE
+
+
+def test_note_with_a_time_is_read_in_the_writers_own_zone(bot: Bot) -> None:
+    bot.command("start Outage")  # by Alice, Nairobi
+    bot.command("note 8:30 AM - Alice saw errors")  # 05:30 UTC
+    bot.command("note 9:45 PM - Bob saw errors", user=BOB)  # 21:45 PST on the 19th = 05:45 UTC
+    bot.command("note 07:50 - someone unknown", user=NOBODY)  # INCIDENT_TIMEZONE (UTC)
+
+    assert [(e.text, e.occurred_at) for e in stored_entries(bot)] == [
+        ("someone unknown", datetime(2026, 11, 19, 7, 50, tzinfo=UTC)),  # 07:50 today is future
+        ("Alice saw errors", datetime(2026, 11, 20, 5, 30, tzinfo=UTC)),
+        ("Bob saw errors", datetime(2026, 11, 20, 5, 45, tzinfo=UTC)),
+    ]
+
+
+def test_text_that_starts_with_a_number_is_not_a_time(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note 500 errors - checkout")
+    [entry] = stored_entries(bot)
+    assert entry.text == "500 errors - checkout"
+    assert entry.occurred_at == bot.clock.now
+
+
+def test_a_time_that_is_not_a_time_is_refused_and_nothing_is_stored(bot: Bot) -> None:
+    bot.command("start Outage")
+    reply = bot.command("note 25:99 - nope")
+    assert reply.status == 200
+    assert "25:99" in reply.text
+    assert count(bot, TimelineEntry) == 0
+
+
+def test_slow_time_zone_lookup_falls_back_without_holding_up_the_ack(bot: Bot) -> None:
+    bot.fake.fail("users.info", Fault(delay=3.0))
+    reply = bot.command("start Outage")
+    assert reply.status == 200 and "INC-1" in reply.text
+    assert the_incident(bot).timezone == "UTC"  # INCIDENT_TIMEZONE, not Nairobi
+
+
+def test_failed_time_zone_lookup_falls_back(bot: Bot) -> None:
+    bot.fake.fail("users.info", Fault(status=500))
+    bot.command("start Outage")
+    assert the_incident(bot).timezone == "UTC"
+
+
+# --- fields and measures ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "column"),
+    [
+        ("impact", "impact"),
+        ("cause", "cause"),
+        ("resolution", "resolution"),
+        ("summary", "summary"),
+    ],
+)
+def test_fields_latest_wins_and_history_is_kept(bot: Bot, subcommand: str, column: str) -> None:
+    bot.command("start Outage")
+    bot.command(f"{subcommand} first value")
+    bot.clock.advance(minutes=1)
+    reply = bot.command(f"{subcommand} second value", user=BOB)
+
+    assert reply.status == 200 and "second value" in reply.text
+    assert getattr(the_incident(bot), column) == "second value"
+    with bot.services.sessions() as session:
+        history = session.execute(
+            select(FieldChange.field, FieldChange.value, FieldChange.changed_by).order_by(
+                FieldChange.id
+            )
+        ).all()
+    assert [tuple(row) for row in history] == [
+        (column, "first value", ALICE),
+        (column, "second value", BOB),
+    ]
+    assert count(bot, TimelineEntry) == 0  # not timeline entries
+
+
+def test_actions_are_a_list(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("action Add rate limits")
+    reply = bot.command("action Page the database team sooner")
+    assert "2" in reply.text
+    with bot.services.sessions() as session:
+        assert list(session.scalars(select(Action.text).order_by(Action.id))) == [
+            "Add rate limits",
+            "Page the database team sooner",
+        ]
+
+
+# --- close ----------------------------------------------------------------------------------
+
+
+def test_close_posts_a_summary_and_uploads_the_markdown_postmortem(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Checkout is down")
+    bot.command("impact Customers could not pay")
+    bot.command("cause an expired TLS certificate")
+    reply = bot.command("close 8:42 AM - Certificate renewed")
+    bot.wait()
+
+    assert reply.status == 200 and "INC-1" in reply.text
+    incident = the_incident(bot)
+    assert incident.status == "closed"
+    assert incident.closed_at == datetime(2026, 11, 20, 5, 42, tzinfo=UTC)
+    assert stored_entries(bot)[-1].text == "Certificate renewed"
+
+    [posted] = bot.fake.calls_to("chat.postMessage")
+    assert posted.params["channel"] == CHANNEL
+    assert "INC-1" in posted.params["text"]
+    assert posted.token == "xoxb-test-token"
+    [completed] = bot.fake.calls_to("files.completeUploadExternal")
+    assert completed.params["channel_id"] == CHANNEL
+    markdown = bot.fake.uploaded_text()
+    assert markdown.startswith("# Postmortem: Checkout is down")
+    assert "From 8:00 AM to 8:42 AM EAT, customers could not pay." in markdown
+    assert "42 minutes" in markdown
+    assert "* 8:42 AM - Certificate renewed" in markdown
+    with bot.services.sessions() as session:
+        assert session.scalars(select(Postmortem.markdown)).one() == markdown
+
+
+def test_close_without_text_adds_no_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    assert the_incident(bot).status == "closed"
+    assert count(bot, TimelineEntry) == 0
+
+
+def test_close_with_only_a_time(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Outage")
+    bot.command("close 8:30 AM")
+    bot.wait()
+    incident = the_incident(bot)
+    assert incident.closed_at == datetime(2026, 11, 20, 5, 30, tzinfo=UTC)
+    assert count(bot, TimelineEntry) == 0
+
+
+def test_close_before_the_start_is_refused_and_nothing_changes(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Outage")
+    reply = bot.command("close 7:30 AM - too early")
+    assert reply.status == 200
+    assert "before" in reply.text.lower()
+    assert the_incident(bot).status == "open"
+    assert count(bot, TimelineEntry) == 0
+    assert bot.fake.calls_to("chat.postMessage") == []
+
+
+def test_after_close_the_channel_can_start_again(bot: Bot) -> None:
+    bot.command("start One")
+    bot.command("close")
+    bot.wait()
+    assert "INC-2" in bot.command("start Two").text
+
+
+def test_summary_is_still_shared_when_the_bot_is_not_in_the_channel(bot: Bot) -> None:
+    bot.fake.members_only.add(CHANNEL)
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    assert any("invite" in r["text"].lower() for r in responses)
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
+
+
+def test_a_failed_upload_is_reported_and_the_postmortem_is_kept(bot: Bot) -> None:
+    bot.fake.fail("files.getUploadURLExternal", Fault(error="internal_error"))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(1)
+    assert any("could not upload" in r["text"] and "export INC-1" in r["text"] for r in responses)
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
+
+
+def test_slack_rate_limit_on_the_summary_is_retried(bot: Bot) -> None:
+    bot.fake.fail("chat.postMessage", Fault(status=429, error="ratelimited", retry_after=1))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    assert len(bot.fake.calls_to("chat.postMessage")) == 2
+    assert bot.fake.uploads
+
+
+# --- status and help ---------------------------------------------------------------------
+
+
+def test_status_shows_the_incident_and_its_timeline(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Outage")
+    bot.command("note 8:05 AM - first")
+    bot.command("note 8:10 AM - second")
+    bot.command("impact Everyone")
+    reply = bot.command("status")
+    assert reply.status == 200 and not reply.in_channel
+    for expected in ("INC-1", "Outage", "8:05 AM", "first", "8:10 AM", "second", "Everyone"):
+        assert expected in reply.visible
+
+
+def test_status_of_a_long_incident_shows_the_latest_entries(bot: Bot) -> None:
+    bot.command("start Outage")
+    for n in range(30):
+        bot.clock.advance(minutes=1)
+        bot.command(f"note step {n}")
+    reply = bot.command("status")
+    assert "step 29" in reply.visible
+    assert "step 0 " not in reply.visible and "step 0\\" not in reply.visible
+    assert "10 earlier entries not shown" in reply.visible
+
+
+@pytest.mark.parametrize("typed", ["help", "", "frobnicate now", "note", "start", "impact", "  "])
+def test_help_unknown_and_missing_text_list_every_subcommand(bot: Bot, typed: str) -> None:
+    reply = bot.command(typed)
+    assert reply.status == 200 and not reply.in_channel
+    for usage in (
+        "start [<when> -] <title>",
+        "note [<when> -] <text>",
+        "impact <text>",
+        "cause <text>",
+        "resolution <text>",
+        "summary <text>",
+        "action <text>",
+        "close [<when> -] [<text>]",
+        "status",
+        "help",
+    ):
+        assert usage in reply.text, usage
+    assert count(bot, Incident) == 0
+
+
+def test_unknown_subcommand_is_named_in_the_reply(bot: Bot) -> None:
+    assert "frobnicate" in bot.command("frobnicate now").text
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "note hello",
+        "impact x",
+        "cause x",
+        "resolution x",
+        "summary x",
+        "action x",
+        "close",
+        "status",
+    ],
+)
+def test_without_an_open_incident_nothing_is_stored(bot: Bot, typed: str) -> None:
+    reply = bot.command(typed)
+    assert reply.status == 200
+    assert "no open incident" in reply.text.lower()
+    assert "/incident start" in reply.visible
+    assert count(bot, Incident) == count(bot, TimelineEntry) == count(bot, FieldChange) == 0
+
+
+# --- what people type ---------------------------------------------------------------------
+
+
+def test_text_over_the_limit_is_refused_with_the_limit_named(bot: Bot) -> None:
+    bot.command("start Outage")
+    reply = bot.command("note " + "x" * (MAX_TEXT_LENGTH + 1))
+    assert "4,000" in reply.text
+    assert count(bot, TimelineEntry) == 0
+    assert bot.command("note " + "y" * MAX_TEXT_LENGTH).status == 200
+    assert count(bot, TimelineEntry) == 1
+
+
+def test_huge_title_is_refused(bot: Bot) -> None:
+    reply = bot.command("start " + "x" * 5000)
+    assert "4,000" in reply.text
+    assert count(bot, Incident) == 0
+
+
+def test_slack_markup_is_stored_as_typed_and_never_pings(bot: Bot) -> None:
+    bot.command("start Outage")
+    escaped = "&lt;b&gt; R&amp;D &amp;amp; <@U0BOB00001|bob> told <!channel> and <!here> @everyone"
+    reply = bot.command(f"note {escaped}", escaped=True)
+
+    [entry] = stored_entries(bot)
+    assert entry.text == "<b> R&D &amp; @bob told @channel and @here @everyone"
+    for ping in ("<!channel>", "<!here>", "<!everyone>"):
+        assert ping not in reply.visible
+    assert not re.search(r"(?<!\u200b)@(channel|here|everyone)\b", reply.text)
+    assert "&lt;b&gt;" in reply.text  # shown as typed, not as markup
+
+
+def test_template_syntax_in_text_is_just_text(bot: Bot) -> None:
+    bot.command("start {{ 7*7 }} {% if true %}boom{% endif %}")
+    bot.command("note {{ config }}")
+    bot.command("close")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "49" not in markdown
+    assert "{{ 7\\*7 }}" in markdown and "{{ config }}" in markdown
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+def test_forged_signature_is_rejected_and_nothing_is_stored(bot: Bot) -> None:
+    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    headers = bot.signed(body)
+    headers["x-slack-signature"] = "v0=" + "0" * 64
+    assert bot.dispatch(body, headers).status == 401
+    assert count(bot, Incident) == 0
+
+
+def test_body_changed_after_signing_is_rejected(bot: Bot) -> None:
+    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    headers = bot.signed(body)
+    assert bot.dispatch(body.replace("start+x", "start+y"), headers).status == 401
+    assert count(bot, Incident) == 0
+
+
+def test_stale_signature_is_rejected(bot: Bot) -> None:
+    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    headers = bot.signed(body, timestamp=int(time.time()) - 10 * 60)
+    assert bot.dispatch(body, headers).status == 401
+    assert count(bot, Incident) == 0
+
+
+def test_missing_signature_is_rejected(bot: Bot) -> None:
+    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    assert bot.dispatch(body, {"content-type": "application/x-www-form-urlencoded"}).status == 401
+    assert count(bot, Incident) == 0
+
+
+# --- the reference incident ---------------------------------------------------------------
+
+
+def _bullets(markdown: str, heading: str) -> list[str]:
+    section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    return [line[2:].strip() for line in section.splitlines() if line.startswith("* ")]
+
+
+def test_replaying_the_hum_outage_gives_its_window_timeline_and_measures(bot: Bot) -> None:
+    for typed in hum_replay("2026-11-20"):
+        assert bot.command(typed).status == 200, typed
+    bot.wait()
+    ours = bot.fake.uploaded_text()
+    reference = HUM.read_text()
+
+    assert "From 1:06 AM to 2:46 AM EAT, " in reference  # the reference's own window
+    assert "From 1:06 AM to 2:46 AM EAT, " in ours
+    assert "1 hour 40 minutes" in ours
+    assert _bullets(ours, "Timeline") == _bullets(reference, "Timeline")
+    assert _bullets(ours, "Corrective and preventative measures") == _bullets(
+        reference, "Corrective and preventative measures"
+    )
+    headings = [line for line in ours.splitlines() if line.startswith("## ")]
+    assert headings == [line.strip() for line in reference.splitlines() if line.startswith("## ")]

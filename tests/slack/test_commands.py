@@ -17,6 +17,10 @@ from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, TEAM, Bot
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-postmortems"
 HUM = REFERENCE / "hum-ddos-outage.md"
+START_X = (
+    "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001"
+    "&command=%2Fincident&text=start+x&response_url=http%3A%2F%2F127.0.0.1%3A9%2Fr"
+)
 
 
 def count(bot: Bot, model: type) -> int:
@@ -409,7 +413,7 @@ def test_template_syntax_in_text_is_just_text(bot: Bot) -> None:
 
 
 def test_forged_signature_is_rejected_and_nothing_is_stored(bot: Bot) -> None:
-    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    body = START_X
     headers = bot.signed(body)
     headers["x-slack-signature"] = "v0=" + "0" * 64
     assert bot.dispatch(body, headers).status == 401
@@ -417,21 +421,21 @@ def test_forged_signature_is_rejected_and_nothing_is_stored(bot: Bot) -> None:
 
 
 def test_body_changed_after_signing_is_rejected(bot: Bot) -> None:
-    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    body = START_X
     headers = bot.signed(body)
     assert bot.dispatch(body.replace("start+x", "start+y"), headers).status == 401
     assert count(bot, Incident) == 0
 
 
 def test_stale_signature_is_rejected(bot: Bot) -> None:
-    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    body = START_X
     headers = bot.signed(body, timestamp=int(time.time()) - 10 * 60)
     assert bot.dispatch(body, headers).status == 401
     assert count(bot, Incident) == 0
 
 
 def test_missing_signature_is_rejected(bot: Bot) -> None:
-    body = "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001&command=%2Fincident&text=start+x"
+    body = START_X
     assert bot.dispatch(body, {"content-type": "application/x-www-form-urlencoded"}).status == 401
     assert count(bot, Incident) == 0
 

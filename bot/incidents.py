@@ -71,6 +71,8 @@ def check_text(text: str, *, what: str = "text") -> str:
         raise EmptyTextError(f"The {what} is empty.")
     if len(text) > MAX_TEXT_LENGTH:
         raise TextTooLongError(len(text))
+    if "\x00" in text:
+        raise IncidentError(f"The {what} contains a NUL character, which cannot be stored.")
     return text
 
 

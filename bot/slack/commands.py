@@ -6,9 +6,11 @@ acknowledges only after the session commits, so what Slack shows as recorded is 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +28,8 @@ from bot.slack.middleware import with_session
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
+# One JSON line per command: workspace, subcommand, outcome, latency. Never a token or secret.
+request_log = logging.getLogger("bot.requests")
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,16 @@ class Call:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A handler's result: the reply, and perhaps work to do once Slack has its answer."""
+    """A handler's result: the reply, and perhaps work to do once Slack has its answer.
+
+    `result` says in one word what happened, for the request log: `ok`, `refused`, `help`,
+    `no_incident`, `unknown_subcommand`, `missing_text` or `db_error`.
+    """
 
     reply: Reply
     followup: Callable[[], None] | None = None
+    result: str = "ok"
+    subcommand: str = ""
 
 
 Handler = Callable[[Call, Incident | None], Outcome]
@@ -93,7 +103,7 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
             now=call.now,
         )
     except incidents.IncidentAlreadyOpenError as error:
-        return Outcome(replies.already_open(error.incident))
+        return Outcome(replies.already_open(error.incident), result="refused")
     return Outcome(replies.started(incident, now=call.now))
 
 
@@ -182,7 +192,7 @@ def handle_status(call: Call, incident: Incident | None) -> Outcome:
 
 
 def handle_help(_call: Call, _incident: Incident | None) -> Outcome:
-    return Outcome(help_reply())
+    return Outcome(help_reply(), result="help")
 
 
 STATUS_ENTRIES = 20
@@ -285,30 +295,39 @@ def help_reply(problem: str | None = None) -> Reply:
 def run_command(call_text: str, build_call: Callable[[str], Call]) -> Outcome:
     """Dispatch one command's text; user errors come back as replies, nothing raised."""
     name, rest = split_subcommand(call_text)
-    if not name:
-        return Outcome(help_reply())
     subcommand = find_subcommand(name)
+    outcome = _run(subcommand, name, rest, build_call)
+    label = subcommand.name if subcommand else shorten_name(name) or "help"
+    return replace(outcome, subcommand=label)
+
+
+def _run(
+    subcommand: Subcommand | None, name: str, rest: str, build_call: Callable[[str], Call]
+) -> Outcome:
+    if not name:
+        return Outcome(help_reply(), result="help")
     if subcommand is None:
-        return Outcome(help_reply(f"I don't know `{shorten_name(name)}`. Here is what I can do:"))
+        problem = f"I don't know `{shorten_name(name)}`. Here is what I can do:"
+        return Outcome(help_reply(problem), result="unknown_subcommand")
     if subcommand.needs_text and not rest:
-        return Outcome(
-            help_reply(f"`/incident {subcommand.name}` needs some text: {subcommand.usage}")
-        )
+        problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
+        return Outcome(help_reply(problem), result="missing_text")
     call = build_call(slack_text.decode(rest))
     if len(call.text) > incidents.MAX_TEXT_LENGTH:
-        return Outcome(replies.refusal(str(incidents.TextTooLongError(len(call.text)))))
+        refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
+        return Outcome(refusal, result="refused")
     incident = None
     if subcommand.needs_incident:
         incident = incidents.find_open_incident(
             call.session, team_id=call.team_id, channel_id=call.channel_id
         )
         if incident is None:
-            return Outcome(replies.no_open_incident())
+            return Outcome(replies.no_open_incident(), result="no_incident")
     try:
         return subcommand.handler(call, incident)
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
-        return Outcome(replies.refusal(str(error)))
+        return Outcome(replies.refusal(str(error)), result="refused")
 
 
 def shorten_name(name: str) -> str:
@@ -319,6 +338,7 @@ def handle_incident_command(
     ack: Ack, command: dict[str, Any], context: BoltContext, services: Services
 ) -> None:
     """The `/incident` listener: parse, run one use case, commit, then acknowledge."""
+    started = time.perf_counter()
     session: Session = context["db"]
     now = services.clock()
 
@@ -338,13 +358,39 @@ def handle_incident_command(
     try:
         outcome = run_command(command.get("text", ""), build_call)
         session.commit()
-    except SQLAlchemyError:
-        log.exception("could not record /incident %s", split_subcommand(command.get("text", ""))[0])
-        session.rollback()
-        outcome = Outcome(replies.could_not_record())
+    except SQLAlchemyError as error:
+        log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
+        _rollback_quietly(session)
+        subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
+        outcome = Outcome(
+            replies.could_not_record(),
+            result="db_error",
+            subcommand=subcommand.name if subcommand else "",
+        )
     ack(**outcome.reply.as_ack())
     if outcome.followup is not None:
         services.followups.submit(outcome.followup)
+    request_log.info(
+        json.dumps(
+            {
+                "event": "command",
+                "team": command.get("team_id"),
+                "channel": command.get("channel_id"),
+                "user": command.get("user_id"),
+                "subcommand": outcome.subcommand,
+                "outcome": outcome.result,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+    )
+
+
+def _rollback_quietly(session: Session) -> None:
+    # The connection may be gone; the session is discarded either way.
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.debug("rollback failed", exc_info=True)
 
 
 def register(app: App, services: Services) -> None:

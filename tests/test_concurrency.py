@@ -1,0 +1,95 @@
+"""Races the database must settle: two `start`s for one channel, and numbering across channels."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from bot import incidents
+from bot.db import make_session_factory
+from bot.models import Incident
+from tests.conftest import NOW, TEAM, Bot, Database
+
+
+def _start(database: Database, channel: str, title: str) -> Incident:
+    with make_session_factory(database.engine)() as session:
+        incident = incidents.start_incident(
+            session,
+            team_id=TEAM,
+            channel_id=channel,
+            user_id="U1",
+            title=title,
+            started_at=NOW,
+            timezone="UTC",
+            now=NOW,
+        )
+        session.commit()
+        return incident
+
+
+def test_a_start_racing_an_uncommitted_start_is_told_which_one_is_open(database: Database) -> None:
+    sessions = make_session_factory(database.engine)
+    first = sessions()
+    opened = incidents.start_incident(
+        first,
+        team_id=TEAM,
+        channel_id="C1",
+        user_id="U1",
+        title="first",
+        started_at=NOW,
+        timezone="UTC",
+        now=NOW,
+    )  # flushed, not committed: the second start cannot see it yet
+    outcome: dict[str, object] = {}
+    started = threading.Event()
+
+    def second_start() -> None:
+        started.set()
+        try:
+            _start(database, "C1", "second")
+            outcome["result"] = "opened"
+        except incidents.IncidentAlreadyOpenError as error:
+            outcome["result"] = error.incident.number
+        except Exception as error:  # reported below rather than lost in the thread
+            outcome["result"] = error
+
+    thread = threading.Thread(target=second_start)
+    thread.start()
+    started.wait()
+    thread.join(timeout=1.0)  # it is waiting on the first transaction's lock
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert outcome["result"] == opened.number
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 1
+
+
+def test_starts_in_many_channels_at_once_get_distinct_numbers(database: Database) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        opened = list(pool.map(lambda n: _start(database, f"C{n}", f"t{n}").number, range(24)))
+    assert sorted(opened) == list(range(1, 25))
+
+
+@pytest.mark.parametrize("attempts", [8])
+def test_many_starts_through_the_app_for_one_channel_open_exactly_one(
+    bot: Bot, attempts: int
+) -> None:
+    barrier = threading.Barrier(attempts)
+
+    def start(n: int) -> str:
+        barrier.wait()
+        return bot.command(f"start attempt {n}").text
+
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        texts = list(pool.map(start, range(attempts)))
+
+    assert sum("opened" in text for text in texts) == 1
+    assert sum("already open" in text and "INC-1" in text for text in texts) == attempts - 1
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 1

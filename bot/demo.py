@@ -63,6 +63,7 @@ class FakeSlack:
     responses: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
+    private: set[str] = field(default_factory=set)  # private channels: joining is refused
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -220,6 +221,12 @@ class FakeSlack:
                 "ts": ts,
                 "message": {"text": params.get("text"), "ts": ts},
             }
+        if method == "conversations.join":
+            channel = str(params.get("channel", ""))
+            if channel.startswith("G") or channel in self.private:
+                return {"ok": False, "error": "method_not_supported_for_channel_type"}
+            self.members_only.discard(channel)
+            return {"ok": True, "channel": {"id": channel}}
         if method == "files.getUploadURLExternal":
             file_id = f"F{number:09d}"
             return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}

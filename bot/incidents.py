@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -218,9 +219,10 @@ def close_incident(
         text = check_text(text)
     start = impact_start(session, incident=incident)
     if closed_at < start:
+        zone = ZoneInfo(incident.timezone)
         raise CloseBeforeStartError(
-            f"{incident.reference} started at {_utc(start)}; it cannot close before that "
-            f"({_utc(closed_at)}). Nothing was recorded."
+            f"{incident.reference} started at {_local(start, zone)}; it cannot close before "
+            f"that ({_local(closed_at, zone)}). Nothing was recorded."
         )
     if text:
         add_entry(
@@ -239,8 +241,8 @@ def close_incident(
     return incident
 
 
-def _utc(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+def _local(moment: datetime, zone: ZoneInfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def impact_start(session: Session, *, incident: Incident) -> datetime:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 
@@ -52,24 +54,29 @@ def publish_postmortem(
         reference, title = incident.reference, incident.title
 
     client = web_client(services.settings, token)
-    try:
+
+    def post_summary() -> None:
         client.chat_postMessage(
             channel=channel_id,
             text=summary.text,
             blocks=[block.to_dict() for block in summary.blocks],
             unfurl_links=False,
         )
+
+    try:
+        _as_member(client, channel_id, post_summary)
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
         log.warning("posting the summary of %s failed: %s", reference, code)
-        if code in NOT_A_MEMBER:
+        if code in NOT_A_MEMBER or code == "method_not_supported_for_channel_type":
             # The response URL can still speak in the channel; ask for an invitation.
             _tell(response_url, summary)
             _tell(
                 response_url,
                 replies.refusal(
                     f"I am not a member of this channel, so I could not post there ({code}). "
-                    "Invite me with /invite and run the export to get the postmortem file."
+                    f"Invite me with /invite; `incident-bot export {reference}` prints the "
+                    "postmortem meanwhile."
                 ),
             )
             return
@@ -85,13 +92,18 @@ def publish_postmortem(
 
     if markdown is None:
         return
-    try:
+    content = markdown
+
+    def upload() -> None:
         client.files_upload_v2(
             channel=channel_id,
-            content=markdown,
+            content=content,
             filename=f"{reference}-postmortem.md",
             title=replies.shorten(f"Postmortem {reference}: {title}", 250),
         )
+
+    try:
+        _as_member(client, channel_id, upload)
     except SlackClientError as error:
         code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
@@ -102,6 +114,17 @@ def publish_postmortem(
                 f"`incident-bot export {reference}` prints it."
             ),
         )
+
+
+def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> None:
+    """Make the call; if the bot is not in the channel, join it (public channels) and retry once."""
+    try:
+        call()
+    except SlackApiError as error:
+        if error.response.get("error") != "not_in_channel":
+            raise
+        client.conversations_join(channel=channel_id)  # a private channel refuses: raised
+        call()
 
 
 def _tell(response_url: str | None, reply: Reply) -> None:

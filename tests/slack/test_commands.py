@@ -266,14 +266,16 @@ def test_after_close_the_channel_can_start_again(bot: Bot) -> None:
     assert "INC-2" in bot.command("start Two").text
 
 
-def test_summary_is_still_shared_when_the_bot_is_not_in_the_channel(bot: Bot) -> None:
+def test_summary_is_still_shared_in_a_private_channel_the_bot_is_not_in(bot: Bot) -> None:
     bot.fake.members_only.add(CHANNEL)
+    bot.fake.private.add(CHANNEL)
     bot.command("start Outage")
     bot.command("close")
     bot.wait()
     responses = bot.fake.wait_for_responses(2)
     assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
     assert any("invite" in r["text"].lower() for r in responses)
+    assert not bot.fake.uploads
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
 
@@ -464,3 +466,13 @@ def test_replaying_the_hum_outage_gives_its_window_timeline_and_measures(bot: Bo
     )
     headings = [line for line in ours.splitlines() if line.startswith("## ")]
     assert headings == [line.strip() for line in reference.splitlines() if line.startswith("## ")]
+
+
+def test_the_bot_joins_a_public_channel_to_upload_the_postmortem(bot: Bot) -> None:
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.fail("chat.postMessage", Fault(error="not_in_channel"))  # chat:write.public missing
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    assert [c.params["channel"] for c in bot.fake.calls_to("conversations.join")] == [CHANNEL]
+    assert bot.fake.uploads

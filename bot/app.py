@@ -5,24 +5,83 @@ from __future__ import annotations
 import logging
 
 from slack_bolt import App
+from slack_bolt.authorization.authorize import InstallationStoreAuthorize
+from slack_bolt.oauth.oauth_settings import OAuthSettings
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 
 from bot.config import Settings
 from bot.services import Services, web_client
 from bot.slack import register
 
+# The bot scopes requested on install; manifest.yaml lists the same ones.
+BOT_SCOPES = (
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "files:write",
+    "channels:join",
+    "users:read",
+)
+OAUTH_STATE_EXPIRATION_S = 600
+
 
 def build_app(
     settings: Settings, services: Services, *, token_verification_enabled: bool = True
 ) -> App:
-    """The Bolt app with every listener registered; nothing is decorated at import time."""
-    app = App(
-        signing_secret=settings.slack_signing_secret,
-        client=web_client(settings, settings.slack_bot_token),
-        # Run listeners to completion before answering: the acknowledgement is sent only
-        # after the entry is committed, and Bolt does not poll for ack() every 10 ms.
-        process_before_response=True,
-        token_verification_enabled=token_verification_enabled,
-        logger=logging.getLogger("bot.bolt"),
-    )
+    """The Bolt app with every listener registered; nothing is decorated at import time.
+
+    With SLACK_CLIENT_ID and SLACK_CLIENT_SECRET it serves `/slack/install` and
+    `/slack/oauth_redirect`, keeps installations and OAuth state in the database (so any
+    worker can finish an install another one started) and answers each workspace with its
+    own token. Otherwise it runs on SLACK_BOT_TOKEN alone.
+    """
+    logger = logging.getLogger("bot.bolt")
+    client = web_client(settings, None if settings.multi_workspace else settings.slack_bot_token)
+    if settings.multi_workspace:
+        installations = SQLAlchemyInstallationStore(
+            client_id=settings.slack_client_id or "", engine=services.engine, logger=logger
+        )
+        oauth_settings = OAuthSettings(
+            client_id=settings.slack_client_id,
+            client_secret=settings.slack_client_secret,
+            scopes=list(BOT_SCOPES),
+            installation_store=installations,
+            state_store=SQLAlchemyOAuthStateStore(
+                expiration_seconds=OAUTH_STATE_EXPIRATION_S, engine=services.engine, logger=logger
+            ),
+        )
+        # Bolt's default authorize calls auth.test on every request; cache its answer.
+        authorize = InstallationStoreAuthorize(
+            installation_store=installations,
+            client_id=settings.slack_client_id,
+            client_secret=settings.slack_client_secret,
+            logger=logger,
+            bot_only=True,
+            cache_enabled=True,
+            client=client,
+        )
+        app = App(
+            signing_secret=settings.slack_signing_secret,
+            client=client,
+            process_before_response=True,
+            logger=logger,
+            oauth_settings=oauth_settings,
+            installation_store=installations,
+            # Bolt takes an Authorize instance here (App.__init__ checks for one), though its
+            # annotation only names callables.
+            authorize=authorize,  # type: ignore[arg-type]
+        )
+        app.enable_token_revocation_listeners()
+    else:
+        app = App(
+            signing_secret=settings.slack_signing_secret,
+            client=client,
+            # Run listeners to completion before answering: the acknowledgement is sent only
+            # after the entry is committed, and Bolt does not poll for ack() every 10 ms.
+            process_before_response=True,
+            logger=logger,
+            token_verification_enabled=token_verification_enabled,
+        )
     register(app, services)
     return app

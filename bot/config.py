@@ -28,6 +28,8 @@ class Settings:
     slack_bot_token: str | None
     slack_signing_secret: str | None
     slack_app_token: str | None
+    slack_client_id: str | None
+    slack_client_secret: str | None
     database_url: str
     slack_api_url: str
     incident_timezone: str
@@ -58,17 +60,31 @@ class Settings:
         for name in require:
             if get(name) is None:
                 raise ConfigError(f"{name} is not set; see .env.example for what it should hold.")
+        oauth = [name for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET") if get(name)]
+        if len(oauth) == 1:
+            missing = ({"SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"} - set(oauth)).pop()
+            raise ConfigError(
+                f"{missing} is not set, but {oauth[0]} is: set both for multi-workspace "
+                "installs, or neither to run on SLACK_BOT_TOKEN."
+            )
 
         settings = cls(
             slack_bot_token=_token(get("SLACK_BOT_TOKEN"), "SLACK_BOT_TOKEN", "xoxb-"),
             slack_signing_secret=get("SLACK_SIGNING_SECRET"),
             slack_app_token=_token(get("SLACK_APP_TOKEN"), "SLACK_APP_TOKEN", "xapp-"),
+            slack_client_id=get("SLACK_CLIENT_ID"),
+            slack_client_secret=get("SLACK_CLIENT_SECRET"),
             database_url=_database_url(get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             slack_api_url=_api_url(get("SLACK_API_URL") or DEFAULT_SLACK_API_URL),
             incident_timezone=_timezone(get("INCIDENT_TIMEZONE") or "UTC"),
             templates_dir=_templates_dir(get("TEMPLATES_DIR")),
         )
         return settings
+
+    @property
+    def multi_workspace(self) -> bool:
+        """Installed per workspace through OAuth, rather than on one SLACK_BOT_TOKEN."""
+        return bool(self.slack_client_id and self.slack_client_secret)
 
 
 def _token(value: str | None, name: str, prefix: str) -> str | None:

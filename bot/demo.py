@@ -64,6 +64,8 @@ class FakeSlack:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
     private: set[str] = field(default_factory=set)  # private channels: joining is refused
+    tokens: dict[str, str] = field(default_factory=dict)  # bot token -> its workspace
+    oauth_codes: dict[str, str] = field(default_factory=dict)  # OAuth code -> workspace
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -177,23 +179,47 @@ class FakeSlack:
                 body = {"ok": False, "error": fault.error or "fatal_error"}
                 _send(request, fault.status, json.dumps(body).encode(), "application/json", headers)
                 return
-        if not token:
+        if not token and method != "oauth.v2.access":
             _send(request, 200, b'{"ok": false, "error": "not_authed"}', "application/json")
             return
-        answer = self._answer(method, params)
+        with self._lock:
+            revoked = bool(token) and bool(self.tokens) and token not in self.tokens
+        if revoked and method != "oauth.v2.access":
+            _send(request, 200, b'{"ok": false, "error": "invalid_auth"}', "application/json")
+            return
+        answer = self._answer(method, params, token)
         _send(request, 200, json.dumps(answer).encode(), "application/json")
 
-    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, method: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
         number = next(self._ids)
         if method == "auth.test":
             return {
                 "ok": True,
                 "url": "https://demo.slack.com/",
                 "team": "Demo",
-                "team_id": self.team_id,
+                "team_id": self.tokens.get(token or "", self.team_id),
                 "user": "incident-bot",
                 "user_id": self.bot_user_id,
                 "bot_id": "B0BOT00001",
+            }
+        if method == "oauth.v2.access":
+            team = self.oauth_codes.get(str(params.get("code", "")))
+            if team is None:
+                return {"ok": False, "error": "invalid_code"}
+            minted = f"xoxb-{team}-{number}"
+            with self._lock:
+                self.tokens[minted] = team
+            return {
+                "ok": True,
+                "access_token": minted,
+                "token_type": "bot",
+                "scope": "commands,chat:write",
+                "bot_user_id": self.bot_user_id,
+                "app_id": "A0DEMO0001",
+                "team": {"id": team, "name": f"Workspace {team}"},
+                "enterprise": None,
+                "is_enterprise_install": False,
+                "authed_user": {"id": "U0INSTALL1"},
             }
         if method == "users.info":
             user = str(params.get("user", ""))

@@ -127,6 +127,8 @@ def make_settings(database_url: str, api_url: str, **overrides: Any) -> Settings
         "slack_bot_token": TOKEN,
         "slack_signing_secret": SECRET,
         "slack_app_token": None,
+        "slack_client_id": None,
+        "slack_client_secret": None,
         "database_url": database_url,
         "slack_api_url": api_url,
         "incident_timezone": "UTC",

@@ -65,6 +65,9 @@ class FakeSlack:
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
     private: set[str] = field(default_factory=set)  # private channels: joining is refused
     tokens: dict[str, str] = field(default_factory=dict)  # bot token -> its workspace
+    # Messages people posted, by (channel, ts): what conversations.history/replies return.
+    messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    channel_names: dict[str, str] = field(default_factory=dict)  # name -> id of existing channels
     oauth_codes: dict[str, str] = field(default_factory=dict)  # OAuth code -> workspace
 
     def __post_init__(self) -> None:
@@ -266,7 +269,124 @@ class FakeSlack:
                 "ok": True,
                 "files": [{"id": f["id"], "title": f.get("title", "")} for f in listed],
             }
+        if method == "conversations.history":
+            return self._history(params, replies=False)
+        if method == "conversations.replies":
+            return self._history(params, replies=True)
+        if method == "chat.getPermalink":
+            channel, ts = str(params.get("channel", "")), str(params.get("message_ts", ""))
+            with self._lock:
+                message = self.messages.get((channel, ts))
+            if message is None:
+                return {"ok": False, "error": "message_not_found"}
+            link = f"https://demo.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+            if message.get("thread_ts") and message["thread_ts"] != ts:
+                link += f"?thread_ts={message['thread_ts']}&cid={channel}"
+            return {"ok": True, "channel": channel, "permalink": link}
+        if method in ("reactions.add", "reactions.remove"):
+            channel, ts = str(params.get("channel", "")), str(params.get("timestamp", ""))
+            if (channel, ts) not in self.messages:
+                return {"ok": False, "error": "message_not_found"}
+            self.react(
+                channel,
+                ts,
+                str(params.get("name", "")),
+                self.bot_user_id,
+                add=method == "reactions.add",
+            )
+            return {"ok": True}
+        if method == "reactions.get":
+            channel, ts = str(params.get("channel", "")), str(params.get("timestamp", ""))
+            with self._lock:
+                message = self.messages.get((channel, ts))
+                copied = json.loads(json.dumps(message)) if message else None
+            if copied is None:
+                return {"ok": False, "error": "message_not_found"}
+            return {"ok": True, "type": "message", "channel": channel, "message": copied}
+        if method == "conversations.create":
+            name = str(params.get("name", ""))
+            if len(name) > 80:
+                return {"ok": False, "error": "invalid_name_maxlength"}
+            if not name or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in name):
+                return {"ok": False, "error": "invalid_name_specials"}
+            with self._lock:
+                if name in self.channel_names:
+                    return {"ok": False, "error": "name_taken"}
+                channel_id = f"C{number:09d}"
+                self.channel_names[name] = channel_id
+            return {"ok": True, "channel": {"id": channel_id, "name": name}}
+        if method == "conversations.invite":
+            return {"ok": True, "channel": {"id": params.get("channel")}}
         return {"ok": False, "error": "unknown_method"}
+
+    def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str,
+        ts: str | None = None,
+        thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Put a message in a channel as if a person had posted it; returns its ts."""
+        ts = ts or f"{time.time():.6f}"
+        message: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        if files:
+            message["files"] = files
+        with self._lock:
+            self.messages[(channel, ts)] = message
+        return ts
+
+    def edit(self, channel: str, ts: str, text: str) -> dict[str, Any]:
+        """Change a message's text as Slack does when its author edits it; returns it."""
+        with self._lock:
+            message = self.messages[(channel, ts)]
+            message["text"] = text
+            message["edited"] = {"user": message["user"], "ts": f"{time.time():.6f}"}
+            return dict(message)
+
+    def react(self, channel: str, ts: str, name: str, user: str, *, add: bool = True) -> None:
+        """Add (or take away) a person's reaction on a message."""
+        with self._lock:
+            reactions = self.messages[(channel, ts)].setdefault("reactions", [])
+            found = next((r for r in reactions if r["name"] == name), None)
+            if add:
+                if found is None:
+                    found = {"name": name, "users": [], "count": 0}
+                    reactions.append(found)
+                if user not in found["users"]:
+                    found["users"].append(user)
+            elif found is not None and user in found["users"]:
+                found["users"].remove(user)
+            if found is not None:
+                found["count"] = len(found["users"])
+                if not found["users"]:
+                    reactions.remove(found)
+
+    def _history(self, params: dict[str, Any], *, replies: bool) -> dict[str, Any]:
+        channel = str(params.get("channel", ""))
+        latest = float(params.get("latest") or "inf")
+        oldest = float(params.get("oldest") or 0)
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        thread = str(params.get("ts", ""))
+
+        def wanted(message: dict[str, Any]) -> bool:
+            ts = float(message["ts"])
+            in_range = oldest <= ts <= latest if inclusive else oldest < ts < latest
+            if replies:
+                return in_range and (message["ts"] == thread or message.get("thread_ts") == thread)
+            return in_range and message.get("thread_ts", message["ts"]) == message["ts"]
+
+        with self._lock:
+            found = [dict(m) for (c, _), m in self.messages.items() if c == channel and wanted(m)]
+        if not replies and not found and channel in self.private:
+            return {"ok": False, "error": "not_in_channel"}
+        found.sort(key=lambda m: float(m["ts"]), reverse=not replies)
+        limit = int(params.get("limit") or 100)
+        return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}
 
     def uploaded_text(self, index: int = -1) -> str:
         """The content of an uploaded file (the last one by default)."""
@@ -351,6 +471,62 @@ class SlashCommand:
     def signed(self, text: str, *, escaped: bool = False) -> tuple[str, dict[str, str]]:
         body = self.body(text, escaped=escaped)
         return body, sign(self.secret, body)
+
+
+def signed_event(
+    secret: str,
+    event: dict[str, Any],
+    *,
+    team_id: str = DEMO_TEAM,
+    event_id: str | None = None,
+    retry_num: int | None = None,
+) -> tuple[str, dict[str, str]]:
+    """An Events API callback as Slack posts it (JSON, signed; retries say so in headers)."""
+    body = json.dumps(
+        {
+            "token": "legacy-verification-token",
+            "team_id": team_id,
+            "api_app_id": "A0DEMO0001",
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+            "event_time": int(time.time()),
+            "authorizations": [{"team_id": team_id, "user_id": "U0BOT00001", "is_bot": True}],
+        }
+    )
+    headers = sign(secret, body)
+    headers["content-type"] = "application/json"
+    if retry_num is not None:
+        headers["x-slack-retry-num"] = str(retry_num)
+        headers["x-slack-retry-reason"] = "http_timeout"
+    return body, headers
+
+
+def signed_shortcut(
+    secret: str,
+    *,
+    callback_id: str,
+    message: dict[str, Any],
+    team_id: str = DEMO_TEAM,
+    channel_id: str = "C0DEMO0001",
+    user_id: str = DEMO_USER,
+    response_url: str = "https://hooks.slack.com/app/T0/1/x",
+) -> tuple[str, dict[str, str]]:
+    """A message shortcut's interactivity payload as Slack posts it (form-encoded, signed)."""
+    payload = {
+        "type": "message_action",
+        "callback_id": callback_id,
+        "trigger_id": "1.2.3",
+        "action_ts": f"{time.time():.6f}",
+        "team": {"id": team_id, "domain": "demo"},
+        "channel": {"id": channel_id, "name": "incident"},
+        "user": {"id": user_id, "name": "demo", "team_id": team_id},
+        "message_ts": message["ts"],
+        "message": message,
+        "response_url": response_url,
+    }
+    body = urlencode({"payload": json.dumps(payload)})
+    return body, sign(secret, body)
 
 
 # --- the demo -----------------------------------------------------------------------------

@@ -6,10 +6,14 @@ Only this module knows python-dateutil. The rules, in short:
   word of a date or time and it holds a clock time (`1:06 AM`, `01:06`, `13:06:30`, `1 PM`).
   `500 errors - checkout` or `Deploy at 10:30 failed - rollback` stay plain text.
 * A bare time of day is read in the writer's zone and is today, or yesterday if that
-  would lie in the future. A date without a year is this year, or last year likewise.
-  A full date in the future is refused.
+  would lie in the future. A weekday (`Wed 23:50`) is the latest such day likewise;
+  `today`/`yesterday` are taken as said. A date without a year is this year, or last year
+  likewise. A full date in the future is refused, and so is part of a date (`Nov 1:06`).
+* A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`/`Z`,
+  or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
-  one that happens twice (clocks going back) is the first of the two.
+  one that happens twice (clocks going back) is the first of the two, unless the writer
+  named the second by its abbreviation.
 """
 
 from __future__ import annotations
@@ -31,15 +35,22 @@ _CLOCK = re.compile(
     r"|(?<![\d.])\d{1,2}\s*[ap]\.?m\.?(?![a-z])",
     re.IGNORECASE,
 )
+_MERIDIEM = re.compile(r"(?<![a-z])[ap]\.?m(?![a-z])", re.IGNORECASE)
 _MONTHS = (
     "january february march april may june july august september october november december "
     "jan feb mar apr jun jul aug sep sept oct nov dec"
 ).split()
-_WEEKDAYS = (
-    "monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs "
-    "fri sat sun"
-).split()
-_WORDS = frozenset(_MONTHS + _WEEKDAYS + ["at", "on", "today", "yesterday", "am", "pm"])
+_WEEKDAY_NAMES = (
+    ("monday", "mon"),
+    ("tuesday", "tue", "tues"),
+    ("wednesday", "wed"),
+    ("thursday", "thu", "thur", "thurs"),
+    ("friday", "fri"),
+    ("saturday", "sat"),
+    ("sunday", "sun"),
+)
+_WEEKDAYS = {name: number for number, names in enumerate(_WEEKDAY_NAMES) for name in names}
+_WORDS = frozenset([*_MONTHS, *_WEEKDAYS, "at", "on", "today", "yesterday", "am", "pm"])
 _NUMERIC_TOKEN = re.compile(
     r"[\d:./+-]+(?:t[\d:.+-]+)?z?"  # 01:06, 2026-11-20, 20/11/2026, 2026-11-20T01:06Z, +03:00
     r"|\d{1,2}(?:st|nd|rd|th)"
@@ -49,7 +60,18 @@ _NUMERIC_TOKEN = re.compile(
     re.IGNORECASE,
 )
 _ZONE_ABBREVIATION = re.compile(r"[A-Z]{2,5}|Z")
+# An offset after an ISO time (`T01:06-08:00`), on its own (`01:06 -08:00`), or with a plus
+# (`01:06+03:00`). `10:30-11:00` is left alone: that is more likely a range of two times.
+_ISO_OFFSET = re.compile(r"(t\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)[+-]\d{1,2}(?::?\d{2})?", re.I)
+_OTHER_OFFSET = re.compile(
+    r"(?:(?<=\s)|^)[+-]\d{1,2}(?::?\d{2})?(?!\S)|(?<=\d)\+\d{1,2}(?::?\d{2})?(?![\d:])"
+)
 _RELATIVE_DAYS = {"today": 0, "yesterday": 1}
+# People mean "UTC+3" as three hours ahead of UTC; dateutil reads it the POSIX way (behind),
+# so it is rewritten as a plain offset first.
+_UTC_OFFSET = re.compile(
+    r"(?<![a-z])(?:utc|gmt)\s*([+-])(\d{1,2})(?::?(\d{2}))?(?!\d)", re.IGNORECASE
+)
 
 
 class TimeParseError(ValueError):
@@ -89,27 +111,36 @@ def _is_time_word(token: str) -> bool:
 
 
 def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
-    """Read `text` (a clock time, perhaps with a date) as an aware UTC datetime."""
+    """Read `text` (a clock time, perhaps with a date or a day) as an aware UTC datetime."""
     text = " ".join(text.split())
     if not looks_like_time(text):
         raise TimeParseError(
             f"“{text}” is not a time I can read; try `1:06 AM` or `2026-11-20 01:06`."
         )
-    days_back = 0
+    if _count_clocks(text) > 1 or len(_MERIDIEM.findall(text)) > 1:
+        raise TimeParseError(f"“{text}” holds more than one time; give just one.")
+    # dateutil would take a weekday as the *next* such day and "today" not at all, so the
+    # words that name a day are read here and the rest is left to dateutil.
+    relative_day: int | None = None
+    weekday: int | None = None
     words = []
     for word in text.split(" "):
-        key = word.lower().rstrip(",")
+        key = word.lower().rstrip(",.")
         if key in _RELATIVE_DAYS:
-            days_back = _RELATIVE_DAYS[key]
+            relative_day = _RELATIVE_DAYS[key]
+        elif key in _WEEKDAYS:
+            weekday = _WEEKDAYS[key]
         elif key not in ("at", "on"):
             words.append(word)
-    cleaned = " ".join(words)
+    cleaned = _UTC_OFFSET.sub(_plain_offset, " ".join(words))
+    tzinfos = _known_abbreviations(zone, now)
 
     # Parse twice with different defaults: a field that changes with the default was not typed.
     first_default, second_default = datetime(2000, 1, 1), datetime(2004, 3, 3)
     try:
-        first = _parse(cleaned, first_default, zone=zone, now=now)
-        second = _parse(cleaned, second_default, zone=zone, now=now)
+        first = _parse(cleaned, first_default, zone=zone, tzinfos=tzinfos)
+        second = _parse(cleaned, second_default, zone=zone, tzinfos=tzinfos)
+        first.utcoffset()  # an offset of a day or more (`+25:00`) fails here, not later
     except TimeParseError:
         raise
     except (ValueError, OverflowError):
@@ -117,8 +148,14 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
             f"“{text}” is not a time I can read; try `1:06 AM`, `13:06` or `2026-11-20 01:06`."
         ) from None
     has_year = first.year == second.year
-    has_date = first.month == second.month and first.day == second.day
-    if days_back and has_date:
+    has_month = first.month == second.month
+    has_date = first.day == second.day
+    if has_month != has_date or (has_year and not has_date):
+        raise TimeParseError(
+            f"“{text}” gives only part of a date; give the month and the day too, "
+            "as in `Nov 20 1:06 AM` or `2026-11-20 01:06`."
+        )
+    if relative_day is not None and has_date:
         raise TimeParseError(f"“{text}” gives both a date and a day; give one or the other.")
 
     target_zone: tzinfo = first.tzinfo or zone
@@ -130,33 +167,55 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
             candidate = datetime.combine(first.date().replace(year=year), clock)
         except ValueError:
             raise TimeParseError(f"“{text}” is not a date in {year}.") from None
-        result = _localize(candidate, target_zone, text)
-        if result > now + FUTURE_TOLERANCE:
+        if _is_future(candidate, target_zone, now):
             if has_year:
                 raise TimeParseError(f"“{text}” is in the future.")
             try:
                 candidate = candidate.replace(year=year - 1)
             except ValueError:
                 raise TimeParseError(f"“{text}” is in the future.") from None
-            result = _localize(candidate, target_zone, text)
+    elif relative_day is not None:
+        candidate = datetime.combine(local_now.date() - timedelta(days=relative_day), clock)
+        if _is_future(candidate, target_zone, now):
+            raise TimeParseError(f"“{text}” is in the future.")
+    elif weekday is not None:
+        days_back = (local_now.weekday() - weekday) % 7
+        candidate = datetime.combine(local_now.date() - timedelta(days=days_back), clock)
+        if _is_future(candidate, target_zone, now):
+            candidate -= timedelta(days=7)
     else:
-        day = local_now.date() - timedelta(days=days_back)
-        result = _localize(datetime.combine(day, clock), target_zone, text)
-        if result > now + FUTURE_TOLERANCE:
-            if days_back:
-                raise TimeParseError(f"“{text}” is in the future.")
-            result = _localize(datetime.combine(day - timedelta(days=1), clock), target_zone, text)
-    return result.astimezone(UTC)
+        candidate = datetime.combine(local_now.date(), clock)
+        if _is_future(candidate, target_zone, now):
+            candidate -= timedelta(days=1)
+    if weekday is not None and candidate.weekday() != weekday:
+        raise TimeParseError(
+            f"“{text}” says {_WEEKDAY_NAMES[weekday][0].capitalize()}, "
+            f"but {candidate.day} {candidate:%B %Y} is a {candidate:%A}."
+        )
+    typed_names = [token for token in cleaned.split() if tzinfos.get(token) is zone]
+    named = typed_names[-1] if typed_names else None
+    return _localize(candidate, target_zone, text, named=named).astimezone(UTC)
 
 
-def _parse(text: str, default: datetime, *, zone: ZoneInfo, now: datetime) -> datetime:
-    tzinfos = _known_abbreviations(zone, now)
+def _count_clocks(text: str) -> int:
+    """How many clock times `text` holds, not counting zone offsets (`+03:00`, `UTC-5`)."""
+    for offset, keep in ((_UTC_OFFSET, ""), (_ISO_OFFSET, r"\1"), (_OTHER_OFFSET, "")):
+        text = offset.sub(keep, text)
+    return len(_CLOCK.findall(text))
+
+
+def _plain_offset(match: re.Match[str]) -> str:
+    sign, hours, minutes = match.groups()
+    return f"{sign}{int(hours):02d}:{minutes or '00'}"
+
+
+def _parse(text: str, default: datetime, *, zone: ZoneInfo, tzinfos: dict[str, tzinfo]) -> datetime:
     unknown = [
         token
         for token in text.replace(",", " ").split()
         if _ZONE_ABBREVIATION.fullmatch(token)
         and token not in tzinfos
-        and token not in ("AM", "PM")
+        and token.lower() not in _WORDS  # NOV, AM
     ]
     if unknown:
         raise TimeParseError(
@@ -177,13 +236,32 @@ def _known_abbreviations(zone: ZoneInfo, now: datetime) -> dict[str, tzinfo]:
     return known
 
 
-def _localize(naive: datetime, zone: tzinfo, typed: str) -> datetime:
+def _is_future(naive: datetime, zone: tzinfo, now: datetime) -> bool:
+    """True when even the earliest moment the wall time `naive` can mean is still ahead.
+
+    Both readings count: a time the clocks skip (spring forward) has no moment of its own,
+    and taking the earlier reading keeps "2:30" typed at 3:10 AM that day as today's (and
+    so refused) instead of quietly yesterday's.
+    """
+    earliest = min(naive.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+    return earliest > now.astimezone(UTC) + FUTURE_TOLERANCE
+
+
+def _localize(naive: datetime, zone: tzinfo, typed: str, *, named: str | None) -> datetime:
+    """The wall time `naive` in `zone`: refused if skipped, the first if it happens twice.
+
+    When the writer named the zone by the abbreviation of the second (`1:30 AM PST` as the
+    clocks go back), that one is meant.
+    """
     aware = naive.replace(tzinfo=zone, fold=0)
     if aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
         raise TimeParseError(
-            f"“{typed}” does not exist on {naive:%d %B %Y} in {_zone_name(zone)}: "
+            f"“{typed}” does not exist on {naive.day} {naive:%B %Y} in {_zone_name(zone)}: "
             "the clocks skipped that hour."
         )
+    second = naive.replace(tzinfo=zone, fold=1)
+    if named is not None and second.utcoffset() != aware.utcoffset() and second.tzname() == named:
+        return second
     return aware
 
 

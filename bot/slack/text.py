@@ -33,9 +33,19 @@ def _visible_form(match: re.Match[str]) -> str:
         if label:
             return label if label.startswith("@") or keyword != "subteam" else f"@{label}"
         return f"@{keyword}"
-    if label:
-        return f"{label} ({target})" if label != target else target
-    return target
+    if label and label not in _autolinked_forms(target):
+        return f"{label} ({target})"
+    return label or target
+
+
+def _autolinked_forms(target: str) -> set[str]:
+    # Slack links what looks like an address or a domain as <http://x.example|x.example>
+    # or <mailto:a@x.example|a@x.example>: the label is then exactly what was typed.
+    forms = {target}
+    for scheme in ("http://", "https://", "mailto:"):
+        if target.startswith(scheme):
+            forms.add(target.removeprefix(scheme))
+    return forms
 
 
 def _unescape(text: str) -> str:

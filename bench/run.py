@@ -1,0 +1,657 @@
+"""The benchmark of issue 5, in one run: `python -m bench.run --out DIR [--quick]`.
+
+1. Starts a bare Bolt app that only acknowledges `/incident` (bench/bare.py) and
+   `incident-bot serve` on SQLite and, when reachable, PostgreSQL, all on the same gunicorn
+   stack with Slack's Web API played by `bot.demo.FakeSlack`, each on a port from the OS.
+2. Drives each with the same generator (bench/load.py): one `/incident start` per channel,
+   then signed `/incident note` requests from 1, 8 and 32 clients on keep-alive connections,
+   then a steady 50 commands/s; on SQLite also a long run that samples a worker's memory.
+3. Renders postmortems of 100 to 100,000 entries (bench/postmortem_size.py).
+4. Prints a table, and writes results.json and results.svg into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import chart, load, servers
+from bench.load import LoadResult, Target
+from bot.demo import FakeSlack, SlashCommand
+
+SECRET = "bench-signing-secret"
+TOKEN = "xoxb-bench-token"
+TEAM = "T0BENCH001"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+NOTED = b"Added to"  # every acknowledgement of a recorded note says so
+STARTED = b"opened"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to do; `FULL` is the benchmark of issue 5, `QUICK` only proves it runs."""
+
+    clients: tuple[int, ...]
+    count: int  # requests per load configuration
+    warmup: int
+    steady_rate: float
+    steady_count: int
+    steady_connections: int
+    soak_checkpoints: tuple[int, ...]  # handled commands at which a worker's memory is read
+    soak_clients: int
+    postmortem_sizes: tuple[int, ...]
+    postgres: bool
+    deadline_s: float  # per load configuration
+
+
+FULL = Plan(
+    clients=(1, 8, 32),
+    count=4_000,
+    warmup=400,
+    steady_rate=50.0,
+    steady_count=1_000,
+    steady_connections=8,
+    soak_checkpoints=(10_000, 40_000, 70_000, 100_000),
+    soak_clients=8,
+    postmortem_sizes=(100, 1_000, 10_000, 100_000),
+    postgres=True,
+    deadline_s=300.0,
+)
+QUICK = Plan(
+    clients=(1, 2),
+    count=60,
+    warmup=20,
+    steady_rate=25.0,
+    steady_count=25,
+    steady_connections=2,
+    soak_checkpoints=(200, 300),
+    soak_clients=2,
+    postmortem_sizes=(100, 1_000),
+    postgres=False,
+    deadline_s=60.0,
+)
+
+
+def say(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# --- driving one server --------------------------------------------------------------------
+
+
+class Bench:
+    """Everything one run shares: the plan, the stand-in for Slack, where files go."""
+
+    def __init__(self, plan: Plan, *, processes: int, workers: int, threads: int, work: Path):
+        self.plan = plan
+        self.processes = processes
+        self.workers = workers
+        self.threads = threads
+        self.work = work
+        self.fake = FakeSlack(team_id=TEAM)
+        self.load: list[dict[str, Any]] = []
+        self.steady: list[dict[str, Any]] = []
+        self.soak: list[dict[str, Any]] = []
+        self.servers: dict[str, dict[str, Any]] = {}
+
+    def channels(self, server: str, tag: str, count: int) -> tuple[list[str], list[str]]:
+        channels = [f"C{server[:2].upper()}{tag}{i:03d}" for i in range(count)]
+        users = [f"U{server[:2].upper()}{tag}{i:03d}" for i in range(count)]
+        return channels, users
+
+    def start_incidents(
+        self, server: servers.Server, channels: list[str], users: list[str]
+    ) -> None:
+        """`/incident start` once per channel, one at a time, before any note is sent there."""
+        expect = None if server.name == "bare" else STARTED
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            for channel, user in zip(channels, users, strict=True):
+                self.fake.users.setdefault(user, "Africa/Nairobi")
+                command = SlashCommand(
+                    secret=SECRET, team_id=TEAM, channel_id=channel, user_id=user
+                )
+                body, headers = command.signed(f"start Benchmark load in {channel}")
+                connection.request("POST", "/slack/events", body=body, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                if response.status != 200 or (expect is not None and expect not in answer):
+                    raise RuntimeError(f"{server.name}: start failed: {response.status} {answer!r}")
+                self.servers[server.name]["handled"] += 1
+        finally:
+            connection.close()
+
+    def drive(
+        self,
+        server: servers.Server,
+        *,
+        tag: str,
+        clients: int,
+        count: int,
+        rate: float | None = None,
+        processes: int | None = None,
+        start: bool = True,
+    ) -> LoadResult:
+        channels, users = self.channels(server.name, tag, clients)
+        if start:
+            self.start_incidents(server, channels, users)
+        target = Target(
+            host="127.0.0.1",
+            port=server.port,
+            secret=SECRET,
+            team_id=TEAM,
+            expect=None if server.name == "bare" else NOTED,
+        )
+
+        def probe() -> dict[str, float]:
+            busy, total = servers.machine_cpu()
+            return {"server_cpu": server.cpu_seconds(), "machine_busy": busy, "machine": total}
+
+        result = load.drive(
+            target,
+            channels=channels,
+            users=users,
+            count=count,
+            processes=processes or self.processes,
+            rate=rate,
+            deadline_s=self.plan.deadline_s,
+            label=f"{tag}",
+            probe=probe,
+        )
+        self.servers[server.name]["handled"] += result.ok + result.errors
+        self.servers[server.name]["notes_acknowledged"] += result.ok
+        return result
+
+    def row(self, server: str, result: LoadResult, **extra: Any) -> dict[str, Any]:
+        start, end = result.probe_start or {}, result.probe_end or {}
+        wall = result.wall_s
+        machine = end.get("machine", 0) - start.get("machine", 0)
+        return {
+            "server": server,
+            "clients": result.clients,
+            "count": result.count,
+            "ok": result.ok,
+            "errors": result.errors,
+            "error_samples": result.error_samples,
+            "reconnects": result.reconnects,
+            "timed_out": result.timed_out,
+            "wall_s": wall,
+            "throughput": result.throughput,
+            "p50_ms": result.percentile(50),
+            "p95_ms": result.percentile(95),
+            "p99_ms": result.percentile(99),
+            "max_ms": max(result.latencies_ms, default=0.0),
+            "client_processes": result.client_processes,
+            "client_cpu_s": result.client_cpu_s,
+            # Cores the generator kept busy, and per process (1.0 would mean it is saturated).
+            "client_cores": result.client_cpu_s / wall,
+            "client_busiest_process": result.client_cpu_s / wall / result.client_processes,
+            "server_cores": (end.get("server_cpu", 0) - start.get("server_cpu", 0)) / wall,
+            "machine_busy": (
+                (end.get("machine_busy", 0) - start.get("machine_busy", 0)) / machine
+                if machine
+                else 0.0
+            ),
+            **extra,
+        }
+
+    def run_server(self, server: servers.Server, *, soak: bool) -> None:
+        plan = self.plan
+        say(f"== {server.name}: {' '.join(shlex.quote(a) for a in server.command)}")
+        server.wait_ready()
+        self.servers[server.name] = {
+            "command": server.command,
+            "environment": {k: v for k, v in server.env.items() if k != "SLACK_SIGNING_SECRET"},
+            "workers": self.workers,
+            "threads": self.threads,
+            "handled": 0,
+            "notes_acknowledged": 0,
+        }
+        warm = self.drive(server, tag="W", clients=8, count=plan.warmup)
+        if warm.errors:
+            raise RuntimeError(f"{server.name}: warm-up failed: {warm.error_samples}")
+        self.servers[server.name]["worker_rss_after_warmup_mb"] = server.worker_rss_mb()
+        for clients in plan.clients:
+            result = self.drive(server, tag=f"L{clients:02d}", clients=clients, count=plan.count)
+            row = self.row(server.name, result)
+            self.load.append(row)
+            say(_load_line(row))
+        steady = self.drive(
+            server,
+            tag="S",
+            clients=plan.steady_connections,
+            count=plan.steady_count,
+            rate=plan.steady_rate,
+            processes=1,
+        )
+        row = self.row(server.name, steady, rate=plan.steady_rate)
+        self.steady.append(row)
+        say(_steady_line(row))
+        if soak:
+            self.run_soak(server)
+        if server.database_url is not None:
+            self.check_committed(server)
+        self.servers[server.name]["log_tail"] = server.tail(10)
+
+    def run_soak(self, server: servers.Server) -> None:
+        """Send notes until the worker has handled each checkpoint's count; read its memory."""
+        clients = self.plan.soak_clients
+        tag = "K"
+        channels, users = self.channels(server.name, tag, clients)
+        self.start_incidents(server, channels, users)
+        for checkpoint in self.plan.soak_checkpoints:
+            missing = checkpoint - self.servers[server.name]["handled"]
+            if missing > 0:
+                result = self.drive(server, tag=tag, clients=clients, count=missing, start=False)
+                if result.errors:
+                    say(f"   soak: {result.errors} errors, e.g. {result.error_samples[:1]}")
+            rss = server.worker_rss_mb()
+            point = {
+                "server": server.name,
+                "handled": self.servers[server.name]["handled"],
+                "worker_rss_mb": rss,
+            }
+            self.soak.append(point)
+            say(f"   soak: {point['handled']:>7,} commands handled, worker RSS {_mb(rss)}")
+
+    def check_committed(self, server: servers.Server) -> None:
+        """Every acknowledged note must be in the database (entries counted after the run)."""
+        assert server.database_url is not None
+        stored = servers.count_entries(server.database_url, pgoptions=server.env.get("PGOPTIONS"))
+        acknowledged = self.servers[server.name]["notes_acknowledged"]
+        self.servers[server.name]["entries_stored"] = stored
+        self.servers[server.name]["all_acknowledged_stored"] = stored >= acknowledged
+        say(f"   {stored:,} entries stored for {acknowledged:,} acknowledged notes")
+
+
+def _mb(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.1f} MB" for v in values) or "?"
+
+
+def _load_line(row: dict[str, Any]) -> str:
+    return (
+        f"   {row['clients']:>3} clients {row['ok']:>6} ok {row['errors']:>3} err "
+        f"{row['throughput']:>8.1f} req/s  p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  "
+        f"p99 {row['p99_ms']:6.2f} ms  server {row['server_cores']:.2f} cores, "
+        f"client {row['client_cores']:.2f} cores ({row['client_processes']} proc), "
+        f"machine {row['machine_busy'] * 100:.0f}% busy"
+    )
+
+
+def _steady_line(row: dict[str, Any]) -> str:
+    return (
+        f"   steady {row['rate']:.0f}/s: {row['ok']} ok {row['errors']} err "
+        f"{row['throughput']:.1f} req/s  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f} ms"
+    )
+
+
+# --- postmortems ---------------------------------------------------------------------------
+
+
+def postmortem_sizes(sizes: Sequence[int], work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for entries in sizes:
+        path = work / f"postmortem-{entries}.db"
+        filled = _run_json([sys.executable, "-m", "bench.postmortem_size", "fill"], path, entries)
+        measured = _run_json([sys.executable, "-m", "bench.postmortem_size", "measure"], path)
+        row = {**filled, **measured, "entries": entries}
+        row["us_per_entry"] = row["total_s"] / entries * 1e6
+        rows.append(row)
+        say(
+            f"   {entries:>7,} entries: build {row['build_s'] * 1000:8.1f} ms  render "
+            f"{row['render_s'] * 1000:8.1f} ms  total {row['total_s'] * 1000:8.1f} ms "
+            f"({row['us_per_entry']:.1f} us/entry)  peak RSS {row['peak_rss_mb']:.0f} MB "
+            f"(+{row['peak_rss_growth_mb']:.0f}), traced peak {row['traced_peak_mb']:.1f} MB"
+        )
+        path.unlink(missing_ok=True)
+    return rows
+
+
+def _run_json(command: list[str], path: Path, entries: int | None = None) -> dict[str, Any]:
+    command = [*command, "--db", str(path)]
+    if entries is not None:
+        command += ["--entries", str(entries)]
+    done = subprocess.run(
+        command,
+        cwd=servers.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    loaded: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 5's targets against what this run measured."""
+    found: list[dict[str, Any]] = []
+    load_rows, plan = results["load"], results["plan"]
+    most = max(plan["clients"])
+    bare = [r for r in load_rows if r["server"] == "bare"]
+    fastest_bare = max((r["throughput"] for r in bare), default=0.0)
+    bare_top = next((r for r in bare if r["clients"] == most), None)
+    for row in load_rows:
+        if row["server"] == "bare" or row["clients"] != most or not fastest_bare:
+            continue
+        ratio = row["throughput"] / fastest_bare
+        found.append(
+            {
+                "target": f"{row['server']}: throughput at {most} clients >= 0.8x fastest bare",
+                "measured": f"{row['throughput']:.0f} / {fastest_bare:.0f} req/s = {ratio:.2f}x",
+                "met": ratio >= 0.8,
+            }
+        )
+        if bare_top is not None and bare_top["p99_ms"] > 0:
+            p99_ratio = row["p99_ms"] / bare_top["p99_ms"]
+            found.append(
+                {
+                    "target": f"{row['server']}: p99 at {most} clients <= 1.5x bare's p99",
+                    "measured": (
+                        f"{row['p99_ms']:.1f} / {bare_top['p99_ms']:.1f} ms = {p99_ratio:.2f}x"
+                    ),
+                    "met": p99_ratio <= 1.5,
+                }
+            )
+    for row in results["steady"]:
+        if row["server"] == "bare":
+            continue
+        found.append(
+            {
+                "target": f"{row['server']}: p99 < 50 ms at a steady {row['rate']:.0f} commands/s",
+                "measured": f"{row['p99_ms']:.1f} ms ({row['errors']} errors)",
+                "met": row["p99_ms"] < 50 and row["errors"] == 0,
+            }
+        )
+    sizes = {row["entries"]: row for row in results["postmortem"]}
+    for entries, limit in ((10_000, 0.5), (100_000, 5.0)):
+        if entries in sizes:
+            seconds = sizes[entries]["total_s"]
+            found.append(
+                {
+                    "target": f"postmortem of {entries:,} entries in under {limit} s",
+                    "measured": f"{seconds:.3f} s",
+                    "met": seconds < limit,
+                }
+            )
+    if 100_000 in sizes:
+        peak = sizes[100_000]["peak_rss_mb"]
+        found.append(
+            {
+                "target": "postmortem of 100,000 entries: memory under 200 MB",
+                "measured": (
+                    f"peak RSS {peak:.0f} MB (traced {sizes[100_000]['traced_peak_mb']:.0f} MB)"
+                ),
+                "met": peak < 200,
+            }
+        )
+    if len(sizes) >= 2:
+        small, large = min(sizes), max(sizes)
+        growth = sizes[large]["us_per_entry"] / sizes[small]["us_per_entry"]
+        anchor = 10_000 if 10_000 in sizes and large > 10_000 else small
+        linear = sizes[large]["us_per_entry"] / sizes[anchor]["us_per_entry"]
+        found.append(
+            {
+                "target": "postmortem rendering linear in entries",
+                "measured": (
+                    f"{sizes[large]['us_per_entry']:.1f} us/entry at {large:,} vs "
+                    f"{sizes[anchor]['us_per_entry']:.1f} at {anchor:,} "
+                    f"(x{linear:.2f}; x{growth:.2f} from {small:,})"
+                ),
+                "met": linear <= 1.5,
+            }
+        )
+    soak = [p for p in results["soak"] if p["worker_rss_mb"]]
+    if len(soak) >= 2:
+        first, last = soak[0], soak[-1]
+        before, after = sum(first["worker_rss_mb"]), sum(last["worker_rss_mb"])
+        change = after / before - 1 if before else 0.0
+        found.append(
+            {
+                "target": (
+                    f"worker memory flat (within 10%) from {first['handled']:,} to "
+                    f"{last['handled']:,} commands"
+                ),
+                "measured": f"{before:.1f} MB -> {after:.1f} MB ({change * 100:+.1f}%)",
+                "met": abs(change) <= 0.10,
+            }
+        )
+    return found
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = QUICK if args.quick else FULL
+    if args.no_postgres:
+        plan = Plan(**{**asdict(plan), "postgres": False})
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "bench.run"])
+    command += " " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    results: dict[str, Any] = {
+        "title": f"incident-bot benchmark ({'quick' if args.quick else 'full'})",
+        "command": command.strip(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": {
+                name: _version(name)
+                for name in ("slack_bolt", "slack_sdk", "SQLAlchemy", "gunicorn", "psycopg")
+            },
+        },
+        "code": _code_version(),
+        "background_cpu_busy": _background_busy(),
+        "plan": asdict(plan),
+        "load": [],
+        "steady": [],
+        "soak": [],
+        "postmortem": [],
+        "servers": {},
+        "skipped": {},
+    }
+    say(
+        f"== code {results['code']['commit'][:12]} "
+        f"({len(results['code']['uncommitted'])} uncommitted changes in bot/), "
+        f"machine {results['background_cpu_busy'] * 100:.0f}% busy before the start"
+    )
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="incident-bot-bench-") as tmp:
+        work = Path(tmp)
+        bench = Bench(
+            plan,
+            processes=args.client_processes,
+            workers=args.workers,
+            threads=args.threads,
+            work=work,
+        )
+        bench.fake.start()
+        schema: servers.PostgresSchema | None = None
+        try:
+            starters: list[tuple[str, Callable[[], servers.Server], bool]] = [
+                (
+                    "bare",
+                    lambda: servers.start_bare(
+                        secret=SECRET,
+                        api_url=bench.fake.api_url,
+                        workers=args.workers,
+                        threads=args.threads,
+                        workdir=work,
+                    ),
+                    False,
+                ),
+                (
+                    "sqlite",
+                    lambda: servers.start_bot(
+                        "sqlite",
+                        secret=SECRET,
+                        token=TOKEN,
+                        api_url=bench.fake.api_url,
+                        database_url=f"sqlite:///{work / 'bench.db'}",
+                        workers=args.workers,
+                        threads=args.threads,
+                        workdir=work,
+                    ),
+                    bool(plan.soak_checkpoints),
+                ),
+            ]
+            if plan.postgres:
+                problem = servers.postgres_unreachable(args.postgres)
+                if problem is None:
+                    schema = servers.PostgresSchema(args.postgres)
+                    schema.create()
+                    pg_schema = schema
+                    starters.append(
+                        (
+                            "postgresql",
+                            lambda: servers.start_bot(
+                                "postgresql",
+                                secret=SECRET,
+                                token=TOKEN,
+                                api_url=bench.fake.api_url,
+                                database_url=args.postgres,
+                                workers=args.workers,
+                                threads=args.threads,
+                                workdir=work,
+                                extra_env={"PGOPTIONS": pg_schema.pgoptions},
+                            ),
+                            False,
+                        )
+                    )
+                else:
+                    results["skipped"]["postgresql"] = problem
+                    say(f"== postgresql skipped: {problem}")
+            else:
+                results["skipped"]["postgresql"] = "not in this plan (--quick or --no-postgres)"
+            for name, start, soak in starters:
+                server = start()
+                try:
+                    bench.run_server(server, soak=soak)
+                except Exception:
+                    say(server.tail())
+                    raise
+                finally:
+                    server.stop()
+                    bench.servers.setdefault(name, {})["returncode"] = server.process.returncode
+        finally:
+            bench.fake.stop()
+            if schema is not None:
+                schema.drop()
+        results["load"], results["steady"], results["soak"] = bench.load, bench.steady, bench.soak
+        results["servers"] = bench.servers
+        for row in results["load"]:
+            bare = next(
+                (
+                    r
+                    for r in results["load"]
+                    if r["server"] == "bare" and r["clients"] == row["clients"]
+                ),
+                None,
+            )
+            row["ratio_to_bare"] = row["throughput"] / bare["throughput"] if bare else None
+        say("== postmortems")
+        results["postmortem"] = postmortem_sizes(plan.postmortem_sizes, work)
+    results["targets"] = targets(results)
+    results["duration_s"] = time.monotonic() - began
+    return results
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit measured, and which of the bot's files differed from it."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(
+            ["git", *arguments], cwd=servers.ROOT, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "bot", "templates", "pyproject.toml")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed.splitlines()}
+
+
+def _background_busy(seconds: float = 1.0) -> float:
+    """How busy the machine is before we start (other work skews every figure)."""
+    busy, total = servers.machine_cpu()
+    time.sleep(seconds)
+    busy_after, total_after = servers.machine_cpu()
+    return (busy_after - busy) / (total_after - total) if total_after > total else 0.0
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def summary(results: dict[str, Any]) -> None:
+    say()
+    say("server       clients    req/s  ratio  p50 ms  p95 ms  p99 ms  errors  client cores")
+    for row in results["load"]:
+        ratio = row["ratio_to_bare"]
+        say(
+            f"{row['server']:<12} {row['clients']:>7} {row['throughput']:>8.1f} "
+            f"{ratio or 0:>6.2f} {row['p50_ms']:>7.2f} {row['p95_ms']:>7.2f} "
+            f"{row['p99_ms']:>7.2f} {row['errors']:>7}  {row['client_cores']:.2f}"
+        )
+    for row in results["steady"]:
+        say(
+            f"{row['server']:<12} steady {row['rate']:.0f}/s: p50 {row['p50_ms']:.2f} ms, "
+            f"p99 {row['p99_ms']:.2f} ms, {row['errors']} errors"
+        )
+    say()
+    for target in results["targets"]:
+        say(f"[{'met' if target['met'] else 'MISSED':>6}] {target['target']}: {target['measured']}")
+    say(f"\n{results['duration_s']:.0f} s in all")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json/.svg")
+    parser.add_argument("--quick", action="store_true", help="a tiny run, SQLite only")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("TEST_DATABASE_URL")
+        or DEFAULT_POSTGRES_URL,
+        help="PostgreSQL server to use when reachable (a schema is created and dropped)",
+    )
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="as `incident-bot serve` (1)")
+    parser.add_argument("--threads", type=int, default=8, help="as `incident-bot serve` (8)")
+    parser.add_argument("--client-processes", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    results = run(args)
+    summary(results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.svg").write_text(chart.render_svg(results))
+    say(f"wrote {args.out / 'results.json'} and {args.out / 'results.svg'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

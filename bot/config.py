@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 DEFAULT_DATABASE_URL = "sqlite:///incidents.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -98,28 +99,57 @@ def _database_url(value: str) -> str:
         url = make_url(value)
     except ArgumentError:
         raise ConfigError(
-            f"DATABASE_URL is not a database URL: {value!r} "
+            f"DATABASE_URL is not a database URL: {_without_password(value)!r} "
             "(expected e.g. sqlite:///incidents.db or postgresql+psycopg://user@host/db)."
         ) from None
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        hint = " (write postgresql://, not postgres://)" if backend == "postgres" else ""
         raise ConfigError(
-            f"DATABASE_URL names {url.get_backend_name()!r}; "
-            "only sqlite and postgresql are supported."
+            f"DATABASE_URL names {backend!r}; only sqlite and postgresql are supported{hint}."
         )
+    # Find a wrong or missing driver now, by the variable's name, not at the first query.
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"DATABASE_URL names an unknown driver {url.drivername!r}; "
+            "use sqlite:/// or postgresql+psycopg://."
+        ) from None
+    if dialect.is_async:
+        raise ConfigError(
+            f"DATABASE_URL names the async driver {url.get_driver_name()!r}; "
+            "use postgresql+psycopg:// instead."
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        raise ConfigError(
+            f"DATABASE_URL needs the {url.get_driver_name()!r} driver, which is not installed; "
+            "use postgresql+psycopg:// with pip install 'incident-bot[postgres]'."
+        ) from None
     return value
+
+
+def _without_password(value: str) -> str:
+    # The message is printed and logged; a URL SQLAlchemy cannot parse may still hold one.
+    return re.sub(r"^((?:[^@/]*//)?[^:@/]*):.*@", r"\1:***@", value)
 
 
 def _api_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"SLACK_API_URL must be an http(s) URL, got {value!r}.")
+    if parts.query or parts.fragment:
+        # Method names are appended to it (".../api/chat.postMessage").
+        raise ConfigError(f"SLACK_API_URL must not have a query or fragment, got {value!r}.")
     return value if value.endswith("/") else value + "/"
 
 
 def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "America"
         raise ConfigError(
             f"INCIDENT_TIMEZONE is not a known IANA time zone: {value!r} (e.g. Africa/Nairobi)."
         ) from None

@@ -13,6 +13,7 @@ Two modes:
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import queue
@@ -166,6 +167,7 @@ class _Connection:
         self.buffer = bytearray()
         self.request = b""
         self.due = 0.0  # perf_counter() from when this request's latency counts
+        self.in_flight = False
         self.resent = False
 
     def connect(self, selector: selectors.BaseSelector) -> None:
@@ -195,6 +197,7 @@ class _Connection:
         self.request = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
         self.due = due
         self.resent = False
+        self.in_flight = True
         self._write(selector)
 
     def resend(self, selector: selectors.BaseSelector) -> None:
@@ -221,7 +224,7 @@ def run_group(group: Group) -> GroupResult:
         for channel, user in zip(group.channels, group.users, strict=True)
     ]
     result = GroupResult()
-    free = list(reversed(connections))
+    free = collections.deque(connections)  # first in, first out: every connection stays warm
     busy = 0
     issued = 0
     expect = group.target.expect
@@ -234,6 +237,7 @@ def run_group(group: Group) -> GroupResult:
         return first_due if group.rate is None else first_due + index / group.rate
 
     def fail(connection: _Connection, reason: str) -> None:
+        connection.in_flight = False
         result.errors += 1
         if len(result.error_samples) < 5:
             result.error_samples.append(reason)
@@ -247,7 +251,7 @@ def run_group(group: Group) -> GroupResult:
                 result.errors += busy + group.count - issued
                 break
             while free and issued < group.count and due_of(issued) <= now:
-                connection = free.pop()
+                connection = free.popleft()
                 due = now if group.rate is None else due_of(issued)
                 text = f"{group.subcommand} {group.label} {connection.command.user_id} #{issued}"
                 try:
@@ -268,6 +272,11 @@ def run_group(group: Group) -> GroupResult:
                     data = connection.sock.recv(65536)
                 except OSError as error:
                     data, reset = b"", error
+                if not connection.in_flight:
+                    # The server closed a keep-alive connection that had nothing to answer;
+                    # the next request on it connects again.
+                    connection.close(selector)
+                    continue
                 if not data:
                     if not connection.buffer and not connection.resent:
                         result.reconnects += 1
@@ -286,6 +295,7 @@ def run_group(group: Group) -> GroupResult:
                     continue
                 elapsed_ms = (time.perf_counter() - connection.due) * 1000.0
                 del connection.buffer[: response.consumed]
+                connection.in_flight = False
                 busy -= 1
                 if response.status != 200 or (expect is not None and expect not in response.body):
                     fail(connection, f"{response.status}: {response.body[:200]!r}")
@@ -324,6 +334,20 @@ def split(total: int, parts: int) -> list[int]:
     return [share + (1 if i < rest else 0) for i in range(parts)]
 
 
+def _wait_ready(children: list[Any], ready: Any) -> None:
+    """Wait until every child has said it is ready; fail fast if one dies on the way."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    waiting = len(children)
+    while waiting:
+        try:
+            ready.get(timeout=0.2)
+            waiting -= 1
+        except queue.Empty:
+            dead = [child for child in children if child.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"load generator processes did not start: {dead}") from None
+
+
 def drive(
     target: Target,
     *,
@@ -359,8 +383,7 @@ def drive(
         child.start()
         children.append(child)
     try:
-        for _ in children:
-            ready.get(timeout=READY_TIMEOUT_S)
+        _wait_ready(children, ready)
         probe_start = probe() if probe else None
         go.set()
         groups: list[GroupResult] = []

@@ -60,7 +60,7 @@ class Plan:
 
 FULL = Plan(
     clients=(1, 8, 32),
-    count=4_000,
+    count=6_000,
     warmup=400,
     steady_rate=50.0,
     steady_count=1_000,
@@ -474,7 +474,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "skipped": {},
     }
     say(
-        f"== code {results['code']['commit'][:12]} "
+        f"== code {results['code']['commit'] or results['code']['source']} "
         f"({len(results['code']['uncommitted'])} uncommitted changes in bot/), "
         f"machine {results['background_cpu_busy'] * 100:.0f}% busy before the start"
     )
@@ -589,7 +589,11 @@ def _code_version() -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     changed = git("status", "--porcelain", "--", "bot", "templates", "pyproject.toml")
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": changed.splitlines()}
+    return {
+        "source": str(servers.ROOT),
+        "commit": git("rev-parse", "HEAD") or None,  # None: not a git checkout (an export)
+        "uncommitted": changed.splitlines(),
+    }
 
 
 def _background_busy(seconds: float = 1.0) -> float:

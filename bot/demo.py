@@ -56,6 +56,7 @@ class FakeSlack:
     """Slack's Web API on loopback: answers like Slack, remembers what it was asked."""
 
     users: dict[str, str] = field(default_factory=dict)  # user id -> IANA zone
+    names: dict[str, str] = field(default_factory=dict)  # user id -> display name
     team_id: str = DEMO_TEAM
     bot_user_id: str = "U0BOT00001"
     calls: list[ApiCall] = field(default_factory=list)
@@ -234,9 +235,12 @@ class FakeSlack:
                 "ok": True,
                 "user": {
                     "id": user,
+                    "team_id": self.team_id,
+                    "name": user.lower(),
                     "tz": zone,
                     "tz_label": zone,
                     "tz_offset": int(offset.total_seconds()),
+                    "profile": {"display_name": self.names.get(user, ""), "real_name": ""},
                 },
             }
         if method in ("chat.postMessage", "chat.postEphemeral"):

@@ -63,6 +63,7 @@ def build_environment(templates_dir: Path | None = None) -> Environment:
     )
     env.filters["md"] = markdown_escape
     env.filters["md_item"] = markdown_item
+    env.filters["md_line"] = markdown_line
     env.filters["br"] = html_lines
     env.filters["continues"] = continue_sentence
     env.filters["sentence"] = end_sentence
@@ -186,8 +187,12 @@ def _zone_abbreviation(moment: datetime) -> str:
     return name
 
 
+def _time_of_day(local: datetime) -> str:
+    return f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+
+
 def _clock(local: datetime, zone_name: str, *, with_date: bool) -> str:
-    text = f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+    text = _time_of_day(local)
     if with_date:
         text = f"{local.day} {local:%b} {text}"
     own_zone = _zone_abbreviation(local)
@@ -203,28 +208,68 @@ def _long_date(day: date) -> str:
 def _window_phrase(
     start: datetime, end: datetime, zone_name: str, spans_days: bool, ongoing: bool
 ) -> str:
-    def point(moment: datetime) -> str:
-        clock = _clock(moment, zone_name, with_date=False)
-        return f"{clock} on {moment.day} {moment:%B %Y}" if spans_days else clock
+    def point(moment: datetime, *, named: bool) -> str:
+        text = _time_of_day(moment)
+        if named:
+            text = f"{text} {_zone_abbreviation(moment)}"
+        return f"{text} on {moment.day} {moment:%B %Y}" if spans_days else text
 
     if ongoing:
-        return f"Since {point(start)} {zone_name}"
-    return f"From {point(start)} to {point(end)} {zone_name}"
+        return f"Since {point(start, named=False)} {zone_name}"
+    if _zone_abbreviation(start) != _zone_abbreviation(end):
+        # Daylight saving began or ended in between: each end is named by its own zone.
+        return f"From {point(start, named=True)} to {point(end, named=True)}"
+    return f"From {point(start, named=False)} to {point(end, named=False)} {zone_name}"
 
 
 # --- filters -------------------------------------------------------------------------------
 
-_MD_INLINE = re.compile(r"([\\`*\[\]<>])|(?<!\w)_|_(?!\w)|&(?=#?\w+;)")
-_MD_BLOCK_START = re.compile(r"^(\s*)([#+=>|-]|~~~)")
-_MD_ORDERED = re.compile(r"^(\s*\d+)([.)])")
+# Markdown's own line endings; str.splitlines() would also split on \x1c, \x85, \u2028 and
+# others that Markdown shows as characters.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+# Backslash-escaped anywhere: code spans, emphasis (* always; _ see below), links and images,
+# autolinks and HTML, entity references.
+_MD_INLINE = re.compile(r"[\\`*\[\]<>]|&(?=#?\w+;)|_+")
+# What would start a block at the beginning of a line: a heading, a quote, a list item,
+# a thematic break or setext underline, a fence, a table row.
+_MD_BLOCK_START = re.compile(r"^([#+=>|-]|~~~)")
+_MD_ORDERED = re.compile(r"^(\d+)([.)])")
+_TRAILING_HASHES = re.compile(r"(?<!\\)#+$")
+
+
+def _lines(text: str) -> list[str]:
+    return _LINE_END.split(text)
+
+
+def _escape_inline(line: str) -> str:
+    def escape_one(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token[0] != "_":
+            return "\\" + token
+        # A run of underscores between two letters or digits (snake_case) can neither open
+        # nor close emphasis, so it reads better left alone; any other is escaped.
+        before = line[match.start() - 1 : match.start()]
+        after = line[match.end() : match.end() + 1]
+        if before.isalnum() and after.isalnum():
+            return token
+        return "\\_" * len(token)
+
+    return _MD_INLINE.sub(escape_one, line)
 
 
 def markdown_escape(text: str) -> str:
-    """Escape typed text so Markdown shows it as typed; line breaks stay line breaks."""
+    """Escape typed text so that Markdown shows it as typed; each line break a hard break.
+
+    Markdown drops spaces and tabs at the ends of lines and ends a paragraph at a blank
+    line, so those are left out rather than let a blank line end a list item early.
+    """
     lines = []
-    for line in text.splitlines() or [""]:
-        line = _MD_INLINE.sub(lambda m: "\\" + m.group(0), line)
-        line = _MD_BLOCK_START.sub(r"\1\\\2", line)
+    for line in _lines(text):
+        line = line.strip(" \t")
+        if not line:
+            continue
+        line = _escape_inline(line)
+        line = _MD_BLOCK_START.sub(r"\\\1", line)
         line = _MD_ORDERED.sub(r"\1\\\2", line)
         lines.append(line)
     return "  \n".join(lines)
@@ -235,9 +280,16 @@ def markdown_item(text: str) -> str:
     return markdown_escape(text).replace("\n", "\n  ")
 
 
+def markdown_line(text: str) -> str:
+    """Escape text for one line of its own, such as a heading: its lines joined by spaces."""
+    line = markdown_escape(" ".join(filter(None, (part.strip(" \t") for part in _lines(text)))))
+    # A heading's trailing run of # would be taken for its optional closing sequence.
+    return _TRAILING_HASHES.sub(lambda match: "\\#" * len(match.group(0)), line)
+
+
 def html_lines(text: str) -> Markup:
     """Escape text for HTML, keeping its line breaks."""
-    return Markup("<br>\n").join(escape(line) for line in text.splitlines() or [""])
+    return Markup("<br>\n").join(escape(line) for line in _lines(text))
 
 
 # Words that start a sentence only because they are common, so they can be lowercased when

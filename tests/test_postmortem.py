@@ -1,0 +1,990 @@
+"""Postmortems rendered from incidents recorded by the real use cases, on SQLite and PostgreSQL.
+
+The Markdown is read back with a CommonMark parser (markdown-it-py) and the HTML with the
+standard library's parser, so the tests check what a reader would see, not template source.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from html.parser import HTMLParser
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jinja2 import Environment
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot import db, incidents, postmortem
+from bot.config import Settings
+from bot.models import Field, Incident
+from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Database
+
+REFERENCES = Path(__file__).resolve().parents[1].parent / "shared" / "reference-postmortems"
+HUM = REFERENCES / "hum-ddos-outage.md"
+PAYMENT = REFERENCES / "payment-site-outage.html"
+
+# When the postmortems are rendered: after every incident below.
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+COMMONMARK = MarkdownIt("commonmark")
+
+
+def at(zone: str, wall_time: str) -> datetime:
+    """A wall time in a zone ("2026-11-20 01:06") as aware UTC (the first, if it is twice)."""
+    return datetime.fromisoformat(wall_time).replace(tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+# --- reading what was rendered ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """A heading, paragraph or list item, with the text a reader sees in it."""
+
+    kind: str  # "h1", "h2", "p", "li", "title"; anything else is a block typed text must not make
+    text: str
+
+
+def _inline_text(inline: Token) -> str:
+    """The text of an inline token; anything but plain text and hard breaks shows as <type>."""
+    parts = []
+    for child in inline.children or []:
+        if child.type in ("text", "text_special"):
+            parts.append(child.content)
+        elif child.type == "hardbreak":
+            parts.append("\n")
+        else:  # emphasis, a link, code, raw HTML, a soft break...
+            parts.append(f"<{child.type}>")
+    return "".join(parts)
+
+
+def markdown_blocks(markdown: str) -> list[Block]:
+    """The top-level blocks of a Markdown document as CommonMark reads them."""
+    tokens = COMMONMARK.parse(markdown)
+    blocks: list[Block] = []
+    depth = 0  # how deep in list items
+    item: list[str] = []
+    for index, token in enumerate(tokens):
+        if token.type == "list_item_open":
+            depth += 1
+            if depth == 1:
+                item = []
+        elif token.type == "list_item_close":
+            depth -= 1
+            if depth == 0:
+                blocks.append(Block("li", "\n\n".join(item)))  # two paragraphs: visibly wrong
+        elif token.type == "inline":
+            opener = tokens[index - 1]
+            text = _inline_text(token)
+            if depth:
+                item.append(text if opener.type == "paragraph_open" else f"<{opener.type}>{text}")
+            else:
+                blocks.append(Block(opener.tag if opener.type == "heading_open" else "p", text))
+        elif token.type in ("bullet_list_open", "ordered_list_open") and depth:
+            item.append(f"<{token.type}>")  # a list nested inside an item
+        elif token.nesting != -1 and token.type not in (
+            "paragraph_open",
+            "heading_open",
+            "bullet_list_open",
+            "ordered_list_open",
+        ):
+            if depth:
+                item.append(f"<{token.type}>")
+            else:
+                blocks.append(Block(token.type, token.content))
+    return blocks
+
+
+class _HtmlBlocks(HTMLParser):
+    """Headings, paragraphs, list items and the title of a page; <br> is a line break."""
+
+    BLOCKS = frozenset({"title", "h1", "h2", "p", "li"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[Block] = []
+        self.tags: list[str] = []
+        self._open: list[tuple[str, list[str]]] = []
+
+    def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "footer":
+            self.blocks.append(Block("footer", ""))
+        elif tag == "br" and self._open:
+            self._open[-1][1].append("\n")
+        elif tag in self.BLOCKS:
+            self._open.append((tag, []))
+        elif self._open:
+            self._open[-1][1].append(f"<{tag}>")  # an element inside typed text
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[-1][0] == tag:
+            kind, parts = self._open.pop()
+            self.blocks.append(Block(kind, "".join(parts)))
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            # Line endings in the source are layout (after a <br>); typed ones are <br>.
+            self._open[-1][1].append(_flat(data))
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\r\n|\r|\n", "", text)
+
+
+def html_blocks(page: str) -> _HtmlBlocks:
+    parser = _HtmlBlocks()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def sections(blocks: list[Block]) -> dict[str, list[Block]]:
+    """The blocks under each h2, by the h2's text, up to the next h2 or the closing rule."""
+    found: dict[str, list[Block]] = {}
+    current: list[Block] | None = None
+    for block in blocks:
+        if block.kind == "h2":
+            current = found.setdefault(block.text, [])
+        elif block.kind in ("hr", "footer"):
+            current = None
+        elif current is not None:
+            current.append(block)
+    return found
+
+
+def headings(blocks: list[Block]) -> list[tuple[str, str]]:
+    return [(block.kind, block.text) for block in blocks if block.kind in ("h1", "h2")]
+
+
+def shown_by_markdown(text: str) -> str:
+    """`text` as any Markdown renderer shows a paragraph of it, whatever the escaping.
+
+    Markdown itself (CommonMark, "Paragraphs" and "Hard line breaks") treats `\\r\\n`, `\\r`
+    and `\\n` alike as line endings; drops the spaces and tabs at the start and end of each
+    line; and ends a paragraph at a line of nothing but spaces and tabs. So: lines split at
+    those endings, stripped of spaces and tabs only (not of other Unicode spaces, which
+    Markdown keeps), and empty lines dropped. Nothing else is normalised.
+    """
+    lines = (line.strip(" \t") for line in re.split(r"\r\n|\r|\n", text))
+    return "\n".join(line for line in lines if line)
+
+
+def html_text(text: str) -> str:
+    """`text` as the HTML's text content holds it: line endings become <br>, nothing else."""
+    return "\n".join(re.split(r"\r\n|\r|\n", text))
+
+
+# --- recording incidents with the real use cases ----------------------------------------
+
+
+@dataclass
+class Rendered:
+    context: postmortem.PostmortemContext
+    markdown: str
+    html: str
+
+    @cached_property
+    def md(self) -> list[Block]:
+        return markdown_blocks(self.markdown)
+
+    @cached_property
+    def page(self) -> _HtmlBlocks:
+        return html_blocks(self.html)
+
+    def md_section(self, heading: str) -> list[Block]:
+        return sections(self.md)[heading]
+
+    def html_section(self, heading: str) -> list[Block]:
+        return sections(self.page.blocks)[heading]
+
+    def md_summary(self) -> str:
+        [paragraph] = self.md_section("Issue summary")
+        assert paragraph.kind == "p"
+        return paragraph.text
+
+    def html_summary(self) -> str:
+        [paragraph] = self.html_section("Issue Summary:")
+        assert paragraph.kind == "p"
+        return paragraph.text
+
+    def md_timeline(self) -> list[str]:
+        return [block.text for block in self.md_section("Timeline") if block.kind == "li"]
+
+    def html_timeline(self) -> list[str]:
+        return [block.text for block in self.html_section("Timeline:") if block.kind == "li"]
+
+
+@dataclass
+class Story:
+    """An incident told through the use cases in bot.incidents, one session throughout."""
+
+    session: Session
+    sessions: sessionmaker[Session]
+    incident: Incident
+    env: Environment = field(default_factory=postmortem.build_environment)
+
+    def note(self, when: datetime, text: str, *, author: str = ALICE) -> Story:
+        incidents.add_entry(
+            self.session,
+            incident=self.incident,
+            text=text,
+            occurred_at=when,
+            author_id=author,
+            now=when,
+        )
+        self.session.flush()
+        return self
+
+    def set(self, which: Field, value: str) -> Story:
+        incidents.set_field(
+            self.session, incident=self.incident, field=which, value=value, user_id=ALICE, now=NOW
+        )
+        return self
+
+    def action(self, text: str) -> Story:
+        incidents.add_action(self.session, incident=self.incident, text=text, user_id=BOB, now=NOW)
+        self.session.flush()
+        return self
+
+    def close(self, when: datetime, text: str | None = None) -> Story:
+        incidents.close_incident(
+            self.session, incident=self.incident, closed_at=when, user_id=ALICE, text=text, now=when
+        )
+        return self
+
+    def render(self, now: datetime = NOW) -> Rendered:
+        """Commit, then read the incident back in a new session and render both formats."""
+        self.session.commit()
+        with self.sessions() as session:
+            incident = session.get(Incident, self.incident.id)
+            assert incident is not None
+            context = postmortem.build_context(session, incident=incident, now=now)
+        # The session is closed: the context must stand on its own.
+        return Rendered(
+            context=context,
+            markdown=postmortem.render(self.env, context),
+            html=postmortem.render(self.env, context, postmortem.Format.HTML),
+        )
+
+
+class Stories:
+    def __init__(self, database: Database) -> None:
+        self.sessions = db.make_session_factory(database.engine)
+        self.opened: list[Session] = []
+
+    def start(self, title: str, *, zone: str, when: datetime, channel: str = CHANNEL) -> Story:
+        session = self.sessions()
+        self.opened.append(session)
+        incident = incidents.start_incident(
+            session,
+            team_id=TEAM,
+            channel_id=channel,
+            user_id=ALICE,
+            title=title,
+            started_at=when,
+            timezone=zone,
+            now=when,
+        )
+        return Story(session=session, sessions=self.sessions, incident=incident)
+
+
+@pytest.fixture
+def stories(database: Database) -> Iterator[Stories]:
+    made = Stories(database)
+    yield made
+    for session in made.opened:  # before the database is dropped
+        session.close()
+
+
+# --- the two reference postmortems ------------------------------------------------------
+
+
+def reference_bullets(markdown: str, heading: str) -> list[str]:
+    """The `* ` lines of a section of the Markdown reference, as its author wrote them."""
+    section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    return [line[2:].strip() for line in section.splitlines() if line.startswith("* ")]
+
+
+def reference_html_dashes(page: str, heading: str) -> list[str]:
+    """The `- ` lines of a section of the HTML reference."""
+    section = page.split(f"<h2>{heading}</h2>", 1)[1].split("<h2>", 1)[0]
+    return [line[2:].strip() for line in section.splitlines() if line.startswith("- ")]
+
+
+def _split_clock(line: str) -> tuple[str, str]:
+    clock, _, text = line.partition(" - ")
+    return clock, text
+
+
+HUM_DAY = "2026-11-20"
+HUM_ZONE = "Africa/Nairobi"
+
+
+def tell_hum(stories: Stories) -> Story:
+    """The Hum outage as its timeline and measures say, recorded through the use cases."""
+    reference = HUM.read_text(encoding="utf-8")
+    timeline = [_split_clock(line) for line in reference_bullets(reference, "Timeline")]
+    times = [
+        datetime.strptime(f"{HUM_DAY} {clock}", "%Y-%m-%d %I:%M %p")
+        .replace(tzinfo=ZoneInfo(HUM_ZONE))
+        .astimezone(UTC)
+        for clock, _ in timeline
+    ]
+    story = stories.start("Hum DDoS outage", zone=HUM_ZONE, when=times[0])
+    for when, (_, text) in zip(times[:-1], timeline[:-1], strict=True):
+        story.note(when, text)
+    story.set(
+        Field.IMPACT,
+        "Requests to the company's servers resulted in 503 error response messages",
+    )
+    story.set(Field.CAUSE, "a DDoS attack that overloaded the servers' RAM")
+    story.set(Field.RESOLUTION, "IP-based ACLs blocked the traffic from the attack's source")
+    for measure in reference_bullets(reference, "Corrective and preventative measures"):
+        story.action(measure)
+    return story.close(times[-1], timeline[-1][1])
+
+
+def test_the_references_are_where_the_tests_expect_them() -> None:
+    assert HUM.is_file() and PAYMENT.is_file()
+
+
+def test_markdown_has_the_hum_reference_sections_in_the_same_order(stories: Stories) -> None:
+    reference = headings(markdown_blocks(HUM.read_text(encoding="utf-8")))
+    ours = headings(tell_hum(stories).render().md)
+
+    assert reference[0] == ("h1", "Postmortem")
+    assert ours[0] == ("h1", "Postmortem: Hum DDoS outage")
+    assert [kind for kind, _ in ours].count("h1") == 1
+    assert ours[1:] == reference[1:]
+    assert [text for _, text in ours[1:]] == [
+        "Issue summary",
+        "Timeline",
+        "Root cause and resolution",
+        "Corrective and preventative measures",
+    ]
+
+
+def test_markdown_timeline_and_measures_are_the_hum_references(stories: Stories) -> None:
+    reference = HUM.read_text(encoding="utf-8")
+    rendered = tell_hum(stories).render()
+
+    assert rendered.md_timeline() == reference_bullets(reference, "Timeline")
+    assert [b.text for b in rendered.md_section("Corrective and preventative measures")] == (
+        reference_bullets(reference, "Corrective and preventative measures")
+    )
+    assert all(
+        block.kind == "li"
+        for name in ("Timeline", "Corrective and preventative measures")
+        for block in rendered.md_section(name)
+    )
+    # The Markdown source itself has the reference's `* 1:06 AM - Outage begins` lines.
+    assert "\n* 1:06 AM - Outage begins\n" in rendered.markdown
+
+
+def test_markdown_issue_summary_reads_like_the_references(stories: Stories) -> None:
+    rendered = tell_hum(stories).render()
+
+    summary = rendered.md_summary()
+    assert summary.startswith("From 1:06 AM to 2:46 AM EAT, ")
+    assert "From 1:06 AM to 2:46 AM EAT, " in HUM.read_text(encoding="utf-8")
+    assert summary == (
+        "From 1:06 AM to 2:46 AM EAT, requests to the company's servers resulted in 503 error "
+        "response messages. The outage lasted 1 hour 40 minutes. The root cause of this "
+        "outage was a DDoS attack that overloaded the servers' RAM."
+    )
+    assert rendered.context.window.duration == "1 hour 40 minutes"
+    assert [b.text for b in rendered.md_section("Root cause and resolution")] == [
+        "A DDoS attack that overloaded the servers' RAM.",
+        "IP-based ACLs blocked the traffic from the attack's source.",
+    ]
+
+
+def test_the_zone_is_named_once_and_timeline_lines_carry_no_zone(stories: Stories) -> None:
+    rendered = tell_hum(stories).render()
+
+    assert rendered.md_summary().count("EAT") == 1
+    assert rendered.html_summary().count("EAT") == 1
+    assert not any("EAT" in line for line in rendered.md_timeline())
+    assert not any("EAT" in line for line in rendered.html_timeline())
+
+
+PAYMENT_DAY = "2022-12-25"
+PAYMENT_ZONE = "Africa/Lagos"
+
+
+def tell_payment(stories: Stories) -> Story:
+    page = PAYMENT.read_text(encoding="utf-8")
+    timeline = [_split_clock(line) for line in reference_html_dashes(page, "Timeline:")]
+    times = [
+        datetime.strptime(f"{PAYMENT_DAY} {clock}", "%Y-%m-%d %I:%M %p")
+        .replace(tzinfo=ZoneInfo(PAYMENT_ZONE))
+        .astimezone(UTC)
+        for clock, _ in timeline
+    ]
+    story = stories.start("Payment website experience outage", zone=PAYMENT_ZONE, when=times[0])
+    for when, (_, text) in zip(times, timeline, strict=True):
+        story.note(when, text)
+    story.set(Field.IMPACT, "All users could not reach the payment site")
+    story.set(Field.CAUSE, "a distributed denial of service attack by a botnet")
+    story.set(Field.RESOLUTION, "Traffic was routed through a DDoS mitigation service")
+    story.set(Field.SUMMARY, "A DDoS attack took the site offline; mitigation brought it back")
+    for measure in reference_html_dashes(page, "Corrective and Preventative Measures:"):
+        story.action(measure)
+    return story.close(times[-1])
+
+
+def test_html_has_the_payment_reference_sections_in_the_same_order(stories: Stories) -> None:
+    reference = headings(html_blocks(PAYMENT.read_text(encoding="utf-8")).blocks)
+    ours = headings(tell_payment(stories).render().page.blocks)
+
+    assert reference[0] == ("h1", "Postmortem : Payment website experience outage")
+    assert ours[0] == ("h1", "Postmortem : Payment website experience outage")
+    assert ours[1:] == reference[1:]
+    assert [text for _, text in ours[1:]] == [
+        "Issue Summary:",
+        "Root Cause:",
+        "Timeline:",
+        "Resolution:",
+        "Corrective and Preventative Measures:",
+        "In summary",
+    ]
+
+
+def test_html_timeline_and_measures_are_the_payment_references(stories: Stories) -> None:
+    page = PAYMENT.read_text(encoding="utf-8")
+    rendered = tell_payment(stories).render()
+
+    def clock_and_text(line: str) -> tuple[str, str]:
+        clock, text = _split_clock(line)
+        return clock.lstrip("0"), text  # the reference writes "05:30 AM"; we write "5:30 AM"
+
+    assert [clock_and_text(line) for line in rendered.html_timeline()] == [
+        clock_and_text(line) for line in reference_html_dashes(page, "Timeline:")
+    ]
+    measures = rendered.html_section("Corrective and Preventative Measures:")
+    assert [block.text for block in measures] == reference_html_dashes(
+        page, "Corrective and Preventative Measures:"
+    )
+    assert rendered.html_summary().startswith("From 12:02 AM to 5:30 AM WAT, ")
+    assert rendered.context.window.duration == "5 hours 28 minutes"
+    assert [b.text for b in rendered.html_section("In summary")] == [
+        "A DDoS attack took the site offline; mitigation brought it back."
+    ]
+
+
+def test_html_issue_summary_opens_with_the_window_and_gives_the_duration(
+    stories: Stories,
+) -> None:
+    rendered = tell_hum(stories).render()
+
+    assert rendered.html_summary() == (
+        "From 1:06 AM to 2:46 AM EAT, requests to the company's servers resulted in 503 error "
+        "response messages. The outage lasted 1 hour 40 minutes."
+    )
+    assert [b.text for b in rendered.html_section("Root Cause:")] == [
+        "A DDoS attack that overloaded the servers' RAM."
+    ]
+    assert rendered.html_timeline()[0] == "1:06 AM - Outage begins"
+
+
+# --- the window: midnight, daylight saving, zones, back-dating ---------------------------
+
+
+def test_a_window_across_midnight_shows_dates(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    story = stories.start("Night outage", zone=zone, when=at(zone, "2026-11-19 23:30"))
+    story.note(at(zone, "2026-11-19 23:30"), "Alerts fire")
+    story.note(at(zone, "2026-11-19 23:50"), "Failover started")
+    story.note(at(zone, "2026-11-20 00:10"), "Failover done")
+    story.note(at(zone, "2026-11-20 00:40"), "Traffic drained")
+    rendered = story.close(at(zone, "2026-11-20 01:10"), "Recovered").render()
+
+    expected_summary = "From 11:30 PM on 19 November 2026 to 1:10 AM on 20 November 2026 EAT, "
+    assert rendered.md_summary().startswith(expected_summary)
+    assert rendered.html_summary().startswith(expected_summary)
+    expected_timeline = [
+        "19 Nov 11:30 PM - Alerts fire",
+        "11:50 PM - Failover started",
+        "20 Nov 12:10 AM - Failover done",  # the day changes here
+        "12:40 AM - Traffic drained",
+        "1:10 AM - Recovered",
+    ]
+    assert rendered.md_timeline() == expected_timeline
+    assert rendered.html_timeline() == expected_timeline
+    assert rendered.context.window.duration == "1 hour 40 minutes"
+
+
+def test_a_window_within_one_day_shows_no_dates(stories: Stories) -> None:
+    rendered = tell_hum(stories).render()
+
+    assert " on " not in rendered.md_summary().split(",")[0]
+    assert not any(re.match(r"\d+ [A-Z][a-z]{2} ", line) for line in rendered.md_timeline())
+
+
+def test_a_window_across_the_end_of_daylight_saving_names_both_zones(stories: Stories) -> None:
+    # Los Angeles, 1 November 2026: 1:00-1:59 AM happens twice, first PDT (UTC-7), then PST.
+    zone = "America/Los_Angeles"
+    start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)  # 1:00 AM PDT
+    story = stories.start("Clock change outage", zone=zone, when=start)
+    story.note(start, "Errors begin")
+    story.note(datetime(2026, 11, 1, 8, 40, tzinfo=UTC), "Rollback started")  # 1:40 AM PDT
+    rendered = story.close(datetime(2026, 11, 1, 9, 30, tzinfo=UTC), "Recovered").render()
+
+    summary = rendered.md_summary()
+    assert summary.startswith("From 1:00 AM PDT to 1:30 AM PST, ")
+    assert rendered.html_summary().startswith("From 1:00 AM PDT to 1:30 AM PST, ")
+    assert "The outage lasted 1 hour 30 minutes." in summary  # elapsed, not wall-clock
+    assert rendered.md_timeline() == [
+        "1:00 AM - Errors begin",
+        "1:40 AM - Rollback started",
+        "1:30 AM PST - Recovered",  # after 1:40 AM PDT: the zone says why
+    ]
+
+
+def test_a_window_across_the_start_of_daylight_saving_and_midnight(stories: Stories) -> None:
+    # London, 29 March 2026: 1:00 AM GMT becomes 2:00 AM BST.
+    zone = "Europe/London"
+    start = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # 11:30 PM GMT
+    story = stories.start("Spring outage", zone=zone, when=start)
+    rendered = story.close(datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "Recovered").render()
+
+    assert rendered.md_summary().startswith(
+        "From 11:30 PM GMT on 28 March 2026 to 2:30 AM BST on 29 March 2026, "
+    )
+    assert "The outage lasted 2 hours." in rendered.md_summary()
+    assert rendered.md_timeline() == ["29 Mar 2:30 AM BST - Recovered"]
+
+
+@pytest.mark.parametrize(
+    ("zone", "name", "start_clock", "end_clock"),
+    [
+        ("America/Sao_Paulo", "UTC-03", "5:30 PM", "6:10 PM"),
+        ("Asia/Kathmandu", "UTC+0545", "2:15 AM", "2:55 AM"),
+    ],
+)
+def test_a_zone_without_a_letter_abbreviation_is_named_as_an_offset_from_utc(
+    stories: Stories, zone: str, name: str, start_clock: str, end_clock: str
+) -> None:
+    story = stories.start("Outage", zone=zone, when=datetime(2026, 11, 19, 20, 30, tzinfo=UTC))
+    rendered = story.close(datetime(2026, 11, 19, 21, 10, tzinfo=UTC)).render()
+
+    opening = f"From {start_clock} to {end_clock} {name}, "
+    assert rendered.md_summary().startswith(opening)
+    assert rendered.html_summary().startswith(opening)
+    assert f"({name})" in rendered.markdown  # the footer
+    assert rendered.context.window.zone == name
+
+
+def test_an_entry_back_dated_before_the_start_widens_the_window(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    story = stories.start("Late start", zone=zone, when=at(zone, "2026-11-20 01:30"))
+    story.note(at(zone, "2026-11-20 01:40"), "Paged the on-call")
+    story.note(at(zone, "2026-11-20 01:06"), "Errors began (seen later in the logs)")
+    rendered = story.close(at(zone, "2026-11-20 02:46")).render()
+
+    assert rendered.md_summary().startswith("From 1:06 AM to 2:46 AM EAT, ")
+    assert rendered.context.window.duration == "1 hour 40 minutes"
+    assert rendered.md_timeline() == [
+        "1:06 AM - Errors began (seen later in the logs)",
+        "1:40 AM - Paged the on-call",
+    ]
+
+
+def test_an_entry_back_dated_to_the_day_before_brings_in_dates(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    story = stories.start("Late start", zone=zone, when=at(zone, "2026-11-20 00:30"))
+    story.note(at(zone, "2026-11-19 23:55"), "First errors")
+    rendered = story.close(at(zone, "2026-11-20 01:00")).render()
+
+    assert rendered.md_summary().startswith(
+        "From 11:55 PM on 19 November 2026 to 1:00 AM on 20 November 2026 EAT, "
+    )
+    assert rendered.md_timeline() == ["19 Nov 11:55 PM - First errors"]
+
+
+def test_ties_keep_the_order_they_were_recorded_in(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    one_ten = at(zone, "2026-11-20 01:10")
+    story = stories.start("Ties", zone=zone, when=at(zone, "2026-11-20 01:06"))
+    story.note(one_ten, "Zeta recorded first")
+    story.note(one_ten, "Alpha recorded second")
+    story.note(at(zone, "2026-11-20 01:08"), "Recorded third, happened earlier")
+    story.note(one_ten, "Middle recorded fourth")
+    rendered = story.close(one_ten, "Closed at the same minute, recorded last").render()
+
+    expected = [
+        "1:08 AM - Recorded third, happened earlier",
+        "1:10 AM - Zeta recorded first",
+        "1:10 AM - Alpha recorded second",
+        "1:10 AM - Middle recorded fourth",
+        "1:10 AM - Closed at the same minute, recorded last",
+    ]
+    assert rendered.md_timeline() == expected
+    assert rendered.html_timeline() == expected
+
+
+def test_measures_keep_the_order_they_were_added_in(stories: Stories) -> None:
+    zone = "UTC"
+    story = stories.start("Order", zone=zone, when=at(zone, "2026-11-20 01:00"))
+    for text in ["Zeta", "Alpha", "Middle"]:
+        story.action(text)
+    rendered = story.close(at(zone, "2026-11-20 02:00")).render()
+
+    assert [b.text for b in rendered.md_section("Corrective and preventative measures")] == [
+        "Zeta",
+        "Alpha",
+        "Middle",
+    ]
+
+
+def test_the_latest_value_of_a_field_wins(stories: Stories) -> None:
+    zone = "UTC"
+    story = stories.start("Fields", zone=zone, when=at(zone, "2026-11-20 01:00"))
+    story.set(Field.CAUSE, "a bad config push").set(Field.CAUSE, "an expired certificate")
+    rendered = story.close(at(zone, "2026-11-20 02:00")).render()
+
+    assert "expired certificate" in rendered.md_summary()
+    assert "config push" not in rendered.markdown
+    assert "config push" not in rendered.html
+
+
+def test_seconds_do_not_shorten_the_duration(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    start = at(zone, "2026-11-20 01:06") + timedelta(seconds=59)
+    story = stories.start("Seconds", zone=zone, when=start)
+    rendered = story.close(at(zone, "2026-11-20 02:46")).render()
+
+    assert rendered.md_summary().startswith("From 1:06 AM to 2:46 AM EAT, ")
+    assert "The outage lasted 1 hour 40 minutes." in rendered.md_summary()
+
+
+def test_an_ongoing_incident_says_since_and_so_far(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    story = stories.start("Still down", zone=zone, when=at(zone, "2026-11-20 01:06"))
+    story.note(at(zone, "2026-11-20 01:10"), "Investigating")
+    rendered = story.render(now=at(zone, "2026-11-20 02:46"))
+
+    assert rendered.context.status == "ongoing"
+    assert rendered.md_summary().startswith("Since 1:06 AM EAT, ")
+    assert "It has lasted 1 hour 40 minutes so far." in rendered.md_summary()
+    assert "1 hour 40 minutes so far" in rendered.md[1].text  # the line under the title
+    assert rendered.html_summary().startswith("Since 1:06 AM EAT, ")
+
+
+# --- empty sections ---------------------------------------------------------------------
+
+
+def test_empty_sections_say_so_plainly(stories: Stories) -> None:
+    zone = "Africa/Nairobi"
+    story = stories.start("Quiet incident", zone=zone, when=at(zone, "2026-11-20 01:06"))
+    rendered = story.close(at(zone, "2026-11-20 01:36")).render()
+
+    assert rendered.md_summary() == (
+        "From 1:06 AM to 1:36 AM EAT, the incident “Quiet incident” was under way; no impact "
+        "was recorded. The outage lasted 30 minutes. No root cause was recorded."
+    )
+    md = sections(rendered.md)
+    assert md["Timeline"] == [Block("p", "No timeline entries were recorded.")]
+    assert md["Root cause and resolution"] == [
+        Block("p", "No root cause was recorded."),
+        Block("p", "No resolution was recorded."),
+    ]
+    assert md["Corrective and preventative measures"] == [
+        Block("p", "No corrective or preventative measures were recorded.")
+    ]
+
+    html = sections(rendered.page.blocks)
+    assert html["Issue Summary:"] == [
+        Block(
+            "p",
+            "From 1:06 AM to 1:36 AM EAT, the incident “Quiet incident” was under way; "
+            "no impact was recorded. The outage lasted 30 minutes.",
+        )
+    ]
+    assert html["Root Cause:"] == [Block("p", "No root cause was recorded.")]
+    assert html["Timeline:"] == [Block("p", "No timeline entries were recorded.")]
+    assert html["Resolution:"] == [Block("p", "No resolution was recorded.")]
+    assert html["Corrective and Preventative Measures:"] == [
+        Block("p", "No corrective or preventative measures were recorded.")
+    ]
+    assert html["In summary"] == [Block("p", "No summary was recorded.")]
+
+
+# --- typed text is rendered as text -----------------------------------------------------
+
+TYPED = [
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "{% endraw %} {{ pm.title }} {# a comment #}",
+    "<script>alert(1)</script>",
+    "*bold* _x_ [a](b) # h",
+    "**strong** __also__ ~~struck~~ `code` ``more``",
+    "![image](https://x.example/i.png) <https://x.example> [ref]: /url",
+    "__init__ and snake_case_name and _leading and trailing_ and a_ b",
+    "a \\ backslash \\* and \\_ and a trailing one \\",
+    "&amp; &lt;b&gt; &#169; &copy; R&D AT&T",
+    "<!channel> @here <@U123|ann>",
+    "Issue #",
+    "50% of <b>users</b> saw 5 > 3",
+    "first line\n# not a heading\n- not a list\n+ nor this\n* nor this\n1. not ordered\n"
+    "2) nor this\n> not a quote\n    not code\n```\nnot a fence\n~~~\n---\n===\n| not | a table |",
+    "before a blank line\n\nafter it\n   \nand after spaces",
+    "windows line endings\r\nstay line breaks\rtoo",
+    "tabs\tinside\ta line",
+    "unicode: naïve café — “quotes” 😀 \u00a0non-breaking\u3000ideographic",
+]
+
+
+def _story_with_everywhere(stories: Stories, typed: str) -> Rendered:
+    zone = "Africa/Nairobi"
+    story = stories.start(typed, zone=zone, when=at(zone, "2026-11-20 01:06"))
+    story.note(at(zone, "2026-11-20 01:10"), typed)
+    for which in Field:
+        story.set(which, typed)
+    story.action(typed)
+    return story.close(at(zone, "2026-11-20 02:46")).render()
+
+
+@pytest.mark.parametrize("typed", TYPED)
+def test_typed_text_is_shown_as_typed_in_markdown(stories: Stories, typed: str) -> None:
+    rendered = _story_with_everywhere(stories, typed)
+    shown = shown_by_markdown
+
+    assert rendered.md[0] == Block("h1", "Postmortem: " + " ".join(shown(typed).split("\n")))
+    assert rendered.md_timeline() == [shown(f"1:10 AM - {typed}")]
+    assert rendered.md_section("Corrective and preventative measures") == [
+        Block("li", shown(typed))
+    ]
+    assert rendered.md_section("Root cause and resolution") == [
+        Block("p", shown(postmortem.end_sentence(typed))),
+        Block("p", shown(postmortem.end_sentence(typed))),
+    ]
+    summary = rendered.md_summary()
+    assert f"EAT, {shown(postmortem.continue_sentence(typed))}" in summary
+    assert f" {shown(postmortem.end_sentence(typed))} The outage lasted" in summary
+    assert "49" not in rendered.markdown
+
+
+@pytest.mark.parametrize("typed", TYPED)
+def test_typed_text_is_escaped_in_html(stories: Stories, typed: str) -> None:
+    rendered = _story_with_everywhere(stories, typed)
+    page = rendered.page
+    text = html_text
+
+    our_tags = {"html", "head", "meta", "title", "body", "h1", "h2", "p", "strong", "ul", "li"}
+    assert set(page.tags) <= our_tags | {"br", "footer"}
+    # Headings hold the title on one line, so its line breaks are only layout there.
+    assert page.blocks[0] == Block("title", f"Postmortem: {_flat(typed)}")
+    assert page.blocks[1] == Block("h1", f"Postmortem : {_flat(typed)}")
+    assert rendered.html_timeline() == [f"1:10 AM - {text(typed)}"]
+    assert rendered.html_section("Corrective and Preventative Measures:") == [
+        Block("li", text(typed))
+    ]
+    sentence = text(postmortem.end_sentence(typed))
+    assert rendered.html_section("Root Cause:") == [Block("p", sentence)]
+    assert rendered.html_section("Resolution:") == [Block("p", sentence)]
+    assert rendered.html_section("In summary") == [Block("p", sentence)]
+    assert rendered.html_summary().startswith(
+        f"From 1:06 AM to 2:46 AM EAT, {text(postmortem.continue_sentence(typed))}"
+    )
+    assert "49" not in rendered.html
+
+
+def test_a_multi_line_title_stays_one_heading(stories: Stories) -> None:
+    rendered = _story_with_everywhere(stories, "Checkout down\nfor card payments #")
+    assert rendered.md[0] == Block("h1", "Postmortem: Checkout down for card payments #")
+    assert rendered.md[1].kind == "p" and rendered.md[1].text.startswith("<strong_open>INC-")
+
+
+# Any text a person can store (the use cases refuse NUL, and surrogates cannot be encoded).
+PERSON_TEXT = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        max_size=300,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
+# The same, with the characters Markdown cares about made common.
+MARKDOWN_HEAVY = (
+    st.lists(
+        st.sampled_from(list("\\`*_[]()<>!#+-=|~&;:.0123456789 \t\n\r") + ["&amp;", "a", "é"])
+        | st.text(max_size=3),
+        max_size=120,
+    )
+    .map("".join)
+    .map(str.strip)
+    .filter(lambda text: bool(text) and "\x00" not in text)
+)
+PROPERTY_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@PROPERTY_SETTINGS
+@given(typed=PERSON_TEXT | MARKDOWN_HEAVY)
+def test_any_note_is_shown_by_commonmark_exactly_as_typed(stories: Stories, typed: str) -> None:
+    zone = "UTC"
+    story = stories.start(
+        "Property", zone=zone, when=at(zone, "2026-11-20 01:06"), channel=_new_channel()
+    )
+    story.note(at(zone, "2026-11-20 01:10"), typed)
+    rendered = story.close(at(zone, "2026-11-20 02:46")).render()
+
+    assert rendered.md_timeline() == [shown_by_markdown(f"1:10 AM - {typed}")]
+    # And the rest of the document is untouched by it.
+    assert [text for _, text in headings(rendered.md)][1:] == [
+        "Issue summary",
+        "Timeline",
+        "Root cause and resolution",
+        "Corrective and preventative measures",
+    ]
+
+
+@PROPERTY_SETTINGS
+@given(typed=PERSON_TEXT | MARKDOWN_HEAVY)
+def test_any_note_is_html_text_exactly_as_typed(stories: Stories, typed: str) -> None:
+    zone = "UTC"
+    story = stories.start(
+        "Property", zone=zone, when=at(zone, "2026-11-20 01:06"), channel=_new_channel()
+    )
+    story.note(at(zone, "2026-11-20 01:10"), typed)
+    rendered = story.close(at(zone, "2026-11-20 02:46")).render()
+
+    assert rendered.html_timeline() == [f"1:10 AM - {html_text(typed)}"]
+
+
+def _new_channel() -> str:
+    return f"C{uuid.uuid4().hex[:10].upper()}"
+
+
+# --- the filters on their own -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "continued"),
+    [
+        ("Requests failed", "requests failed."),
+        ("Customers could not pay", "customers could not pay."),
+        ("The API returned 503s.", "the API returned 503s."),
+        ("Stripe was down", "Stripe was down."),  # a name keeps its capital
+        ("DNS failed!", "DNS failed!"),
+        ("ALL requests failed", "ALL requests failed."),
+        ("  padded  ", "padded."),
+    ],
+)
+def test_continue_sentence(typed: str, continued: str) -> None:
+    assert postmortem.continue_sentence(typed) == continued
+
+
+@pytest.mark.parametrize(
+    ("typed", "sentence"),
+    [
+        ("a DDoS attack", "A DDoS attack."),
+        ("the certificate expired", "The certificate expired."),
+        ("iptables was misconfigured", "iptables was misconfigured."),  # not ours to capitalise
+        ("Done.", "Done."),
+        ("Why?", "Why?"),
+    ],
+)
+def test_end_sentence(typed: str, sentence: str) -> None:
+    assert postmortem.end_sentence(typed) == sentence
+
+
+@pytest.mark.parametrize(
+    ("minutes", "text"),
+    [
+        (0, "less than a minute"),
+        (1, "1 minute"),
+        (59, "59 minutes"),
+        (60, "1 hour"),
+        (100, "1 hour 40 minutes"),
+        (121, "2 hours 1 minute"),
+        (24 * 60, "1 day"),
+        (27 * 60 + 30, "1 day 3 hours 30 minutes"),
+        (2 * 24 * 60 + 5, "2 days 5 minutes"),
+        (-5, "less than a minute"),
+    ],
+)
+def test_format_duration(minutes: int, text: str) -> None:
+    assert postmortem.format_duration(timedelta(minutes=minutes)) == text
+
+
+def test_a_duration_under_a_minute_ignores_seconds() -> None:
+    assert postmortem.format_duration(timedelta(seconds=59)) == "less than a minute"
+    assert postmortem.format_duration(timedelta(seconds=119)) == "1 minute"
+
+
+# --- where the templates come from ------------------------------------------------------
+
+
+def _override(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_templates_dir_overrides_markdown_and_html_falls_back(
+    stories: Stories, tmp_path: Path
+) -> None:
+    folder = _override(
+        tmp_path / "mine",
+        "postmortem.md.j2",
+        "OURS {{ pm.reference }}: {{ pm.title|md }} in {{ pm.window.duration }}\n",
+    )
+    settings = Settings.load(environ={"TEMPLATES_DIR": str(folder)}, env_file=None)
+    story = stories.start("A *title*", zone="UTC", when=at("UTC", "2026-11-20 01:00"))
+    story.env = postmortem.build_environment(settings.templates_dir)
+    rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
+
+    assert rendered.markdown == "OURS INC-1: A \\*title\\* in 30 minutes\n"
+    assert "<h2>Issue Summary:</h2>" in rendered.html  # the built-in one
+    assert rendered.page.blocks[1] == Block("h1", "Postmortem : A *title*")
+
+
+def test_templates_dir_may_override_html_too_and_it_is_still_escaped(
+    stories: Stories, tmp_path: Path
+) -> None:
+    folder = _override(tmp_path / "mine", "postmortem.html.j2", "<h1>{{ pm.title }}</h1>\n")
+    story = stories.start("<b>bold</b>", zone="UTC", when=at("UTC", "2026-11-20 01:00"))
+    story.env = postmortem.build_environment(folder)
+    rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
+
+    assert rendered.html == "<h1>&lt;b&gt;bold&lt;/b&gt;</h1>\n"
+    assert rendered.markdown.startswith("# Postmortem: \\<b\\>bold\\</b\\>\n")  # built-in
+
+
+def test_built_in_templates_are_found_from_any_working_directory(
+    stories: Stories, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    story = stories.start("Elsewhere", zone="UTC", when=at("UTC", "2026-11-20 01:00"))
+    story.env = postmortem.build_environment()
+    rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
+
+    assert rendered.md[0] == Block("h1", "Postmortem: Elsewhere")
+    assert (postmortem.builtin_templates_dir() / "postmortem.html.j2").is_file()
+
+
+def test_template_syntax_in_a_user_template_runs_but_typed_text_never_does(
+    stories: Stories, tmp_path: Path
+) -> None:
+    folder = _override(tmp_path / "mine", "postmortem.md.j2", "{{ 6*7 }} {{ pm.title }}\n")
+    story = stories.start("{{ 7*7 }}", zone="UTC", when=at("UTC", "2026-11-20 01:00"))
+    story.env = postmortem.build_environment(folder)
+    rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
+
+    assert rendered.markdown == "42 {{ 7*7 }}\n"

@@ -1,4 +1,4 @@
-"""The `incident-bot` console script: serve, socket, export and demo."""
+"""The `incident-bot` console script: serve, socket, db upgrade, export and demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bot.config import ConfigError, Settings
+from bot.db import SchemaError
 
 log = logging.getLogger("bot")
 
@@ -21,11 +22,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # `db upgrade` says what it did; Alembic's own notes would only add noise.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         result: int = args.run(args)
         return result
     except ConfigError as error:
         print(f"incident-bot: configuration error: {error}", file=sys.stderr)
+        return 2
+    except SchemaError as error:
+        print(f"incident-bot: cannot use the database: {error}", file=sys.stderr)
         return 2
 
 
@@ -48,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     socket.set_defaults(run=_socket)
 
+    database = commands.add_parser("db", help="manage the database schema")
+    actions = database.add_subparsers(required=True, metavar="ACTION")
+    upgrade = actions.add_parser(
+        "upgrade",
+        help="create or upgrade the schema of DATABASE_URL (before `serve`, after every upgrade)",
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+
     export = commands.add_parser("export", help="print an incident's postmortem from the database")
     export.add_argument("reference", help="INC-<n>")
     export.add_argument("--format", choices=["md", "html"], default="md")
@@ -62,10 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bot import db, web
+    from bot import web
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"))
-    db.create_schema(db.make_engine(settings.database_url))
+    refused = _refuse_unless_schema_current(settings)
+    if refused:
+        return refused
     web.serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
@@ -77,9 +93,84 @@ def _socket(_args: argparse.Namespace) -> int:
     from bot.services import build_services
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
-    app = build_app(settings, build_services(settings))
+    refused = _refuse_unless_schema_current(settings)
+    if refused:
+        return refused
+    app = build_app(settings, build_services(settings, create_schema=False))
     SocketModeHandler(app, settings.slack_app_token).start()  # type: ignore[no-untyped-call]
     return 0
+
+
+def _refuse_unless_schema_current(settings: Settings) -> int:
+    """0 when the database's schema is this version's; else say why not and return non-zero.
+
+    `serve` and `socket` never create or upgrade the schema themselves, not even an empty
+    database's: changing the schema is a deliberate step of a deployment (workers of the
+    previous version may still be running on it), and an empty database more often means
+    a mistyped DATABASE_URL than a first start.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot import db
+
+    engine = db.make_engine(settings.database_url)
+    try:
+        status = db.schema_status(engine)
+    except SQLAlchemyError as error:
+        print(
+            f"incident-bot: cannot read the database at {_shown(settings.database_url)}: "
+            f"{_reason(error)}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    if status.is_current:
+        return 0
+    print(
+        f"incident-bot: will not start: {status.describe()} "
+        f"(DATABASE_URL={_shown(settings.database_url)}).\n{status.advice()}",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot import db
+
+    settings = Settings.load()
+    where = _shown(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        upgrade = db.upgrade_schema(engine)
+    except SchemaError as error:
+        print(f"incident-bot: cannot upgrade the database at {where}: {error}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as error:
+        print(
+            f"incident-bot: could not upgrade the database at {where} "
+            f"(it is upgraded in one transaction; nothing was changed): {_reason(error)}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    print(f"incident-bot: database {where}: {upgrade.describe()}")
+    return 0
+
+
+def _shown(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _reason(error: Exception) -> str:
+    # The driver's own message, without SQLAlchemy's echo of the statement and its parameters.
+    orig = getattr(error, "orig", None)
+    return str(orig if orig is not None else error).strip()
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -1,11 +1,31 @@
-"""Engine and session factory; the declarative base and the aware-UTC column type."""
+"""Engine and session factory; the declarative base, the aware-UTC column type; migrations."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event, text
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -82,13 +102,6 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def create_schema(engine: Engine) -> None:
-    """Create any missing tables."""
-    from bot import models  # noqa: F401  (registers the tables on Base.metadata)
-
-    Base.metadata.create_all(engine)
-
-
 def ping(engine: Engine) -> bool:
     """True when the database answers a trivial query."""
     try:
@@ -97,3 +110,218 @@ def ping(engine: Engine) -> bool:
         return True
     except Exception:
         return False
+
+
+# --- the schema, managed by Alembic (bot/migrations) --------------------------------------
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# The first migration is the schema as `create_all` made it before migrations existed;
+# a database holding exactly these tables and no revision is recorded as being at it.
+BASELINE_REVISION = "0001"
+BASELINE_TABLES = frozenset(
+    {"workspaces", "incidents", "timeline_entries", "field_changes", "actions", "postmortems"}
+)
+
+# Serialises `db upgrade` run by several machines at once (e.g. one per container start).
+_PG_MIGRATION_LOCK = int.from_bytes(b"incident")
+
+
+class SchemaError(Exception):
+    """The database's schema cannot be upgraded by this version; the message says why."""
+
+
+class SchemaState(StrEnum):
+    CURRENT = "current"  # at this version's latest revision
+    BEHIND = "behind"  # at an older revision: `db upgrade` brings it up to date
+    MISSING = "missing"  # no revision recorded: a new database, or one from before migrations
+    UNKNOWN = "unknown"  # a revision this version does not know, e.g. a newer version's
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where the database's schema stands against the migrations shipped with this version."""
+
+    state: SchemaState
+    revisions: tuple[str, ...]  # recorded in the database
+    heads: tuple[str, ...]  # this version's latest
+
+    @property
+    def is_current(self) -> bool:
+        return self.state is SchemaState.CURRENT
+
+    def advice(self) -> str:
+        """What an operator should do about it, as a sentence."""
+        match self.state:
+            case SchemaState.CURRENT:
+                return "Nothing to do."
+            case SchemaState.UNKNOWN:
+                return (
+                    "Install the version of incident-bot that upgraded the database (or a "
+                    "later one) and run `incident-bot db upgrade` with it."
+                )
+            case _:
+                return (
+                    "Run `incident-bot db upgrade` (before `serve`, "
+                    "and after every upgrade of incident-bot)."
+                )
+
+    def describe(self) -> str:
+        at, latest = _revisions(self.revisions), _revisions(self.heads)
+        match self.state:
+            case SchemaState.CURRENT:
+                return f"the database's schema is current (revision {at})"
+            case SchemaState.BEHIND:
+                return (
+                    f"the database's schema is at revision {at}, older than this version's {latest}"
+                )
+            case SchemaState.MISSING:
+                return (
+                    "the database has no incident-bot schema revision recorded "
+                    "(a new database, or one made before incident-bot used migrations)"
+                )
+            case SchemaState.UNKNOWN:
+                return (
+                    f"the database's schema is at revision {at}, which this version of "
+                    f"incident-bot does not know (it knows up to {latest}); "
+                    "was it upgraded by a newer version?"
+                )
+
+
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What `upgrade_schema` did."""
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    adopted: bool  # tables made before migrations existed were recorded as the baseline
+
+    def describe(self) -> str:
+        after = _revisions(self.after)
+        if self.adopted:
+            return (
+                f"recorded the existing tables as revision {BASELINE_REVISION} "
+                f"and upgraded to revision {after}"
+            )
+        if not self.before:
+            return f"created the schema at revision {after}"
+        if self.before == self.after:
+            return f"the schema is already current at revision {after}; nothing to do"
+        return f"upgraded the schema from revision {_revisions(self.before)} to {after}"
+
+
+def create_schema(engine: Engine) -> None:
+    """Create or upgrade the schema to this version's latest revision (`alembic upgrade head`)."""
+    upgrade_schema(engine)
+
+
+def upgrade_schema(engine: Engine) -> SchemaUpgrade:
+    """Run the migrations that `engine`'s database lacks, all in one transaction."""
+    with migration_connection(engine) as connection:
+        before = _recorded_revisions(connection)
+        unknown = set(before) - _known_revisions()
+        if unknown:
+            status = SchemaStatus(SchemaState.UNKNOWN, before, _head_revisions())
+            raise SchemaError(status.describe())
+        config = alembic_config(connection)
+        adopted = not before and _holds_baseline_tables(connection)
+        if adopted:
+            command.stamp(config, BASELINE_REVISION)
+        command.upgrade(config, "head")
+        after = _recorded_revisions(connection)
+    return SchemaUpgrade(before=before, after=after, adopted=adopted)
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Compare the revision recorded in the database with this version's latest."""
+    with engine.connect() as connection:
+        revisions = _recorded_revisions(connection)
+    heads = _head_revisions()
+    if not revisions:
+        state = SchemaState.MISSING
+    elif set(revisions) == set(heads):
+        state = SchemaState.CURRENT
+    elif set(revisions) <= _known_revisions():
+        state = SchemaState.BEHIND
+    else:
+        state = SchemaState.UNKNOWN
+    return SchemaStatus(state=state, revisions=revisions, heads=heads)
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for the migrations shipped in the package, on `connection`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that is safe to migrate in, committed at the end.
+
+    PostgreSQL: an advisory lock makes concurrent upgrades take turns. SQLite: foreign
+    keys are off while migrating (they can only be switched outside a transaction),
+    because a batch migration copies a table and drops the old one, and with them on
+    that drop would cascade-delete every row that refers to it; they are checked
+    before the commit instead.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            _sqlite_pragma(connection, "PRAGMA foreign_keys = OFF")
+            try:
+                with connection.begin():
+                    yield connection
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise SchemaError(f"the migration left broken references: {broken}")
+            finally:
+                _sqlite_pragma(connection, "PRAGMA foreign_keys = ON")
+        else:
+            with connection.begin():
+                connection.execute(select(func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+                yield connection
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    # On the DBAPI connection, so that SQLAlchemy does not begin a transaction first.
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _recorded_revisions(connection: Connection) -> tuple[str, ...]:
+    return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
+
+
+def _holds_baseline_tables(connection: Connection) -> bool:
+    present = BASELINE_TABLES & set(inspect(connection).get_table_names())
+    if present and present != BASELINE_TABLES:
+        raise SchemaError(
+            "the database has some of incident-bot's tables "
+            f"({', '.join(sorted(present))}) but no schema revision; "
+            "it was not made by incident-bot, or only partly"
+        )
+    return bool(present)
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS_DIR))
+
+
+def _head_revisions() -> tuple[str, ...]:
+    return tuple(sorted(_scripts().get_heads()))
+
+
+@cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+def _revisions(revisions: tuple[str, ...]) -> str:
+    return ", ".join(revisions) or "none"

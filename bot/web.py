@@ -1,4 +1,8 @@
-"""The HTTP app: `POST /slack/events` for Slack, `GET /healthz` for load balancers."""
+"""The HTTP app: `POST /slack/events` for Slack, `GET /healthz` and `/readyz` for load balancers.
+
+`/healthz` (liveness) answers 200 when the database answers; `/readyz` (readiness) answers
+200 only when, besides, the database's schema is the one this version was written for.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from sqlalchemy import Engine
 
 from bot import db
 from bot.config import Settings
@@ -19,23 +24,44 @@ if TYPE_CHECKING:
 SLACK_PATH = "/slack/events"
 
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
+_Check = Callable[[Engine], tuple[int, dict[str, Any]]]
+
+
+def _liveness(engine: Engine) -> tuple[int, dict[str, Any]]:
+    """200 when the database answers."""
+    healthy = db.ping(engine)
+    return (200 if healthy else 503), {"database": "ok" if healthy else "unreachable"}
+
+
+def _readiness(engine: Engine) -> tuple[int, dict[str, Any]]:
+    """200 when the database answers and its schema is current; else 503 and why."""
+    try:
+        status = db.schema_status(engine)
+    except Exception:
+        return 503, {"database": "unreachable", "detail": "the database did not answer"}
+    body: dict[str, Any] = {
+        "database": "ok",
+        "schema": status.state.value,
+        "revision": list(status.revisions),
+        "head": list(status.heads),
+    }
+    if status.is_current:
+        return 200, body
+    return 503, {**body, "detail": status.describe(), "fix": status.advice()}
+
+
+_CHECKS: dict[str, _Check] = {"/healthz": _liveness, "/readyz": _readiness}
 
 
 def build_wsgi(app: App, services: Services) -> WsgiApp:
-    """Route health checks ourselves and everything else to Bolt's WSGI adapter."""
+    """Answer health checks ourselves and route everything else to Bolt's WSGI adapter."""
     slack = SlackRequestHandler(app, path=SLACK_PATH)
 
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz" and environ.get("REQUEST_METHOD") in (
-            "GET",
-            "HEAD",
-        ):
-            healthy = db.ping(services.engine)
-            return _json(
-                start_response,
-                200 if healthy else 503,
-                {"database": "ok" if healthy else "unreachable"},
-            )
+        check = _CHECKS.get(environ.get("PATH_INFO", ""))
+        if check is not None and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            status, body = check(services.engine)
+            return _json(start_response, status, body)
         return slack(environ, start_response)
 
     return wsgi

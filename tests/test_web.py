@@ -1,0 +1,221 @@
+"""`GET /healthz`: the database answers. `GET /readyz`: it answers and its schema is current.
+
+First through the WSGI app in-process, then from a real `incident-bot serve` over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+
+from bot import db
+from bot.app import build_app
+from bot.demo import FakeSlack
+from bot.services import build_services
+from bot.web import WsgiApp, build_wsgi
+from tests.conftest import Bot, Database, make_settings
+from tests.test_migrations import cli_env, run_cli
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def get(wsgi: WsgiApp, path: str) -> Answer:
+    """GET `path` from the WSGI app: the status code and the JSON body."""
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO=path, REQUEST_METHOD="GET")
+    statuses: list[int] = []
+
+    def start_response(status: str, _headers: list[tuple[str, str]], _exc: Any = None) -> Any:
+        statuses.append(int(status.split()[0]))
+
+    body = b"".join(wsgi(environ, start_response))  # type: ignore[arg-type]
+    return statuses[0], json.loads(body)
+
+
+def set_revision(database: Database, revision: str) -> None:
+    with database.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+
+def undo_migrations(database: Database) -> None:
+    """Take the database back to no schema at all, as a new one would be."""
+    with db.migration_connection(database.engine) as connection:
+        command.downgrade(db.alembic_config(connection), "base")
+
+
+@pytest.fixture
+def wsgi(bot: Bot) -> WsgiApp:
+    return build_wsgi(bot.app, bot.services)
+
+
+# --- in-process ---------------------------------------------------------------------------
+
+
+def test_both_answer_200_on_a_current_schema(wsgi: WsgiApp) -> None:
+    assert get(wsgi, "/healthz") == (200, {"database": "ok"})
+    assert get(wsgi, "/readyz") == (
+        200,
+        {"database": "ok", "schema": "current", "revision": ["0001"], "head": ["0001"]},
+    )
+
+
+def test_readyz_is_503_without_the_schema_until_it_is_upgraded(
+    wsgi: WsgiApp, database: Database
+) -> None:
+    undo_migrations(database)
+
+    status, body = get(wsgi, "/readyz")
+    assert (status, body["database"], body["schema"]) == (503, "ok", "missing")
+    assert "no incident-bot schema" in body["detail"]
+    assert "`incident-bot db upgrade`" in body["fix"]
+    assert get(wsgi, "/healthz") == (200, {"database": "ok"})  # alive, only not ready
+
+    db.upgrade_schema(database.engine)
+
+    assert get(wsgi, "/readyz")[0] == 200
+
+
+def test_readyz_is_503_on_a_revision_this_version_does_not_know(
+    wsgi: WsgiApp, database: Database
+) -> None:
+    set_revision(database, "f00dfeed")
+
+    status, body = get(wsgi, "/readyz")
+
+    assert (status, body["schema"], body["revision"]) == (503, "unknown", ["f00dfeed"])
+    assert "does not know" in body["detail"]
+
+
+def test_both_answer_503_when_the_database_does_not(
+    db_kind: str, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'no such folder' / 'incidents.db'}"
+        if db_kind == "sqlite"
+        else f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    )
+    settings = make_settings(url, fake_slack.api_url)
+    services = build_services(settings, create_schema=False)
+    try:
+        wsgi = build_wsgi(build_app(settings, services), services)
+
+        assert get(wsgi, "/healthz") == (503, {"database": "unreachable"})
+        status, body = get(wsgi, "/readyz")
+        assert (status, body["database"]) == (503, "unreachable")
+    finally:
+        services.engine.dispose()
+
+
+# --- `incident-bot serve` over HTTP -------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http_get(url: str) -> Answer:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def serve_env(database: Database, fake_slack: FakeSlack) -> dict[str, str]:
+    return cli_env(
+        database,
+        {
+            "SLACK_BOT_TOKEN": "xoxb-x",
+            "SLACK_SIGNING_SECRET": "s",
+            "SLACK_API_URL": fake_slack.api_url,
+        },
+    )
+
+
+@pytest.fixture
+def serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """`incident-bot serve` on a free port, once it answers /healthz; its base URL."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=serve_env,
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"serve did not answer:\n{log.read_text()}"
+            try:
+                if http_get(f"{base}/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_serve_refuses_a_database_without_the_schema(
+    database: Database, serve_env: dict[str, str], tmp_path: Path
+) -> None:
+    undo_migrations(database)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "serve", "--port", str(free_port())],
+        env=serve_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert "Run `incident-bot db upgrade`" in result.stderr
+
+    upgrade = run_cli(database, "db", "upgrade", cwd=tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert "created the schema at revision 0001" in upgrade.stdout
+
+
+def test_served_health_checks_follow_the_database(database: Database, serving: str) -> None:
+    assert http_get(f"{serving}/healthz") == (200, {"database": "ok"})
+    assert http_get(f"{serving}/readyz")[0] == 200
+
+    set_revision(database, "f00dfeed")  # as if a newer version had upgraded it
+
+    status, body = http_get(f"{serving}/readyz")
+    assert (status, body["schema"]) == (503, "unknown")
+    assert http_get(f"{serving}/healthz") == (200, {"database": "ok"})
+
+    set_revision(database, "0001")
+
+    assert http_get(f"{serving}/readyz")[0] == 200

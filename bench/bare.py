@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from slack_bolt import Ack, App
@@ -64,10 +64,20 @@ def build_wsgi(app: App) -> WsgiApp:
 
 def serve(*, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the bare app with the gunicorn settings `bot.web.serve` uses."""
-    from gunicorn.app.base import BaseApplication
-
     signing_secret = os.environ["SLACK_SIGNING_SECRET"]
     api_url = os.environ["SLACK_API_URL"]
+
+    def build() -> WsgiApp:
+        return build_wsgi(build_bare_app(signing_secret=signing_secret, api_url=api_url))
+
+    gunicorn_serve(build, host=host, port=port, workers=workers, threads=threads)
+
+
+def gunicorn_serve(
+    build: Callable[[], WsgiApp], *, host: str, port: int, workers: int, threads: int
+) -> None:
+    """Run `build()`'s WSGI app under gunicorn configured as `bot.web.serve` configures it."""
+    from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -81,7 +91,7 @@ def serve(*, host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("accesslog", None)
 
         def load(self) -> WsgiApp:
-            return build_wsgi(build_bare_app(signing_secret=signing_secret, api_url=api_url))
+            return build()  # in each worker, after the fork
 
     Server().run()
 

@@ -7,10 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-WIDTH, HEIGHT = 920, 380
+WIDTH, HEIGHT = 920, 400
 PANEL_W, PANEL_H = 360, 250
 TOP = 70
-COLOURS = {"bare": "#7f7f7f", "sqlite": "#1f77b4", "postgresql": "#2ca02c"}
+COLOURS = {
+    "bare": "#7f7f7f",
+    "sqlite": "#1f77b4",
+    "postgresql": "#2ca02c",
+    "proto-sqlite": "#aec7e8",
+    "proto-sqlite-lock": "#9edae5",
+    "proto-postgresql": "#98df8a",
+}
 
 
 def _text(x: float, y: float, body: str, *, size: int = 12, anchor: str = "middle") -> str:
@@ -77,10 +84,10 @@ def throughput_panel(load: Sequence[dict[str, Any]], x0: float) -> list[str]:
             )
         parts.append(_text(x0 + g * group_w + group_w / 2, y0 + 16, f"{count} clients", size=11))
     for s, server in enumerate(servers):
-        lx = x0 + s * 120
+        lx, ly = x0 + (s % 3) * 125, y0 + 30 + (s // 3) * 16
         colour = COLOURS.get(server, "#9467bd")
-        parts.append(f'<rect x="{lx:.1f}" y="{y0 + 30}" width="10" height="10" fill="{colour}"/>')
-        parts.append(_text(lx + 14, y0 + 39, server, size=11, anchor="start"))
+        parts.append(f'<rect x="{lx:.1f}" y="{ly}" width="10" height="10" fill="{colour}"/>')
+        parts.append(_text(lx + 14, ly + 9, server, size=11, anchor="start"))
     return parts
 
 

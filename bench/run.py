@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,6 +37,7 @@ SECRET = "bench-signing-secret"
 TOKEN = "xoxb-bench-token"
 TEAM = "T0BENCH001"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BOT_SERVERS = ("sqlite", "postgresql")  # what the targets are about; the rest is reference
 NOTED = b"Added to"  # every acknowledgement of a recorded note says so
 STARTED = b"opened"
 
@@ -111,6 +112,7 @@ class Bench:
         self.steady: list[dict[str, Any]] = []
         self.soak_points: list[dict[str, Any]] = []
         self.servers: dict[str, dict[str, Any]] = {}
+        self.cleanups: list[Callable[[], None]] = []
 
     def channels(self, server: str, tag: str, count: int) -> tuple[list[str], list[str]]:
         channels = [f"C{server[:2].upper()}{tag}{i:03d}" for i in range(count)]
@@ -379,7 +381,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     fastest_bare = max((r["throughput"] for r in bare), default=0.0)
     bare_top = next((r for r in bare if r["clients"] == most), None)
     for row in load_rows:
-        if row["server"] == "bare" or row["clients"] != most or not fastest_bare:
+        if row["server"] not in BOT_SERVERS or row["clients"] != most or not fastest_bare:
             continue
         ratio = row["throughput"] / fastest_bare
         found.append(
@@ -401,7 +403,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     for row in results["steady"]:
-        if row["server"] == "bare":
+        if row["server"] not in BOT_SERVERS:
             continue
         found.append(
             {
@@ -554,6 +556,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     say(f"== postgresql skipped: {problem}")
             else:
                 results["skipped"]["postgresql"] = "not in this plan (--quick or --no-postgres)"
+            if args.prototype:
+                started += _prototypes(bench, args, work, schema)
             try:
                 for server in started:
                     bench.prepare(server)
@@ -570,6 +574,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bench.fake.stop()
             if schema is not None:
                 schema.drop()
+            for cleanup in bench.cleanups:
+                cleanup()
         results["load"] = bench.best_rounds()
         results["load_rounds"] = bench.rounds
         results["steady"], results["soak"] = bench.steady, bench.soak_points
@@ -589,6 +595,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["targets"] = targets(results)
     results["duration_s"] = time.monotonic() - began
     return results
+
+
+def _prototypes(
+    bench: Bench, args: argparse.Namespace, work: Path, schema: servers.PostgresSchema | None
+) -> list[servers.Server]:
+    """bench/prototype.py on each database: the proposed note path, for comparison only."""
+
+    def prototype(name: str, url: str, **options: Any) -> servers.Server:
+        return servers.start_prototype(
+            name,
+            secret=SECRET,
+            api_url=bench.fake.api_url,
+            database_url=url,
+            workers=args.workers,
+            threads=args.threads,
+            workdir=work,
+            **options,
+        )
+
+    found = [
+        prototype("proto-sqlite", f"sqlite:///{work / 'proto.db'}"),
+        prototype(
+            "proto-sqlite-lock", f"sqlite:///{work / 'proto-lock.db'}", serialize_writes=True
+        ),
+    ]
+    if schema is not None:
+        proto_schema = servers.PostgresSchema(args.postgres)
+        proto_schema.create()
+        bench.cleanups.append(proto_schema.drop)
+        found.append(
+            prototype(
+                "proto-postgresql",
+                args.postgres,
+                extra_env={"PGOPTIONS": proto_schema.pgoptions},
+            )
+        )
+    return found
 
 
 def _stop(started: Sequence[servers.Server], bench: Bench) -> None:
@@ -667,6 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="as `incident-bot serve` (1)")
     parser.add_argument("--threads", type=int, default=8, help="as `incident-bot serve` (8)")
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--prototype",
+        action="store_true",
+        help="also measure bench/prototype.py, the note path BENCHMARKS.md proposes",
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     results = run(args)

@@ -139,6 +139,37 @@ def start_bare(*, secret: str, api_url: str, workers: int, threads: int, workdir
     return _spawn("bare", command, values, workdir)
 
 
+def start_prototype(
+    name: str,
+    *,
+    secret: str,
+    api_url: str,
+    database_url: str,
+    workers: int,
+    threads: int,
+    workdir: Path,
+    serialize_writes: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
+    """bench/prototype.py (the proposed note path) on the bot's schema, on a port of its own."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.prototype", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers), "--threads", str(threads)]
+    if serialize_writes:
+        command.append("--serialize-writes")
+    values = {
+        "SLACK_SIGNING_SECRET": secret,
+        "SLACK_API_URL": api_url,
+        "DATABASE_URL": database_url,
+        "_PORT": str(port),
+        **(extra_env or {}),
+    }
+    upgrade_schema(values, workdir)
+    server = _spawn(name, command, values, workdir)
+    server.database_url = database_url
+    return server
+
+
 def incident_bot_command() -> list[str]:
     """`incident-bot` from this interpreter's environment, or `python -m bot` without it."""
     script = Path(sys.executable).with_name("incident-bot")

@@ -24,7 +24,7 @@ def one(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
 def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None:
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--out", str(out), "--quick"],
+        [sys.executable, "-m", "bench.run", "--out", str(out), "--quick", "--prototype"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,7 +35,7 @@ def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None
 
     results = json.loads((out / "results.json").read_text())
     plan = results["plan"]
-    for server in ("bare", "sqlite"):
+    for server in ("bare", "sqlite", "proto-sqlite", "proto-sqlite-lock"):
         for clients in plan["clients"]:
             row = one(results["load"], server=server, clients=clients)
             assert row["throughput"] > 0

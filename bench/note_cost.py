@@ -1,0 +1,215 @@
+"""Where the CPU of one `/incident note` goes, measured in-process, piece by piece.
+
+`python -m bench.note_cost [--postgres URL]` dispatches signed requests straight into the
+real Bolt app (no HTTP) and into the bare one, then times the parts of the bot's note path
+on their own, and the same work done the way BENCHMARKS.md proposes (SQLAlchemy Core
+statements built once, the reply as plain dicts). CPU microseconds per call, the median of
+a few batches; the machine's other work moves the figures, the differences hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from slack_bolt.request import BoltRequest
+from sqlalchemy import bindparam, insert, select
+
+from bench.bare import build_bare_app
+from bench.servers import PostgresSchema
+from bot import db, incidents
+from bot.config import Settings
+from bot.demo import FakeSlack, SlashCommand
+from bot.models import Incident, IncidentStatus, TimelineEntry
+from bot.slack import replies
+
+SECRET = "note-cost-secret"
+TEAM = "T0COST0001"
+CHANNEL = "C0COST0001"
+USER = "U0COST0001"
+
+# The proposed note path: statements built once, three columns instead of an ORM object.
+FIND_OPEN = select(Incident.id, Incident.number, Incident.timezone).where(
+    Incident.team_id == bindparam("team_id"),
+    Incident.channel_id == bindparam("channel_id"),
+    Incident.status == IncidentStatus.OPEN.value,
+)
+ADD_ENTRY = insert(TimelineEntry)
+
+
+def cpu_us(run: Callable[[], object], *, count: int, batches: int = 5) -> float:
+    """CPU microseconds per call: the median over `batches` batches of `count` calls."""
+    for _ in range(min(200, count)):
+        run()
+    results = []
+    for _ in range(batches):
+        began = time.process_time()
+        for _ in range(count):
+            run()
+        results.append((time.process_time() - began) / count * 1e6)
+    return statistics.median(results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.note_cost", description=__doc__)
+    parser.add_argument("--postgres", help="measure on this PostgreSQL server (a fresh schema)")
+    parser.add_argument("--count", type=int, default=1000, help="calls per batch")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    from bot.app import build_app
+    from bot.services import build_services
+
+    fake = FakeSlack(users={USER: "Africa/Nairobi"}, team_id=TEAM).start()
+    schema = PostgresSchema(args.postgres) if args.postgres else None
+    tmp = tempfile.TemporaryDirectory(prefix="note-cost-")
+    try:
+        if schema is not None:
+            schema.create()
+            os.environ["PGOPTIONS"] = schema.pgoptions
+            url = args.postgres
+        else:
+            url = f"sqlite:///{Path(tmp.name) / 'cost.db'}"
+        settings = dataclasses.replace(
+            Settings.load(environ={"DATABASE_URL": url}, env_file=None),
+            slack_bot_token="xoxb-note-cost",
+            slack_signing_secret=SECRET,
+            slack_api_url=fake.api_url,
+        )
+        engine = db.make_engine(url)
+        db.create_schema(engine)
+        services = build_services(settings, engine=engine, create_schema=False)
+        app = build_app(settings, services)
+        bare = build_bare_app(signing_secret=SECRET, api_url=fake.api_url)
+        # The bot logs one JSON line per command; send it where a server's stderr would go.
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=open(os.devnull, "w"),  # lives as long as the process
+        )
+        command = SlashCommand(secret=SECRET, team_id=TEAM, channel_id=CHANNEL, user_id=USER)
+
+        def dispatch(target: Any, text: str) -> Any:
+            body, headers = command.signed(text)
+            return target.dispatch(BoltRequest(body=body, headers=dict(headers)))
+
+        started = dispatch(app, "start Measuring the note path")
+        assert started.status == 200, started.body
+        sessions, now = services.sessions, datetime.now(UTC)
+        with sessions() as session:
+            incident = incidents.find_open_incident(session, team_id=TEAM, channel_id=CHANNEL)
+            assert incident is not None
+
+        def session_only() -> None:
+            with sessions() as session:
+                session.connection()
+                session.commit()
+
+        def session_find() -> None:
+            with sessions() as session:
+                incidents.find_open_incident(session, team_id=TEAM, channel_id=CHANNEL)
+                session.commit()
+
+        def session_find_add() -> None:
+            with sessions() as session:
+                found = incidents.find_open_incident(session, team_id=TEAM, channel_id=CHANNEL)
+                assert found is not None
+                incidents.add_entry(
+                    session, incident=found, text="hello", occurred_at=now, author_id=USER, now=now
+                )
+                session.commit()
+
+        def core_find_add() -> None:
+            with sessions() as session:
+                connection = session.connection()
+                found = connection.execute(
+                    FIND_OPEN, {"team_id": TEAM, "channel_id": CHANNEL}
+                ).one()
+                values = {
+                    "incident_id": found.id,
+                    "occurred_at": now,
+                    "recorded_at": now,
+                    "author_id": USER,
+                    "kind": "note",
+                    "text": "hello",
+                }
+                connection.execute(ADD_ENTRY, values)
+                session.commit()
+
+        def reply_blocks() -> None:
+            replies.noted(incident, occurred_at=now, text="hello there", now=now).as_ack()
+
+        def reply_dict() -> dict[str, Any]:
+            when = replies.local_time(now, incident.timezone, now=now)
+            text = f"Added to *{incident.reference}* at {when}: {replies.quoted('hello there')}"
+            section = {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+            return {"text": text, "blocks": [section], "response_type": "ephemeral"}
+
+        request_log = logging.getLogger("bot.requests")
+
+        def log_line() -> None:
+            request_log.info(
+                json.dumps(
+                    {
+                        "event": "command",
+                        "team": TEAM,
+                        "channel": CHANNEL,
+                        "user": USER,
+                        "subcommand": "note",
+                        "outcome": "ok",
+                        "latency_ms": 1.0,
+                    }
+                )
+            )
+
+        count = args.count
+        figures = {
+            "bare Bolt: dispatch an ack-only /incident": cpu_us(
+                lambda: dispatch(bare, "note hello"), count=count
+            ),
+            "bot: dispatch /incident note (everything)": cpu_us(
+                lambda: dispatch(app, "note hello"), count=count
+            ),
+            "session: open, BEGIN, COMMIT, close": cpu_us(session_only, count=count),
+            "session + find_open_incident (ORM Incident)": cpu_us(session_find, count=count),
+            "session + find_open_incident + add_entry + commit": cpu_us(
+                session_find_add, count=count
+            ),
+            "reply: replies.noted().as_ack() (Block Kit objects)": cpu_us(
+                reply_blocks, count=count
+            ),
+            "log: one JSON line through logging": cpu_us(log_line, count=count),
+            "proposed: session + Core find (3 columns) + Core insert + commit": cpu_us(
+                core_find_add, count=count
+            ),
+            "proposed: the same reply as plain dicts": cpu_us(reply_dict, count=count),
+        }
+        database = "postgresql" if schema else "sqlite"
+        sys.stdout.write(f"CPU per call, {database} ({count} calls x 5 batches, median):\n")
+        for name, value in figures.items():
+            sys.stdout.write(f"  {value:9.1f} us  {name}\n")
+        if args.json:
+            args.json.write_text(json.dumps({"database": database, "cpu_us": figures}, indent=2))
+        services.followups.wait(timeout=10)
+        engine.dispose()
+    finally:
+        fake.stop()
+        if schema is not None:
+            schema.drop()
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

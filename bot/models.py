@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -19,8 +21,10 @@ class IncidentStatus(StrEnum):
 
 
 class EntryKind(StrEnum):
-    NOTE = "note"
-    CLOSE = "close"
+    NOTE = "note"  # /incident note
+    CLOSE = "close"  # the text of /incident close
+    CAPTURE = "capture"  # a Slack message pinned to the timeline
+    EVENT = "event"  # a change the bot recorded: severity, roles, status, key moments
 
 
 class Field(StrEnum):
@@ -73,6 +77,11 @@ class Incident(Base):
     cause: Mapped[str | None] = mapped_column(Text, default=None)
     resolution: Mapped[str | None] = mapped_column(Text, default=None)
     summary: Mapped[str | None] = mapped_column(Text, default=None)
+    severity: Mapped[str | None] = mapped_column(String(32), default=None)
+    detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    mitigated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The counter behind the timeline's short numbers (#1, #2, ...).
+    last_entry_number: Mapped[int] = mapped_column(default=0, server_default="0")
 
     entries: Mapped[list[TimelineEntry]] = relationship(
         back_populates="incident", order_by="(TimelineEntry.occurred_at, TimelineEntry.id)"
@@ -92,6 +101,12 @@ class TimelineEntry(Base):
     __tablename__ = "timeline_entries"
     __table_args__ = (
         Index("ix_timeline_entries_incident_time", "incident_id", "occurred_at", "id"),
+        UniqueConstraint("incident_id", "number", name="uq_timeline_entries_number"),
+        # A Slack message is on an incident's timeline at most once, however often it is
+        # pinned or Slack retries the event.
+        UniqueConstraint(
+            "incident_id", "source_channel", "source_ts", name="uq_timeline_entries_source"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -101,8 +116,50 @@ class TimelineEntry(Base):
     author_id: Mapped[str] = mapped_column(SLACK_ID)
     kind: Mapped[str] = mapped_column(String(16), default=EntryKind.NOTE.value)
     text: Mapped[str] = mapped_column(Text)
+    number: Mapped[int] = mapped_column(default=0, server_default="0")
+    author_name: Mapped[str | None] = mapped_column(String(255), default=None)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    deleted_by: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
+    # Where a captured message came from, its link, and the files that came with it (JSON).
+    source_channel: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
+    source_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    permalink: Mapped[str | None] = mapped_column(Text, default=None)
+    files: Mapped[str | None] = mapped_column(Text, default=None)
+    captured_by: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
 
     incident: Mapped[Incident] = relationship(back_populates="entries")
+
+
+class EntryRevision(Base):
+    """What a timeline entry was before each edit, deletion, restoration or refresh."""
+
+    __tablename__ = "entry_revisions"
+    __table_args__ = (Index("ix_entry_revisions_entry", "entry_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("timeline_entries.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(16))
+    old_text: Mapped[str] = mapped_column(Text)
+    old_occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    new_text: Mapped[str | None] = mapped_column(Text, default=None)
+    new_occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    changed_by: Mapped[str] = mapped_column(SLACK_ID)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RoleAssignment(Base):
+    """A person given a role (commander, ...) on an incident; the latest per role holds it."""
+
+    __tablename__ = "role_assignments"
+    __table_args__ = (Index("ix_role_assignments_incident", "incident_id", "role", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(SLACK_ID)
+    user_name: Mapped[str] = mapped_column(String(255))
+    assigned_by: Mapped[str] = mapped_column(SLACK_ID)
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class FieldChange(Base):
@@ -142,3 +199,16 @@ class Postmortem(Base):
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
     rendered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     markdown: Mapped[str] = mapped_column(Text)
+
+
+# slack_sdk's OAuth stores (multi-workspace installs) keep their own tables; declaring them on
+# our metadata puts them under the same migrations as everything else.
+SLACK_INSTALLATIONS = SQLAlchemyInstallationStore.build_installations_table(
+    Base.metadata, SQLAlchemyInstallationStore.default_installations_table_name
+)
+SLACK_BOTS = SQLAlchemyInstallationStore.build_bots_table(
+    Base.metadata, SQLAlchemyInstallationStore.default_bots_table_name
+)
+SLACK_OAUTH_STATES = SQLAlchemyOAuthStateStore.build_oauth_states_table(
+    Base.metadata, SQLAlchemyOAuthStateStore.default_table_name
+)

@@ -31,7 +31,8 @@ from tests.conftest import (
     _postgres_engine,
 )
 
-HEAD = ("0001",)
+HEAD = ("0002",)  # the latest migration in bot/migrations/versions
+HEAD_REVISION = HEAD[0]
 
 
 @contextmanager
@@ -124,7 +125,7 @@ def test_upgrading_an_empty_database_gives_the_models_schema(empty_database: Dat
     upgrade = db.upgrade_schema(engine)
 
     assert (upgrade.before, upgrade.after, upgrade.adopted) == ((), HEAD, False)
-    assert upgrade.describe() == "created the schema at revision 0001"
+    assert upgrade.describe() == f"created the schema at revision {HEAD_REVISION}"
     assert table_names(engine) == set(db.Base.metadata.tables) | {"alembic_version"}
     assert drift(engine) == []
     status = db.schema_status(engine)
@@ -247,7 +248,10 @@ def test_upgrade_is_idempotent_and_keeps_the_data(empty_database: Database) -> N
     db.create_schema(engine)
 
     assert (again.before, again.after, again.adopted) == (HEAD, HEAD, False)
-    assert again.describe() == "the schema is already current at revision 0001; nothing to do"
+    assert (
+        again.describe()
+        == f"the schema is already current at revision {HEAD_REVISION}; nothing to do"
+    )
     with engine.connect() as connection:
         assert connection.execute(text("SELECT * FROM workspaces")).all() == [("T1", 7)]
     assert db.schema_status(engine).is_current
@@ -258,7 +262,12 @@ def test_tables_made_before_migrations_are_adopted_as_the_first_revision(
     empty_database: Database,
 ) -> None:
     engine = empty_database.engine
-    db.Base.metadata.create_all(engine)  # what incident-bot 0.1 did at start-up
+    # What incident-bot 0.1 made at start-up with create_all: the first revision's tables,
+    # with no record of a revision.
+    with db.migration_connection(engine) as connection:
+        command.upgrade(db.alembic_config(connection), db.BASELINE_REVISION)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE alembic_version"))
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO workspaces VALUES ('T1', 3)"))
     assert db.schema_status(engine).state is db.SchemaState.MISSING
@@ -317,9 +326,9 @@ def test_concurrent_upgrades_take_turns(empty_database: Database, tmp_path: Path
     assert [process.returncode for process in upgrades] == [0, 0, 0], results
     outputs = sorted(stdout.split(": ", 2)[-1].strip() for stdout, _stderr in results)
     assert outputs == [
-        "created the schema at revision 0001",
-        "the schema is already current at revision 0001; nothing to do",
-        "the schema is already current at revision 0001; nothing to do",
+        f"created the schema at revision {HEAD_REVISION}",
+        f"the schema is already current at revision {HEAD_REVISION}; nothing to do",
+        f"the schema is already current at revision {HEAD_REVISION}; nothing to do",
     ]
     assert db.schema_status(empty_database.engine).is_current
 
@@ -351,7 +360,7 @@ def test_sqlite_batch_migrations_do_not_cascade_deletes(tmp_path: Path) -> None:
                 MigrationContext.configure(connection, opts={"render_as_batch": True})
             )
             with operations.batch_alter_table("incidents", recreate="always") as batch:
-                batch.add_column(Column("severity", Text(), nullable=True))
+                batch.add_column(Column("a_column_no_migration_has", Text(), nullable=True))
 
         with engine.connect() as connection:
             assert connection.execute(text("SELECT text FROM timeline_entries")).all() == [
@@ -368,12 +377,12 @@ def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(
 ) -> None:
     first = run_cli(empty_database, "db", "upgrade", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "created the schema at revision 0001" in first.stdout
+    assert f"created the schema at revision {HEAD_REVISION}" in first.stdout
     assert db.schema_status(empty_database.engine).is_current
 
     second = run_cli(empty_database, "db", "upgrade", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "already current at revision 0001; nothing to do" in second.stdout
+    assert f"already current at revision {HEAD_REVISION}; nothing to do" in second.stdout
 
 
 SLACK_ENV = {

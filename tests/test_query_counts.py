@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, event, insert, select, update
 
 from bot import postmortem
 from bot.models import Incident, TimelineEntry
@@ -59,11 +59,15 @@ def incident_with_entries(bot: Bot, entries: int) -> str:
             "author_id": ALICE,
             "kind": "note",
             "text": f"Entry {n}: the *queue* <depth> & retries",
+            "number": n + 1,
         }
         for n in range(entries)
     ]
     with bot.services.engine.begin() as conn:
         conn.execute(insert(TimelineEntry), rows)
+        conn.execute(
+            update(Incident).where(Incident.id == incident_id).values(last_entry_number=entries)
+        )
     return channel
 
 

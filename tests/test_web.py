@@ -27,7 +27,7 @@ from bot.demo import FakeSlack
 from bot.services import build_services
 from bot.web import WsgiApp, build_wsgi
 from tests.conftest import Bot, Database, make_settings
-from tests.test_migrations import cli_env, run_cli
+from tests.test_migrations import HEAD, cli_env, run_cli
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -69,7 +69,7 @@ def test_both_answer_200_on_a_current_schema(wsgi: WsgiApp) -> None:
     assert get(wsgi, "/healthz") == (200, {"database": "ok"})
     assert get(wsgi, "/readyz") == (
         200,
-        {"database": "ok", "schema": "current", "revision": ["0001"], "head": ["0001"]},
+        {"database": "ok", "schema": "current", "revision": list(HEAD), "head": list(HEAD)},
     )
 
 
@@ -203,7 +203,7 @@ def test_serve_refuses_a_database_without_the_schema(
 
     upgrade = run_cli(database, "db", "upgrade", cwd=tmp_path)
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "created the schema at revision 0001" in upgrade.stdout
+    assert f"created the schema at revision {HEAD[0]}" in upgrade.stdout
 
 
 def test_served_health_checks_follow_the_database(database: Database, serving: str) -> None:
@@ -216,6 +216,6 @@ def test_served_health_checks_follow_the_database(database: Database, serving: s
     assert (status, body["schema"]) == (503, "unknown")
     assert http_get(f"{serving}/healthz") == (200, {"database": "ok"})
 
-    set_revision(database, "0001")
+    set_revision(database, HEAD[0])
 
     assert http_get(f"{serving}/readyz")[0] == 200

@@ -16,6 +16,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 DEFAULT_DATABASE_URL = "sqlite:///incidents.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_SEVERITIES = ("SEV1", "SEV2", "SEV3", "SEV4")
+DEFAULT_ROLES = ("commander", "communications", "scribe")
 
 
 class ConfigError(Exception):
@@ -35,6 +37,10 @@ class Settings:
     slack_api_url: str
     incident_timezone: str
     templates_dir: Path | None
+    timeline_emoji: str = "pushpin"
+    severities: tuple[str, ...] = DEFAULT_SEVERITIES
+    roles: tuple[str, ...] = DEFAULT_ROLES
+    incident_channels: bool = False
 
     @classmethod
     def load(
@@ -79,6 +85,14 @@ class Settings:
             slack_api_url=_api_url(get("SLACK_API_URL") or DEFAULT_SLACK_API_URL),
             incident_timezone=_timezone(get("INCIDENT_TIMEZONE") or "UTC"),
             templates_dir=_templates_dir(get("TEMPLATES_DIR")),
+            timeline_emoji=_emoji(get("TIMELINE_EMOJI") or "pushpin"),
+            severities=_names(
+                get("INCIDENT_SEVERITIES"), "INCIDENT_SEVERITIES", DEFAULT_SEVERITIES
+            ),
+            roles=tuple(
+                r.lower() for r in _names(get("INCIDENT_ROLES"), "INCIDENT_ROLES", DEFAULT_ROLES)
+            ),
+            incident_channels=_flag(get("INCIDENT_CHANNELS"), "INCIDENT_CHANNELS"),
         )
         return settings
 
@@ -163,3 +177,35 @@ def _templates_dir(value: str | None) -> Path | None:
     if not path.is_dir():
         raise ConfigError(f"TEMPLATES_DIR does not name a folder: {value!r}.")
     return path
+
+
+def _emoji(value: str) -> str:
+    name = value.strip().strip(":")
+    if not re.fullmatch(r"[a-z0-9_+'-]+", name):
+        raise ConfigError(f"TIMELINE_EMOJI must be an emoji name such as pushpin, got {value!r}.")
+    return name
+
+
+def _names(value: str | None, variable: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names or any(not re.fullmatch(r"[\w-]{1,32}", n) for n in names):
+        raise ConfigError(
+            f"{variable} must be a comma-separated list of short words (e.g. "
+            f"{','.join(default)}), got {value!r}."
+        )
+    if len({n.lower() for n in names}) != len(names):
+        raise ConfigError(f"{variable} names the same value twice: {value!r}.")
+    return names
+
+
+def _flag(value: str | None, variable: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable} must be true or false, got {value!r}.")

@@ -34,7 +34,7 @@ CHANNEL = "C0TEST0001"
 ALICE = "U0ALICE001"  # Africa/Nairobi
 BOB = "U0BOB00001"  # America/Los_Angeles
 NOBODY = "U0NOTZ0001"  # users.info says user_not_found -> INCIDENT_TIMEZONE
-# Thursday 20 November 2026, 09:00 in Nairobi: a fixed "now" for the tests that need one.
+# Friday 20 November 2026, 09:00 in Nairobi: a fixed "now" for the tests that need one.
 NOW = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()

@@ -24,6 +24,10 @@ VARIABLES = [
     "SLACK_API_URL",
     "INCIDENT_TIMEZONE",
     "TEMPLATES_DIR",
+    "TIMELINE_EMOJI",
+    "INCIDENT_SEVERITIES",
+    "INCIDENT_ROLES",
+    "INCIDENT_CHANNELS",
 ]
 
 
@@ -302,18 +306,7 @@ def test_variables_listed_here_are_those_settings_reads() -> None:
     assert set(re.findall(r'get\("([A-Z_]+)"\)', source)) == set(VARIABLES)
 
 
-_UNDOCUMENTED = pytest.mark.xfail(
-    strict=True, reason="added with OAuth installs but not yet in .env.example"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=_UNDOCUMENTED) if name.startswith("SLACK_CLIENT_") else name
-        for name in VARIABLES
-    ],
-)
+@pytest.mark.parametrize("name", VARIABLES)
 def test_env_example_documents_every_variable_with_a_comment(name: str) -> None:
     lines = (REPO / ".env.example").read_text(encoding="utf-8").splitlines()
     found = [number for number, line in enumerate(lines) if line.startswith(f"{name}=")]
@@ -341,3 +334,37 @@ def test_reading_env_file_does_not_change_the_process_environment(
     env_file = write_env(tmp_path / ".env", "INCIDENT_TIMEZONE=Africa/Nairobi\n")
     Settings.load(env_file=env_file)
     assert "INCIDENT_TIMEZONE" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TIMELINE_EMOJI", "push pin"),
+        ("TIMELINE_EMOJI", ":<!channel>:"),
+        ("INCIDENT_SEVERITIES", ",,"),
+        ("INCIDENT_SEVERITIES", "SEV1,sev1"),
+        ("INCIDENT_ROLES", "commander,the boss of everything here today"),
+        ("INCIDENT_CHANNELS", "maybe"),
+    ],
+)
+def test_malformed_issue3_settings_name_their_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load({name: value})
+
+
+def test_issue3_settings_are_read() -> None:
+    settings = load(
+        {
+            "TIMELINE_EMOJI": ":round_pushpin:",
+            "INCIDENT_SEVERITIES": "P1, P2 ,P3",
+            "INCIDENT_ROLES": "Commander,Liaison",
+            "INCIDENT_CHANNELS": "yes",
+        }
+    )
+    assert settings.timeline_emoji == "round_pushpin"
+    assert settings.severities == ("P1", "P2", "P3")
+    assert settings.roles == ("commander", "liaison")
+    assert settings.incident_channels is True
+    defaults = load({})
+    assert (defaults.timeline_emoji, defaults.incident_channels) == ("pushpin", False)
+    assert defaults.severities == ("SEV1", "SEV2", "SEV3", "SEV4")

@@ -22,6 +22,11 @@ BOT_SCOPES = (
     "files:write",
     "channels:join",
     "users:read",
+    "reactions:read",
+    "reactions:write",
+    "channels:history",
+    "groups:history",
+    "channels:manage",
 )
 OAUTH_STATE_EXPIRATION_S = 600
 

@@ -6,8 +6,10 @@ commits once per command. Nothing here knows about Slack.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
@@ -22,6 +24,7 @@ from bot.models import (
     Incident,
     IncidentStatus,
     Postmortem,
+    RoleAssignment,
     TimelineEntry,
     Workspace,
 )
@@ -169,6 +172,7 @@ def add_entry(
     """Append an entry to an open incident's timeline."""
     entry = TimelineEntry(
         incident_id=incident.id,
+        number=next_entry_number(session, incident=incident),
         occurred_at=occurred_at,
         recorded_at=now,
         author_id=author_id,
@@ -177,6 +181,34 @@ def add_entry(
     )
     session.add(entry)
     return entry
+
+
+def next_entry_number(session: Session, *, incident: Incident) -> int:
+    """The next short number on an incident's timeline (1, 2, 3, ... as recorded)."""
+    number = session.execute(
+        update(Incident)
+        .where(Incident.id == incident.id)
+        .values(last_entry_number=Incident.last_entry_number + 1)
+        .returning(Incident.last_entry_number)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    incident.last_entry_number = number
+    return number
+
+
+def add_event(
+    session: Session, *, incident: Incident, text: str, user_id: str, at: datetime, now: datetime
+) -> TimelineEntry:
+    """Record a change the bot made (severity, roles, status, key moments) on the timeline."""
+    return add_entry(
+        session,
+        incident=incident,
+        text=text,
+        occurred_at=at,
+        author_id=user_id,
+        now=now,
+        kind=EntryKind.EVENT,
+    )
 
 
 def set_field(
@@ -248,7 +280,9 @@ def _local(moment: datetime, zone: ZoneInfo) -> str:
 def impact_start(session: Session, *, incident: Incident) -> datetime:
     """When the impact began: the start, or an earlier back-dated entry."""
     earliest = session.scalar(
-        select(func.min(TimelineEntry.occurred_at)).where(TimelineEntry.incident_id == incident.id)
+        select(func.min(TimelineEntry.occurred_at)).where(
+            TimelineEntry.incident_id == incident.id, TimelineEntry.deleted_at.is_(None)
+        )
     )
     if earliest is None:
         return incident.started_at
@@ -257,21 +291,33 @@ def impact_start(session: Session, *, incident: Incident) -> datetime:
 
 @dataclass(frozen=True)
 class EntryRow:
+    """A live timeline entry, read without loading ORM objects (incidents can be long)."""
+
     occurred_at: datetime
     text: str
     author_id: str
     kind: str
+    number: int = 0
+    author_name: str | None = None
+    permalink: str | None = None
+    files: str | None = None  # JSON list of {"name", "permalink"}, see bot.timeline
 
 
 def timeline(session: Session, *, incident: Incident, last: int | None = None) -> list[EntryRow]:
-    """The incident's entries in time order (ties in the order recorded); or only the `last` few."""
+    """The incident's live entries in time order (ties as recorded); or only the `last` few."""
     columns = (
         TimelineEntry.occurred_at,
         TimelineEntry.text,
         TimelineEntry.author_id,
         TimelineEntry.kind,
+        TimelineEntry.number,
+        TimelineEntry.author_name,
+        TimelineEntry.permalink,
+        TimelineEntry.files,
     )
-    query = select(*columns).where(TimelineEntry.incident_id == incident.id)
+    query = select(*columns).where(
+        TimelineEntry.incident_id == incident.id, TimelineEntry.deleted_at.is_(None)
+    )
     if last is None:
         rows = list(session.execute(query.order_by(TimelineEntry.occurred_at, TimelineEntry.id)))
     else:
@@ -279,17 +325,16 @@ def timeline(session: Session, *, incident: Incident, last: int | None = None) -
             query.order_by(TimelineEntry.occurred_at.desc(), TimelineEntry.id.desc()).limit(last)
         )
         rows = list(reversed(list(newest_first)))
-    return [
-        EntryRow(occurred_at=row[0], text=row[1], author_id=row[2], kind=row[3]) for row in rows
-    ]
+    return [EntryRow(*row) for row in rows]
 
 
 def count_entries(session: Session, *, incident: Incident) -> int:
+    """How many live entries the incident's timeline has."""
     return (
         session.scalar(
             select(func.count())
             .select_from(TimelineEntry)
-            .where(TimelineEntry.incident_id == incident.id)
+            .where(TimelineEntry.incident_id == incident.id, TimelineEntry.deleted_at.is_(None))
         )
         or 0
     )
@@ -328,3 +373,183 @@ def record_postmortem(
     postmortem = Postmortem(incident_id=incident.id, rendered_at=now, markdown=markdown)
     session.add(postmortem)
     return postmortem
+
+
+# --- severity, roles, key moments, status ----------------------------------------------------
+
+
+class Moment(StrEnum):
+    """Key moments of an incident; `resolved` is set by closing it."""
+
+    DETECTED = "detected"
+    MITIGATED = "mitigated"
+
+
+def set_severity(
+    session: Session,
+    *,
+    incident: Incident,
+    severity: str,
+    allowed: Sequence[str],
+    user_id: str,
+    now: datetime,
+) -> str:
+    """Set the severity (one of `allowed`, any case); the change goes on the timeline."""
+    matches = [level for level in allowed if level.lower() == severity.strip().lower()]
+    if not matches:
+        raise IncidentError(
+            f"“{severity.strip()}” is not a severity here; use one of {', '.join(allowed)}."
+        )
+    level, previous = matches[0], incident.severity
+    if level == previous:
+        raise IncidentError(f"{incident.reference} is already {level}.")
+    incident.severity = level
+    session.add(
+        FieldChange(
+            incident_id=incident.id,
+            field="severity",
+            value=level,
+            changed_by=user_id,
+            changed_at=now,
+        )
+    )
+    change = (
+        f"Severity changed from {previous} to {level}" if previous else f"Severity set to {level}"
+    )
+    add_event(session, incident=incident, text=change, user_id=user_id, at=now, now=now)
+    return level
+
+
+def assign_role(
+    session: Session,
+    *,
+    incident: Incident,
+    role: str,
+    user_id: str,
+    user_name: str,
+    assigned_by: str,
+    now: datetime,
+) -> RoleAssignment:
+    """Give a role (commander, ...) to a person; the change goes on the timeline."""
+    assignment = RoleAssignment(
+        incident_id=incident.id,
+        role=role,
+        user_id=user_id,
+        user_name=user_name,
+        assigned_by=assigned_by,
+        assigned_at=now,
+    )
+    session.add(assignment)
+    add_event(
+        session,
+        incident=incident,
+        text=f"{user_name} is now the {role}",
+        user_id=assigned_by,
+        at=now,
+        now=now,
+    )
+    return assignment
+
+
+def current_roles(session: Session, *, incident: Incident) -> dict[str, RoleAssignment]:
+    """Who holds each role now: the latest assignment of each."""
+    holders: dict[str, RoleAssignment] = {}
+    for assignment in session.scalars(
+        select(RoleAssignment)
+        .where(RoleAssignment.incident_id == incident.id)
+        .order_by(RoleAssignment.id)
+    ):
+        holders[assignment.role] = assignment
+    return holders
+
+
+def mark_moment(
+    session: Session,
+    *,
+    incident: Incident,
+    moment: Moment,
+    at: datetime,
+    user_id: str,
+    now: datetime,
+) -> None:
+    """Record when the impact was detected or mitigated; the moment goes on the timeline."""
+    start = impact_start(session, incident=incident)
+    if at < start:
+        zone = ZoneInfo(incident.timezone)
+        raise IncidentError(
+            f"{incident.reference}'s impact began at {_local(start, zone)}; it cannot have been "
+            f"{moment.value} before that ({_local(at, zone)})."
+        )
+    setattr(incident, f"{moment.value}_at", at)
+    session.add(
+        FieldChange(
+            incident_id=incident.id,
+            field=f"{moment.value}_at",
+            value=at.isoformat(),
+            changed_by=user_id,
+            changed_at=now,
+        )
+    )
+    label = {Moment.DETECTED: "Impact detected", Moment.MITIGATED: "Impact mitigated"}[moment]
+    add_event(session, incident=incident, text=label, user_id=user_id, at=at, now=now)
+
+
+def reopen_incident(
+    session: Session, *, team_id: str, channel_id: str, reason: str, user_id: str, now: datetime
+) -> Incident:
+    """Reopen the channel's most recently closed incident; the reason goes on the timeline."""
+    reason = check_text(reason, what="reason")
+    if find_open_incident(session, team_id=team_id, channel_id=channel_id) is not None:
+        raise IncidentError(
+            "An incident is open in this channel already; there is nothing to reopen."
+        )
+    incident = session.scalars(
+        select(Incident)
+        .where(Incident.team_id == team_id, Incident.channel_id == channel_id)
+        .order_by(Incident.closed_at.desc(), Incident.id.desc())
+        .limit(1)
+    ).first()
+    if incident is None:
+        raise NoOpenIncidentError()
+    try:
+        with session.begin_nested():
+            incident.status = IncidentStatus.OPEN.value
+            incident.closed_at = None
+            incident.closed_by = None
+            session.flush()
+    except IntegrityError:
+        raise IncidentError("Another incident opened in this channel meanwhile.") from None
+    session.add(
+        FieldChange(
+            incident_id=incident.id,
+            field="status",
+            value="reopened",
+            changed_by=user_id,
+            changed_at=now,
+        )
+    )
+    add_event(
+        session, incident=incident, text=f"Reopened: {reason}", user_id=user_id, at=now, now=now
+    )
+    return incident
+
+
+def open_incidents(session: Session, *, team_id: str) -> list[Incident]:
+    """The workspace's open incidents, newest first."""
+    return list(
+        session.scalars(
+            select(Incident)
+            .where(Incident.team_id == team_id, Incident.status == IncidentStatus.OPEN.value)
+            .order_by(Incident.number.desc())
+        )
+    )
+
+
+def latest_incident(session: Session, *, team_id: str, channel_id: str) -> Incident | None:
+    """The channel's most recent incident, open or closed."""
+    return session.scalars(
+        select(Incident)
+        .where(Incident.team_id == team_id, Incident.channel_id == channel_id)
+        .order_by(Incident.number.desc())
+        .limit(1)
+    ).first()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jinja2 import (
@@ -25,7 +26,7 @@ from jinja2 import (
 from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
-from bot import incidents
+from bot import incidents, timeline
 from bot.models import Incident
 
 
@@ -71,11 +72,39 @@ def build_environment(templates_dir: Path | None = None) -> Environment:
 
 
 @dataclass(frozen=True)
+class FileLink:
+    """A file that came with a captured message; `url` only when it is a web link."""
+
+    name: str
+    url: str | None
+
+
+@dataclass(frozen=True)
 class Line:
-    """One timeline entry as the reader sees it."""
+    """One timeline entry as the reader sees it; captured messages carry author, link, files."""
 
     when: str
     text: str
+    author: str | None = None
+    link: str | None = None
+    files: Sequence[FileLink] = ()
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Key moments and the times to reach them, counted from the impact's start."""
+
+    detected: str | None
+    mitigated: str | None
+    time_to_detect: str | None
+    time_to_mitigate: str | None
+    time_to_resolve: str | None
+
+
+@dataclass(frozen=True)
+class Role:
+    role: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +136,9 @@ class PostmortemContext:
     timeline: Sequence[Line]
     actions: Sequence[str]
     generated_on: str
+    severity: str | None = None
+    roles: Sequence[Role] = ()
+    moments: Moments = Moments(None, None, None, None, None)
 
 
 def build_context(session: Session, *, incident: Incident, now: datetime) -> PostmortemContext:
@@ -128,8 +160,40 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
     for entry in entries:
         local = entry.occurred_at.astimezone(zone)
         show_date = spans_days and local.date() != previous_day
-        lines.append(Line(when=_clock(local, zone_name, with_date=show_date), text=entry.text))
+        lines.append(
+            Line(
+                when=_clock(local, zone_name, with_date=show_date),
+                text=entry.text,
+                author=entry.author_name,
+                link=_web_link(entry.permalink),
+                files=[
+                    FileLink(name=f.name, url=_web_link(f.permalink))
+                    for f in timeline.decode_files(entry.files)
+                ],
+            )
+        )
         previous_day = local.date()
+
+    def since_start(moment: datetime | None) -> str | None:
+        return format_duration(_minute(moment) - _minute(start)) if moment else None
+
+    def clock_of(moment: datetime | None) -> str | None:
+        if moment is None:
+            return None
+        local = moment.astimezone(zone)
+        return _clock(local, zone_name, with_date=spans_days)
+
+    moments = Moments(
+        detected=clock_of(incident.detected_at),
+        mitigated=clock_of(incident.mitigated_at),
+        time_to_detect=since_start(incident.detected_at),
+        time_to_mitigate=since_start(incident.mitigated_at),
+        time_to_resolve=since_start(incident.closed_at),
+    )
+    roles = [
+        Role(role=role, name=holder.user_name)
+        for role, holder in incidents.current_roles(session, incident=incident).items()
+    ]
 
     return PostmortemContext(
         reference=incident.reference,
@@ -154,7 +218,17 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         timeline=lines,
         actions=incidents.actions(session, incident=incident),
         generated_on=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        severity=incident.severity,
+        roles=roles,
+        moments=moments,
     )
+
+
+def _web_link(url: str | None) -> str | None:
+    """A link safe to put in a template: http(s) only, with nothing that ends a link early."""
+    if not url or not url.startswith(("https://", "http://")):
+        return None
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%~")
 
 
 def render(env: Environment, context: PostmortemContext, fmt: Format = Format.MARKDOWN) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import db, postmortem
 from bot.config import Settings
-from bot.slack.timezones import UserTimezones
+from bot.slack.people import UserDirectory
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     templates: Environment
-    timezones: UserTimezones
+    people: UserDirectory
     followups: FollowUps = field(default_factory=FollowUps)
     clock: Callable[[], datetime] = utc_now
 
@@ -90,9 +90,7 @@ def build_services(
         engine=engine,
         sessions=db.make_session_factory(engine),
         templates=postmortem.build_environment(settings.templates_dir),
-        timezones=UserTimezones(
-            fallback=settings.incident_timezone, api_url=settings.slack_api_url
-        ),
+        people=UserDirectory(fallback=settings.incident_timezone, api_url=settings.slack_api_url),
         clock=clock,
     )
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 def register(app: App, services: Services) -> None:
     """Wire every listener group onto `app`."""
-    from bot.slack import commands
+    from bot.slack import capture, commands
 
     commands.register(app, services)
+    capture.register(app, services)

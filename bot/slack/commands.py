@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -19,10 +20,10 @@ from slack_bolt import Ack, App, BoltContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import incidents, timeparse
+from bot import incidents, timeline, timeparse
 from bot.models import Field, Incident
 from bot.services import Services
-from bot.slack import publish, replies
+from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
 from bot.slack.middleware import with_session
 from bot.slack.replies import Reply
@@ -45,12 +46,19 @@ class Call:
     now: datetime
     token: str | None
     response_url: str | None
+    raw: str = ""  # the text as Slack sent it, markup and all (for mentions)
 
     def zone(self) -> ZoneInfo:
         """The caller's time zone (Slack's `users.info`), or the configured fallback."""
-        return self.services.timezones.zone_for(
+        return self.services.people.zone_for(
             team_id=self.team_id, user_id=self.user_id, token=self.token
         )
+
+    def time_only(self) -> datetime:
+        """The text read as nothing but a time (`detected 1:06 AM`), or now when it is empty."""
+        if not self.text:
+            return self.now
+        return timeparse.parse_time(self.text, zone=self.zone(), now=self.now)
 
     def leading_time(self) -> timeparse.Leading:
         """The text split into its optional `<when> - ` and the rest."""
@@ -104,7 +112,22 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
         )
     except incidents.IncidentAlreadyOpenError as error:
         return Outcome(replies.already_open(error.incident), result="refused")
-    return Outcome(replies.started(incident, now=call.now))
+    followup = None
+    if call.services.settings.incident_channels:
+        services, incident_id, origin = call.services, incident.id, call.channel_id
+        starter, token, response_url = call.user_id, call.token, call.response_url
+
+        def followup() -> None:
+            channels.open_incident_channel(
+                services,
+                incident_id=incident_id,
+                origin_channel=origin,
+                starter=starter,
+                token=token,
+                response_url=response_url,
+            )
+
+    return Outcome(replies.started(incident, now=call.now), followup=followup)
 
 
 def handle_note(call: Call, incident: Incident | None) -> Outcome:
@@ -188,7 +211,155 @@ def handle_status(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     entries = incidents.timeline(call.session, incident=incident, last=STATUS_ENTRIES)
     total = incidents.count_entries(call.session, incident=incident)
-    return Outcome(replies.status(incident, entries=entries, total=total, now=call.now))
+    roles = {
+        role: holder.user_name
+        for role, holder in incidents.current_roles(call.session, incident=incident).items()
+    }
+    return Outcome(
+        replies.status(incident, entries=entries, total=total, now=call.now, roles=roles)
+    )
+
+
+def handle_timeline(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    entries = incidents.timeline(call.session, incident=incident)
+    return Outcome(replies.timeline_list(incident, entries=entries, now=call.now))
+
+
+def _entry_number(text: str) -> tuple[int, str]:
+    """`"#5 1:10 AM - text"` → `(5, "1:10 AM - text")`."""
+    first, _, rest = text.partition(" ")
+    digits = first.removeprefix("#")
+    if not digits.isdigit() or len(digits) > 9:
+        raise incidents.IncidentError(
+            f"“{replies.shorten(first, 20)}” is not an entry number; "
+            "`/incident timeline` lists them (e.g. `/incident edit 3 1:10 AM - new text`)."
+        )
+    return int(digits), rest.strip()
+
+
+def handle_edit(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    number, rest = _entry_number(call.text)
+    if rest and timeparse.looks_like_time(rest):  # `edit 3 1:10 AM`: a new time only
+        rest = rest + timeparse.SEPARATOR
+    head, separator, _ = rest.partition(timeparse.SEPARATOR)
+    if separator and timeparse.looks_like_time(head):
+        leading = timeparse.split_leading_time(rest, zone=call.zone(), now=call.now)
+    else:
+        leading = timeparse.Leading(when=None, rest=rest)
+    entry = timeline.edit_entry(
+        call.session,
+        incident=incident,
+        number=number,
+        text=leading.rest or None,
+        occurred_at=leading.when,
+        user_id=call.user_id,
+        now=call.now,
+    )
+    return Outcome(replies.entry_edited(incident, entry=entry, now=call.now))
+
+
+def handle_delete(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    number, rest = _entry_number(call.text)
+    if rest:
+        raise incidents.IncidentError("`/incident delete` takes only an entry number.")
+    entry = timeline.delete_entry(
+        call.session, incident=incident, number=number, user_id=call.user_id, now=call.now
+    )
+    return Outcome(replies.entry_deleted(incident, entry=entry))
+
+
+def _moment_handler(moment: incidents.Moment) -> Handler:
+    def handle(call: Call, incident: Incident | None) -> Outcome:
+        assert incident is not None
+        at = call.time_only()
+        incidents.mark_moment(
+            call.session,
+            incident=incident,
+            moment=moment,
+            at=at,
+            user_id=call.user_id,
+            now=call.now,
+        )
+        return Outcome(replies.moment_marked(incident, moment=moment.value, at=at, now=call.now))
+
+    handle.__name__ = f"handle_{moment.value}"
+    return handle
+
+
+def handle_severity(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    previous = incident.severity
+    level = incidents.set_severity(
+        call.session,
+        incident=incident,
+        severity=call.text,
+        allowed=call.services.settings.severities,
+        user_id=call.user_id,
+        now=call.now,
+    )
+    return Outcome(replies.severity_set(incident, level=level, previous=previous, by=call.user_id))
+
+
+_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
+
+
+def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
+    match = _MENTION.match(mention.strip())
+    if match is None:
+        raise incidents.IncidentError(
+            "Mention the person (type @ and pick them from the list), e.g. "
+            f"`/incident role {role} @ann`."
+        )
+    user_id, label = match.group(1), (match.group(2) or "").strip()
+    name = label or call.services.people.name_for(
+        team_id=call.team_id, user_id=user_id, token=call.token
+    )
+    incidents.assign_role(
+        call.session,
+        incident=incident,
+        role=role,
+        user_id=user_id,
+        user_name=name.removeprefix("@"),
+        assigned_by=call.user_id,
+        now=call.now,
+    )
+    return Outcome(replies.role_assigned(incident, role=role, user_id=user_id, by=call.user_id))
+
+
+def handle_role(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    role, _, mention = call.raw.strip().partition(" ")
+    roles = call.services.settings.roles
+    if role.lower() not in roles:
+        raise incidents.IncidentError(
+            f"“{replies.shorten(role, 30)}” is not a role here; use one of {', '.join(roles)}."
+        )
+    return _assign(call, incident, role.lower(), mention)
+
+
+def handle_commander(call: Call, incident: Incident | None) -> Outcome:
+    assert incident is not None
+    return _assign(call, incident, "commander", call.raw)
+
+
+def handle_reopen(call: Call, _incident: Incident | None) -> Outcome:
+    incident = incidents.reopen_incident(
+        call.session,
+        team_id=call.team_id,
+        channel_id=call.channel_id,
+        reason=call.text,
+        user_id=call.user_id,
+        now=call.now,
+    )
+    return Outcome(replies.reopened(incident, reason=call.text, by=call.user_id))
+
+
+def handle_list(call: Call, _incident: Incident | None) -> Outcome:
+    found = incidents.open_incidents(call.session, team_id=call.team_id)
+    return Outcome(replies.incident_list(found, now=call.now))
 
 
 def handle_help(_call: Call, _incident: Incident | None) -> Outcome:
@@ -262,6 +433,76 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         needs_text=False,
     ),
     Subcommand(
+        "timeline",
+        "timeline",
+        "List the timeline with entry numbers, for edit and delete.",
+        handle_timeline,
+        aliases=("entries",),
+        needs_text=False,
+    ),
+    Subcommand(
+        "edit",
+        "edit <n> [<when> -] [<text>]",
+        "Change entry <n>'s time, text or both (the old ones are kept).",
+        handle_edit,
+    ),
+    Subcommand(
+        "delete",
+        "delete <n>",
+        "Take entry <n> off the timeline (the record of it is kept).",
+        handle_delete,
+        aliases=("remove",),
+    ),
+    Subcommand(
+        "detected",
+        "detected [<when>]",
+        "Mark when the impact was detected (now, or at <when>).",
+        _moment_handler(incidents.Moment.DETECTED),
+        needs_text=False,
+    ),
+    Subcommand(
+        "mitigated",
+        "mitigated [<when>]",
+        "Mark when the impact was mitigated (now, or at <when>).",
+        _moment_handler(incidents.Moment.MITIGATED),
+        needs_text=False,
+    ),
+    Subcommand(
+        "severity",
+        "severity <level>",
+        "Set the severity (SEV1 to SEV4, or your configured levels).",
+        handle_severity,
+        aliases=("sev",),
+    ),
+    Subcommand(
+        "role",
+        "role <role> @person",
+        "Give someone a role (commander, communications, scribe, or your configured ones).",
+        handle_role,
+    ),
+    Subcommand(
+        "commander",
+        "commander @person",
+        "Make someone the incident commander.",
+        handle_commander,
+        aliases=("ic", "lead"),
+    ),
+    Subcommand(
+        "reopen",
+        "reopen <reason>",
+        "Reopen this channel's last closed incident; the reason goes on the timeline.",
+        handle_reopen,
+        needs_incident=False,
+    ),
+    Subcommand(
+        "list",
+        "list",
+        "The open incidents in this workspace.",
+        handle_list,
+        needs_text=False,
+        needs_incident=False,
+    ),
+    Subcommand(
         "help",
         "help",
         "Show this help.",
@@ -312,7 +553,7 @@ def _run(
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
         return Outcome(help_reply(problem), result="missing_text")
-    call = build_call(slack_text.decode(rest))
+    call = replace(build_call(slack_text.decode(rest)), raw=rest)
     if len(call.text) > incidents.MAX_TEXT_LENGTH:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
@@ -322,6 +563,11 @@ def _run(
             call.session, team_id=call.team_id, channel_id=call.channel_id
         )
         if incident is None:
+            latest = incidents.latest_incident(
+                call.session, team_id=call.team_id, channel_id=call.channel_id
+            )
+            if latest is not None:
+                return Outcome(replies.closed_elsewhere(latest.reference), result="no_incident")
             return Outcome(replies.no_open_incident(), result="no_incident")
     try:
         return subcommand.handler(call, incident)

@@ -18,7 +18,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.incidents import EntryRow
-from bot.models import Incident
+from bot.models import Incident, TimelineEntry
 from bot.slack import text as slack_text
 
 # Slack's limit on a section's text; longer typed text is shortened in replies only.
@@ -166,7 +166,14 @@ def close_summary(
     )
 
 
-def status(incident: Incident, *, entries: Sequence[EntryRow], total: int, now: datetime) -> Reply:
+def status(
+    incident: Incident,
+    *,
+    entries: Sequence[EntryRow],
+    total: int,
+    now: datetime,
+    roles: dict[str, str] | None = None,
+) -> Reply:
     started_at = local_time(incident.started_at, incident.timezone, now=now)
     header = (
         f"*{incident.reference}*: {quoted(incident.title, 1000)}\n"
@@ -174,6 +181,20 @@ def status(incident: Incident, *, entries: Sequence[EntryRow], total: int, now: 
     )
     blocks: list[Block] = [_section(header)]
     fields = [
+        ("Severity", incident.severity),
+        *((role.capitalize(), name) for role, name in (roles or {}).items()),
+        (
+            "Detected",
+            local_time(incident.detected_at, incident.timezone, now=now)
+            if incident.detected_at
+            else None,
+        ),
+        (
+            "Mitigated",
+            local_time(incident.mitigated_at, incident.timezone, now=now)
+            if incident.mitigated_at
+            else None,
+        ),
         ("Impact", incident.impact),
         ("Root cause", incident.cause),
         ("Resolution", incident.resolution),
@@ -184,10 +205,7 @@ def status(incident: Incident, *, entries: Sequence[EntryRow], total: int, now: 
         blocks.append(_section("\n".join(known)))
     if entries:
         hidden = total - len(entries)
-        lines = [
-            f"• {local_time(e.occurred_at, incident.timezone, now=now)} - {quoted(e.text, 200)}"
-            for e in entries
-        ]
+        lines = [_entry_line(e, incident.timezone, now, 200) for e in entries]
         if hidden:
             lines.insert(0, f"_{hidden} earlier entr{'y' if hidden == 1 else 'ies'} not shown_")
         blocks.append(_section("*Timeline*\n" + _fit_lines(lines)))
@@ -232,3 +250,116 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
     )
     fallback = (slack_text.escape(problem) + "\n" if problem else "") + body
     return Reply(text=fallback, blocks=blocks)
+
+
+def _entry_line(entry: EntryRow, zone: str, now: datetime, limit: int = 300) -> str:
+    author = f"{slack_text.escape(entry.author_name)}: " if entry.author_name else ""
+    link = f" <{entry.permalink}|(message)>" if entry.permalink else ""
+    when = local_time(entry.occurred_at, zone, now=now)
+    return f"`#{entry.number}` {when} - {author}{quoted(entry.text, limit)}{link}"
+
+
+def timeline_list(incident: Incident, *, entries: Sequence[EntryRow], now: datetime) -> Reply:
+    """Every live entry with its number, in as many sections as Slack allows."""
+    if not entries:
+        return simple(
+            f"*{incident.reference}* has no timeline entries yet: `/incident note <text>`"
+        )
+    lines = [_entry_line(entry, incident.timezone, now, 200) for entry in entries]
+    sections: list[str] = []
+    current: list[str] = []
+    for line in lines:
+        if sum(len(x) + 1 for x in current) + len(line) > SECTION_LIMIT - 50:
+            sections.append("\n".join(current))
+            current = []
+        current.append(line)
+    sections.append("\n".join(current))
+    shown = sections[:45]
+    blocks: list[Block] = [_section(f"*{incident.reference} timeline* ({len(entries)} entries)")]
+    blocks.extend(_section(part) for part in shown)
+    if len(sections) > len(shown):
+        blocks.append(_context("Too long to show here; `incident-bot export` prints all of it."))
+    blocks.append(_context("`/incident edit <n> [<when> -] <text>` · `/incident delete <n>`"))
+    return Reply(text=f"{incident.reference}: {len(entries)} timeline entries", blocks=blocks)
+
+
+def entry_edited(incident: Incident, *, entry: TimelineEntry, now: datetime) -> Reply:
+    when = local_time(entry.occurred_at, incident.timezone, now=now)
+    return simple(
+        f"Entry `#{entry.number}` of *{incident.reference}* is now {when} - {quoted(entry.text)}"
+        "\n_The previous version is kept in its history._"
+    )
+
+
+def entry_deleted(incident: Incident, *, entry: TimelineEntry) -> Reply:
+    return simple(
+        f"Entry `#{entry.number}` ({quoted(entry.text, 200)}) is off *{incident.reference}*'s "
+        "timeline. The record of it, and who removed it, is kept."
+    )
+
+
+def captured(*, reference: str, number: int, created: bool) -> Reply:
+    if created:
+        return simple(f"Added to *{reference}*'s timeline as `#{number}`.")
+    return simple(f"That message is already on *{reference}*'s timeline (`#{number}`).")
+
+
+def moment_marked(incident: Incident, *, moment: str, at: datetime, now: datetime) -> Reply:
+    return simple(
+        f"*{incident.reference}*: impact {moment} at {local_time(at, incident.timezone, now=now)}."
+    )
+
+
+def severity_set(incident: Incident, *, level: str, previous: str | None, by: str) -> Reply:
+    change = f"from {slack_text.escape(previous)} " if previous else ""
+    message = (
+        f":rotating_light: *{incident.reference}* severity changed {change}to "
+        f"*{slack_text.escape(level)}* by {slack_text.user(by)}"
+    )
+    return Reply(
+        text=f"{incident.reference} severity: {level}", blocks=(_section(message),), in_channel=True
+    )
+
+
+def role_assigned(incident: Incident, *, role: str, user_id: str, by: str) -> Reply:
+    message = (
+        f":bust_in_silhouette: {slack_text.user(user_id)} is now the {slack_text.escape(role)} "
+        f"of *{incident.reference}* (set by {slack_text.user(by)})"
+    )
+    return Reply(
+        text=f"{incident.reference}: new {role}", blocks=(_section(message),), in_channel=True
+    )
+
+
+def reopened(incident: Incident, *, reason: str, by: str) -> Reply:
+    message = (
+        f":arrows_counterclockwise: *{incident.reference}* reopened by {slack_text.user(by)}: "
+        f"{quoted(reason, 1000)}"
+    )
+    return Reply(
+        text=f"{incident.reference} reopened", blocks=(_section(message),), in_channel=True
+    )
+
+
+def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
+    if not found:
+        return simple("No incidents are open in this workspace.")
+    lines = [
+        f"*{i.reference}* {slack_text.channel(i.channel_id)} "
+        f"{'[' + slack_text.escape(i.severity) + '] ' if i.severity else ''}"
+        f"{quoted(i.title, 150)} · since {local_time(i.started_at, i.timezone, now=now)}"
+        for i in found
+    ]
+    return Reply(
+        text=f"{len(found)} open incident{'' if len(found) == 1 else 's'}",
+        blocks=(_section(f"*Open incidents ({len(found)})*"), _section(_fit_lines(lines))),
+    )
+
+
+def closed_elsewhere(reference: str) -> Reply:
+    message = (
+        f"*{reference}* in this channel is closed, so nothing was changed. "
+        "Reopen it with `/incident reopen <reason>`, or start a new one with "
+        "`/incident start <title>`."
+    )
+    return Reply(text=f"{reference} is closed.", blocks=(_section(message),))

@@ -1,0 +1,272 @@
+"""Pinning what was already said: a reaction, the message shortcut, and edits made in Slack.
+
+A message joins the open incident's timeline stamped with its own `ts`, its author and a
+permalink. Slack's retries and second pins find the entry already there (the database
+holds one entry per message). Events from channels without an open incident are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from sqlalchemy.orm import Session
+
+from bot import incidents, timeline
+from bot.incidents import IncidentError
+from bot.services import Services, web_client
+from bot.slack import replies
+from bot.slack import text as slack_text
+from bot.slack.middleware import with_session
+
+log = logging.getLogger(__name__)
+
+SHORTCUT_CALLBACK_ID = "add_to_timeline"
+# The bot's own reaction that says "this message is on the timeline".
+CONFIRMATION = "white_check_mark"
+CONFIRMATION_FALLBACK = "memo"  # used when people pin with white_check_mark themselves
+
+
+def confirmation_emoji(pin: str) -> str:
+    return CONFIRMATION if pin != CONFIRMATION else CONFIRMATION_FALLBACK
+
+
+def slack_time(ts: str) -> datetime:
+    """A Slack message `ts` ("1700000000.123456") as an aware UTC datetime."""
+    return datetime.fromtimestamp(float(ts), UTC)
+
+
+def fetch_message(client: WebClient, channel: str, ts: str) -> dict[str, Any] | None:
+    """A message by channel and ts, whether it is in the channel or in a thread."""
+    found = (
+        client.conversations_history(
+            channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1
+        ).get("messages")
+        or []
+    )
+    if not any(m.get("ts") == ts for m in found):
+        # A thread reply is not in the channel's history; ask for it by its own ts.
+        found = (
+            client.conversations_replies(
+                channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=1
+            ).get("messages")
+            or []
+        )
+    return next((m for m in found if m.get("ts") == ts), None)
+
+
+def to_message(
+    raw: dict[str, Any],
+    *,
+    channel: str,
+    client: WebClient,
+    author_name: Callable[[str], str | None],
+) -> timeline.Message:
+    """What the timeline keeps of a Slack message: decoded text, author, link and files."""
+    ts = str(raw["ts"])
+    author = str(raw.get("user") or raw.get("bot_id") or raw.get("username") or "")
+    permalink: str | None = None
+    try:
+        permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
+    except SlackClientError as error:
+        log.warning("chat.getPermalink failed for %s/%s: %s", channel, ts, error)
+    files = [
+        timeline.Attachment(
+            name=str(f.get("name") or f.get("title") or "file"),
+            permalink=f.get("permalink") if _is_web_link(f.get("permalink")) else None,
+        )
+        for f in raw.get("files") or []
+        if isinstance(f, dict)
+    ]
+    return timeline.Message(
+        channel_id=channel,
+        ts=ts,
+        author_id=author,
+        author_name=author_name(author) if author.startswith(("U", "W")) else raw.get("username"),
+        text=slack_text.decode(str(raw.get("text") or "")),
+        occurred_at=slack_time(ts),
+        permalink=permalink if _is_web_link(permalink) else None,
+        files=files,
+    )
+
+
+def _is_web_link(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(("https://", "http://"))
+
+
+def register(app: App, services: Services) -> None:
+    pin = services.settings.timeline_emoji
+    confirm = confirmation_emoji(pin)
+
+    def names(team_id: str, token: str | None) -> Callable[[str], str | None]:
+        return lambda user: services.people.name_for(team_id=team_id, user_id=user, token=token)
+
+    def react(token: str | None, channel: str, ts: str, *, add: bool) -> Callable[[], None]:
+        def work() -> None:
+            client = web_client(services.settings, token)
+            try:
+                if add:
+                    client.reactions_add(channel=channel, timestamp=ts, name=confirm)
+                else:
+                    client.reactions_remove(channel=channel, timestamp=ts, name=confirm)
+            except SlackApiError as error:
+                if error.response.get("error") not in ("already_reacted", "no_reaction"):
+                    log.warning("could not change the confirmation on %s: %s", ts, error)
+
+        return work
+
+    @with_session(services.sessions)
+    def handle_reaction_added(
+        event: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
+        item = event.get("item") or {}
+        if event.get("reaction") != pin or item.get("type") != "message":
+            return
+        session: Session = context["db"]
+        team_id, channel, ts = context.team_id or "", str(item.get("channel")), str(item.get("ts"))
+        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
+        if incident is None:
+            return
+        raw = fetch_message(client, channel, ts)
+        if raw is None:
+            log.warning("pinned message %s/%s could not be read", channel, ts)
+            return
+        message = to_message(
+            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
+        )
+        try:
+            _, created = timeline.capture_message(
+                session,
+                incident=incident,
+                message=message,
+                captured_by=str(event.get("user", "")),
+                now=services.clock(),
+            )
+        except IncidentError as error:
+            session.rollback()
+            log.info("not capturing %s/%s: %s", channel, ts, error)
+            return
+        session.commit()
+        if created:
+            services.followups.submit(react(context.bot_token, channel, ts, add=True))
+
+    @with_session(services.sessions)
+    def handle_reaction_removed(
+        event: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
+        item = event.get("item") or {}
+        if event.get("reaction") != pin or item.get("type") != "message":
+            return
+        session: Session = context["db"]
+        team_id, channel, ts = context.team_id or "", str(item.get("channel")), str(item.get("ts"))
+        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
+        if incident is None:
+            return
+        if _still_pinned(client, channel, ts, pin):
+            return
+        entry = timeline.uncapture_message(
+            session,
+            incident=incident,
+            channel_id=channel,
+            ts=ts,
+            user_id=str(event.get("user", "")),
+            now=services.clock(),
+        )
+        session.commit()
+        if entry is not None:
+            services.followups.submit(react(context.bot_token, channel, ts, add=False))
+
+    @with_session(services.sessions)
+    def handle_message_changed(
+        event: dict[str, Any], context: BoltContext, client: WebClient
+    ) -> None:
+        raw = event.get("message") or {}
+        channel = str(event.get("channel", ""))
+        if not raw.get("ts"):
+            return
+        session: Session = context["db"]
+        team_id = context.team_id or ""
+        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
+        if (
+            incident is None
+            or timeline.find_captured(
+                session, incident=incident, channel_id=channel, ts=str(raw["ts"])
+            )
+            is None
+        ):
+            return
+        message = to_message(
+            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
+        )
+        try:
+            timeline.refresh_message(
+                session, incident=incident, message=message, now=services.clock()
+            )
+        except IncidentError as error:
+            session.rollback()
+            log.info("not refreshing %s/%s: %s", channel, raw["ts"], error)
+            return
+        session.commit()
+
+    def ignore_message(ack: Ack) -> None:
+        """Everything else said in channels is none of our business."""
+        ack()
+
+    @with_session(services.sessions)
+    def handle_timeline_shortcut(
+        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond
+    ) -> None:
+        session: Session = context["db"]
+        team_id = context.team_id or str((body.get("team") or {}).get("id", ""))
+        channel = str((body.get("channel") or {}).get("id", ""))
+        user = str((body.get("user") or {}).get("id", ""))
+        raw = body.get("message") or {}
+        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
+        if incident is None:
+            ack()
+            respond(**replies.no_open_incident().as_ack(), replace_original=False)
+            return
+        message = to_message(
+            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
+        )
+        try:
+            entry, created = timeline.capture_message(
+                session, incident=incident, message=message, captured_by=user, now=services.clock()
+            )
+            reference, number = incident.reference, entry.number
+            session.commit()
+        except IncidentError as error:
+            session.rollback()
+            ack()
+            respond(**replies.refusal(str(error)).as_ack(), replace_original=False)
+            return
+        ack()
+        reply = replies.captured(reference=reference, number=number, created=created)
+        respond(**reply.as_ack(), replace_original=False)
+        if created:
+            services.followups.submit(react(context.bot_token, channel, message.ts, add=True))
+
+    app.event("reaction_added")(handle_reaction_added)
+    app.event("reaction_removed")(handle_reaction_removed)
+    app.event({"type": "message", "subtype": "message_changed"})(handle_message_changed)
+    app.event("message")(ignore_message)
+    app.shortcut(SHORTCUT_CALLBACK_ID)(handle_timeline_shortcut)
+
+
+def _still_pinned(client: WebClient, channel: str, ts: str, pin: str) -> bool:
+    """Whether someone else's pin reaction is still on the message."""
+    try:
+        message = client.reactions_get(channel=channel, timestamp=ts).get("message") or {}
+    except SlackClientError as error:
+        log.warning(
+            "reactions.get failed for %s/%s: %s; treating the pin as gone", channel, ts, error
+        )
+        return False
+    return any(
+        r.get("name") == pin and r.get("count", 0) > 0 for r in message.get("reactions") or []
+    )

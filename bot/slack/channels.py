@@ -1,0 +1,91 @@
+"""The optional dedicated channel per incident: `inc-<yyyymmdd>-<slug>`, created after `start`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from zoneinfo import ZoneInfo
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.webhook import WebhookClient
+
+from bot.models import Incident
+from bot.services import Services, web_client
+from bot.slack import replies
+
+log = logging.getLogger(__name__)
+
+# Slack's limit on a channel name.
+MAX_NAME = 80
+MAX_ATTEMPTS = 20
+
+
+def channel_name(incident: Incident, attempt: int = 1) -> str:
+    """`inc-20261120-checkout-is-down`, cut to Slack's 80 characters, `-2`, `-3` on collisions."""
+    day = incident.started_at.astimezone(ZoneInfo(incident.timezone)).strftime("%Y%m%d")
+    ascii_title = unicodedata.normalize("NFKD", incident.title).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_title.lower()).strip("-") or f"inc{incident.number}"
+    suffix = "" if attempt == 1 else f"-{attempt}"
+    base = f"inc-{day}-"
+    room = MAX_NAME - len(base) - len(suffix)
+    return base + slug[:room].rstrip("-") + suffix
+
+
+def open_incident_channel(
+    services: Services,
+    *,
+    incident_id: int,
+    origin_channel: str,
+    starter: str,
+    token: str | None,
+    response_url: str | None,
+) -> None:
+    """Create the incident's channel, move the incident there, invite the starter, post there."""
+    with services.sessions() as session:
+        incident = session.get_one(Incident, incident_id)
+        names = [channel_name(incident, attempt) for attempt in range(1, MAX_ATTEMPTS + 1)]
+    client = web_client(services.settings, token)
+    created: str | None = None
+    for name in names:
+        try:
+            created = str(client.conversations_create(name=name)["channel"]["id"])
+            break
+        except SlackApiError as error:
+            if error.response.get("error") == "name_taken":
+                continue
+            log.warning("conversations.create %s failed: %s", name, error)
+            break
+        except SlackClientError as error:
+            log.warning("conversations.create %s failed: %s", name, error)
+            break
+    if created is None:
+        _tell(response_url, "I could not create a channel for the incident; it stays here.")
+        return
+    with services.sessions() as session:
+        incident = session.get_one(Incident, incident_id)
+        if not incident.is_open or incident.channel_id != origin_channel:
+            return
+        incident.channel_id = created
+        session.commit()
+        header = replies.started(incident, now=services.clock())
+        reference = incident.reference
+    try:
+        client.conversations_invite(channel=created, users=starter)
+        client.chat_postMessage(
+            channel=created, text=header.text, blocks=[b.to_dict() for b in header.blocks]
+        )
+    except SlackClientError as error:
+        log.warning("setting up the channel of %s failed: %s", reference, error)
+    _tell(response_url, f"{reference} continues in <#{created}>.", in_channel=True)
+
+
+def _tell(response_url: str | None, message: str, *, in_channel: bool = False) -> None:
+    if not response_url:
+        return
+    try:
+        WebhookClient(response_url, timeout=10).send(
+            text=message, response_type="in_channel" if in_channel else "ephemeral"
+        )
+    except Exception:
+        log.exception("could not answer through the response URL")

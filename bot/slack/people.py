@@ -1,0 +1,121 @@
+"""People from Slack's `users.info`: time zone and name, cached, never holding up an answer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from slack_sdk import WebClient
+
+log = logging.getLogger(__name__)
+
+# Slack gives a command 3 seconds; the database write needs some of them.
+LOOKUP_TIMEOUT_S = 1.0
+FOUND_TTL_S = 6 * 3600.0
+# After a failed lookup, use the fallback for a while instead of waiting on Slack again.
+FAILED_TTL_S = 600.0
+
+
+@dataclass(frozen=True)
+class Person:
+    zone: str | None  # IANA name, None when unknown
+    name: str | None  # display name, None when unknown
+
+
+class UserDirectory:
+    """A cache of (workspace, user) -> `Person`, filled by `users.info` in the background.
+
+    A lookup waits at most `timeout` for Slack; one that answers later still fills the cache
+    for the next command. Whatever cannot be learnt falls back: the zone to `fallback`, the
+    name to the user id.
+    """
+
+    def __init__(
+        self,
+        *,
+        fallback: str,
+        api_url: str,
+        timeout: float = LOOKUP_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fallback = fallback
+        self._api_url = api_url
+        self._timeout = timeout
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[Person, float]] = {}
+        self._pending: dict[tuple[str, str], Future[Person]] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="users-info")
+
+    def zone_for(self, *, team_id: str, user_id: str, token: str | None) -> ZoneInfo:
+        """The person's zone, or the fallback when Slack does not answer in time."""
+        return ZoneInfo(self._person(team_id, user_id, token).zone or self.fallback)
+
+    def name_for(self, *, team_id: str, user_id: str, token: str | None) -> str:
+        """The person's display name, or `@<user id>` when Slack does not say."""
+        return self._person(team_id, user_id, token).name or f"@{user_id}"
+
+    def _person(self, team_id: str, user_id: str, token: str | None) -> Person:
+        key = (team_id, user_id)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] > self._clock():
+                return cached[0]
+            future = self._pending.get(key)
+            if future is None:
+                future = self._executor.submit(self._lookup, key, token)
+                self._pending[key] = future
+        try:
+            return future.result(timeout=self._timeout)
+        except FutureTimeout:
+            log.warning(
+                "users.info for %s took over %.1fs; using fallbacks", user_id, self._timeout
+            )
+            return Person(zone=None, name=None)
+
+    def _lookup(self, key: tuple[str, str], token: str | None) -> Person:
+        person = Person(zone=None, name=None)
+        try:
+            client = WebClient(
+                token=token, base_url=self._api_url, timeout=int(self._timeout * 3) or 1
+            )
+            user = client.users_info(user=key[1]).get("user") or {}
+            person = Person(zone=_zone(user.get("tz")), name=_name(user))
+        except Exception as error:  # any Slack or network failure means "use the fallbacks"
+            log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
+        with self._lock:
+            ttl = FOUND_TTL_S if person.zone or person.name else FAILED_TTL_S
+            self._cache[key] = (person, self._clock() + ttl)
+            self._pending.pop(key, None)
+        return person
+
+
+def _zone(candidate: object) -> str | None:
+    if not isinstance(candidate, str) or not candidate:
+        return None
+    try:
+        ZoneInfo(candidate)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("users.info gave an unknown zone %r", candidate)
+        return None
+    return candidate
+
+
+def _name(user: dict[str, object]) -> str | None:
+    profile = user.get("profile")
+    fields = profile if isinstance(profile, dict) else {}
+    for candidate in (
+        fields.get("display_name"),
+        fields.get("real_name"),
+        user.get("real_name"),
+        user.get("name"),
+    ):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return None

@@ -1,0 +1,243 @@
+"""An incident's timeline: short numbers, captured Slack messages, edits and deletions.
+
+Entries are never removed from the database: a deletion marks the entry and records who
+did it, and every edit keeps the previous time and text as an `EntryRevision`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bot.incidents import IncidentError, check_text, next_entry_number
+from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
+
+
+class EntryNotFoundError(IncidentError):
+    pass
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file that came with a captured message."""
+
+    name: str
+    permalink: str | None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A Slack message as the timeline keeps it."""
+
+    channel_id: str
+    ts: str
+    author_id: str
+    author_name: str | None
+    text: str
+    occurred_at: datetime
+    permalink: str | None = None
+    files: Sequence[Attachment] = ()
+
+
+def encode_files(files: Sequence[Attachment]) -> str | None:
+    if not files:
+        return None
+    return json.dumps([{"name": f.name, "permalink": f.permalink} for f in files])
+
+
+def decode_files(stored: str | None) -> list[Attachment]:
+    if not stored:
+        return []
+    return [Attachment(name=f["name"], permalink=f.get("permalink")) for f in json.loads(stored)]
+
+
+def find_captured(
+    session: Session, *, incident: Incident, channel_id: str, ts: str
+) -> TimelineEntry | None:
+    return session.scalars(
+        select(TimelineEntry).where(
+            TimelineEntry.incident_id == incident.id,
+            TimelineEntry.source_channel == channel_id,
+            TimelineEntry.source_ts == ts,
+        )
+    ).first()
+
+
+def capture_message(
+    session: Session, *, incident: Incident, message: Message, captured_by: str, now: datetime
+) -> tuple[TimelineEntry, bool]:
+    """Add a Slack message to the timeline once; returns the entry and whether it is new.
+
+    Pinning a message already on the timeline changes nothing; pinning one whose entry
+    was removed brings that entry back.
+    """
+    text = check_text(message.text or _files_only(message.files))
+    existing = find_captured(
+        session, incident=incident, channel_id=message.channel_id, ts=message.ts
+    )
+    if existing is not None:
+        if existing.deleted_at is None:
+            return existing, False
+        _revise(session, existing, action="restore", user_id=captured_by, now=now)
+        existing.deleted_at = None
+        existing.deleted_by = None
+        return existing, True
+    try:
+        with session.begin_nested():
+            entry = TimelineEntry(
+                incident_id=incident.id,
+                number=next_entry_number(session, incident=incident),
+                occurred_at=message.occurred_at,
+                recorded_at=now,
+                author_id=message.author_id,
+                author_name=message.author_name,
+                kind=EntryKind.CAPTURE.value,
+                text=text,
+                source_channel=message.channel_id,
+                source_ts=message.ts,
+                permalink=message.permalink,
+                files=encode_files(message.files),
+                captured_by=captured_by,
+            )
+            session.add(entry)
+            session.flush()
+    except IntegrityError:
+        # The same message captured at the same moment elsewhere (a Slack retry, two pins).
+        existing = find_captured(
+            session, incident=incident, channel_id=message.channel_id, ts=message.ts
+        )
+        if existing is None:
+            raise
+        return existing, False
+    return entry, True
+
+
+def _files_only(files: Sequence[Attachment]) -> str:
+    return "Shared " + ", ".join(f.name for f in files) if files else ""
+
+
+def uncapture_message(
+    session: Session, *, incident: Incident, channel_id: str, ts: str, user_id: str, now: datetime
+) -> TimelineEntry | None:
+    """Take a captured message off the timeline (the record of it stays)."""
+    entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
+    if entry is None or entry.deleted_at is not None:
+        return None
+    _revise(session, entry, action="delete", user_id=user_id, now=now)
+    entry.deleted_at = now
+    entry.deleted_by = user_id
+    return entry
+
+
+def refresh_message(
+    session: Session, *, incident: Incident, message: Message, now: datetime
+) -> TimelineEntry | None:
+    """Bring a captured entry up to date with its message after an edit in Slack."""
+    entry = find_captured(session, incident=incident, channel_id=message.channel_id, ts=message.ts)
+    if entry is None:
+        return None
+    text = check_text(message.text or _files_only(message.files))
+    files = encode_files(message.files)
+    if text == entry.text and files == entry.files:
+        return entry
+    _revise(session, entry, action="refresh", user_id=message.author_id, now=now, new_text=text)
+    entry.text = text
+    entry.files = files
+    return entry
+
+
+def entry_by_number(session: Session, *, incident: Incident, number: int) -> TimelineEntry:
+    """A live entry by its short number, or `EntryNotFoundError`."""
+    entry = session.scalars(
+        select(TimelineEntry).where(
+            TimelineEntry.incident_id == incident.id, TimelineEntry.number == number
+        )
+    ).first()
+    if entry is None or entry.deleted_at is not None:
+        raise EntryNotFoundError(
+            f"{incident.reference} has no timeline entry #{number}; "
+            "`/incident timeline` lists them with their numbers."
+        )
+    return entry
+
+
+def edit_entry(
+    session: Session,
+    *,
+    incident: Incident,
+    number: int,
+    text: str | None,
+    occurred_at: datetime | None,
+    user_id: str,
+    now: datetime,
+) -> TimelineEntry:
+    """Change an entry's time, text or both; the previous values are kept."""
+    entry = entry_by_number(session, incident=incident, number=number)
+    new_text = check_text(text) if text else None
+    if new_text is None and occurred_at is None:
+        raise IncidentError("Give a new time (`<when> -`), a new text, or both.")
+    _revise(
+        session,
+        entry,
+        action="edit",
+        user_id=user_id,
+        now=now,
+        new_text=new_text or entry.text,
+        new_occurred_at=occurred_at or entry.occurred_at,
+    )
+    if new_text is not None:
+        entry.text = new_text
+    if occurred_at is not None:
+        entry.occurred_at = occurred_at
+    return entry
+
+
+def delete_entry(
+    session: Session, *, incident: Incident, number: int, user_id: str, now: datetime
+) -> TimelineEntry:
+    """Take an entry off the timeline; who did it and when is kept."""
+    entry = entry_by_number(session, incident=incident, number=number)
+    _revise(session, entry, action="delete", user_id=user_id, now=now)
+    entry.deleted_at = now
+    entry.deleted_by = user_id
+    return entry
+
+
+def revisions(session: Session, *, entry: TimelineEntry) -> list[EntryRevision]:
+    return list(
+        session.scalars(
+            select(EntryRevision)
+            .where(EntryRevision.entry_id == entry.id)
+            .order_by(EntryRevision.id)
+        )
+    )
+
+
+def _revise(
+    session: Session,
+    entry: TimelineEntry,
+    *,
+    action: str,
+    user_id: str,
+    now: datetime,
+    new_text: str | None = None,
+    new_occurred_at: datetime | None = None,
+) -> None:
+    session.add(
+        EntryRevision(
+            entry_id=entry.id,
+            action=action,
+            old_text=entry.text,
+            old_occurred_at=entry.occurred_at,
+            new_text=new_text,
+            new_occurred_at=new_occurred_at,
+            changed_by=user_id,
+            changed_at=now,
+        )
+    )

@@ -1,0 +1,255 @@
+"""Capturing what was said: reactions, the message shortcut, edits in Slack, retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from bot.demo import Fault, signed_event, signed_shortcut
+from bot.models import EntryRevision, TimelineEntry
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Reply
+
+PIN_TS = "1795154400.000100"  # 2026-11-20 06:00:00.0001 UTC
+
+
+def entries(bot: Bot, *, live: bool = True) -> list[TimelineEntry]:
+    with bot.services.sessions() as session:
+        query = select(TimelineEntry).order_by(TimelineEntry.id)
+        if live:
+            query = query.where(TimelineEntry.deleted_at.is_(None))
+        return list(session.scalars(query))
+
+
+def reaction(
+    bot: Bot,
+    ts: str,
+    *,
+    name: str = "pushpin",
+    user: str = BOB,
+    added: bool = True,
+    channel: str = CHANNEL,
+    team: str = TEAM,
+    retry_num: int | None = None,
+    event_id: str | None = None,
+) -> Reply:
+    """A person reacts on a message: Slack's state changes, then the event arrives."""
+    if retry_num is None:
+        bot.fake.react(channel, ts, name, user, add=added)
+    event = {
+        "type": "reaction_added" if added else "reaction_removed",
+        "user": user,
+        "reaction": name,
+        "item": {"type": "message", "channel": channel, "ts": ts},
+        "item_user": ALICE,
+        "event_ts": f"{bot.clock.now.timestamp():.6f}",
+    }
+    body, headers = signed_event(
+        SECRET, event, team_id=team, retry_num=retry_num, event_id=event_id
+    )
+    return bot.dispatch(body, headers)
+
+
+def test_a_pinned_message_joins_the_timeline_at_its_own_time(bot: Bot) -> None:
+    bot.fake.names[ALICE] = "Alice"
+    bot.command("start Outage")
+    ts = bot.fake.post(
+        CHANNEL, "Checkout &amp; payments return 502 &lt;b&gt;", user=ALICE, ts=PIN_TS
+    )
+    bot.clock.advance(minutes=30)  # pinned long after it was said
+
+    assert reaction(bot, ts).status == 200
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == "Checkout & payments return 502 <b>"
+    assert entry.occurred_at == datetime(2026, 11, 20, 6, 0, 0, 100, tzinfo=UTC)
+    assert entry.author_id == ALICE and entry.author_name == "Alice"
+    assert entry.permalink == f"https://demo.slack.com/archives/{CHANNEL}/p1795154400000100"
+    assert entry.captured_by == BOB
+    [confirmation] = bot.fake.calls_to("reactions.add")
+    assert confirmation.params["timestamp"] == ts
+    assert bot.fake.calls_to("chat.postMessage") == []  # no new channel message
+
+
+def test_pinning_twice_and_slack_retries_make_one_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "the one message", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB, event_id="Ev1")
+    reaction(bot, ts, user=BOB, event_id="Ev1", retry_num=1)
+    reaction(bot, ts, user=BOB, event_id="Ev1", retry_num=2)
+    reaction(bot, ts, user=ALICE, event_id="Ev2")  # a second person pins it too
+    bot.wait()
+    assert [e.text for e in entries(bot)] == ["the one message"]
+    assert len(bot.fake.calls_to("reactions.add")) == 1
+
+
+def test_other_reactions_and_channels_without_an_incident_are_ignored(bot: Bot) -> None:
+    ts = bot.fake.post(CHANNEL, "before any incident", user=ALICE, ts=PIN_TS)
+    assert reaction(bot, ts).status == 200  # no incident: quietly ignored
+    bot.command("start Outage")
+    other = bot.fake.post(CHANNEL, "nice", user=ALICE, ts="1795154401.000200")
+    assert reaction(bot, other, name="tada").status == 200
+    elsewhere = bot.fake.post("C0ELSEWHERE", "other channel", user=ALICE, ts="1795154402.000300")
+    assert reaction(bot, elsewhere, channel="C0ELSEWHERE").status == 200
+    bot.wait()
+    assert entries(bot) == []
+    assert bot.fake.calls_to("conversations.history") == []  # not even looked up
+
+
+def test_removing_the_pin_removes_the_entry_but_keeps_the_record(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned by mistake", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    reaction(bot, ts, user=BOB, added=False)
+    bot.wait()
+
+    assert entries(bot) == []
+    [kept] = entries(bot, live=False)
+    assert kept.deleted_by == BOB
+    assert [c.params["name"] for c in bot.fake.calls_to("reactions.remove")] == ["white_check_mark"]
+    bot.command("close")
+    bot.wait()
+    assert "pinned by mistake" not in bot.fake.uploaded_text()
+
+
+def test_the_entry_stays_while_someone_else_still_pins_it(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "important", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    reaction(bot, ts, user=ALICE)
+    reaction(bot, ts, user=BOB, added=False)
+    assert [e.text for e in entries(bot)] == ["important"]
+
+
+def test_a_thread_reply_can_be_pinned(bot: Bot) -> None:
+    bot.command("start Outage")
+    parent = bot.fake.post(CHANNEL, "thread start", user=ALICE, ts=PIN_TS)
+    reply_ts = bot.fake.post(
+        CHANNEL, "found it: bad deploy", user=BOB, ts="1795154460.000200", thread_ts=parent
+    )
+    reaction(bot, reply_ts)
+    [entry] = entries(bot)
+    assert entry.text == "found it: bad deploy"
+    assert entry.permalink is not None and f"thread_ts={parent}" in entry.permalink
+
+
+def test_files_come_with_the_message_and_show_as_links(bot: Bot) -> None:
+    bot.command("start Outage")
+    files = [
+        {
+            "id": "F1",
+            "name": "latency.png",
+            "permalink": "https://demo.slack.com/files/U1/F1/latency.png",
+        },
+        {"id": "F2", "name": "trace.txt", "permalink": "javascript:alert(1)"},
+    ]
+    ts = bot.fake.post(CHANNEL, "graph attached", user=ALICE, ts=PIN_TS, files=files)
+    reaction(bot, ts)
+    bot.command("close")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "[latency.png](<https://demo.slack.com/files/U1/F1/latency.png>)" in markdown
+    assert "trace.txt" in markdown and "javascript:" not in markdown
+
+
+def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts)
+    edited = bot.fake.edit(CHANNEL, ts, "DB at 99% CPU")
+    event = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": CHANNEL,
+        "hidden": True,
+        "message": edited,
+        "previous_message": {"type": "message", "user": ALICE, "text": "DB at 90% CPU", "ts": ts},
+        "event_ts": "1795154500.000100",
+        "ts": "1795154500.000100",
+    }
+    body, headers = signed_event(SECRET, event, team_id=TEAM)
+    assert bot.dispatch(body, headers).status == 200
+
+    [entry] = entries(bot)
+    assert entry.text == "DB at 99% CPU"
+    with bot.services.sessions() as session:
+        [revision] = session.scalars(select(EntryRevision)).all()
+    assert (revision.action, revision.old_text) == ("refresh", "DB at 90% CPU")
+
+
+def test_ordinary_messages_are_acknowledged_and_ignored(bot: Bot) -> None:
+    bot.command("start Outage")
+    event = {"type": "message", "channel": CHANNEL, "user": ALICE, "text": "hi", "ts": PIN_TS}
+    body, headers = signed_event(SECRET, event, team_id=TEAM)
+    assert bot.dispatch(body, headers).status == 200
+    assert entries(bot) == []
+
+
+def test_forged_events_are_rejected(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "x", user=ALICE, ts=PIN_TS)
+    event = {
+        "type": "reaction_added",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+    }
+    body, headers = signed_event("wrong-secret", event, team_id=TEAM)
+    assert bot.dispatch(body, headers).status == 401
+    assert entries(bot) == []
+
+
+def shortcut(bot: Bot, message: dict[str, object], *, channel: str = CHANNEL) -> Reply:
+    body, headers = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message=message,
+        team_id=TEAM,
+        channel_id=channel,
+        user_id=BOB,
+        response_url=bot.fake.response_url("shortcut"),
+    )
+    return bot.dispatch(body, headers)
+
+
+def test_the_message_shortcut_adds_a_message_and_confirms_to_the_person(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS, thread_ts="1795154300.000001")
+    message = {
+        "type": "message",
+        "user": ALICE,
+        "text": "rolled back",
+        "ts": ts,
+        "thread_ts": "1795154300.000001",
+    }
+    assert shortcut(bot, message).status == 200
+    assert shortcut(bot, message).status == 200  # twice: still one entry
+    bot.wait()
+    [entry] = entries(bot)
+    assert entry.text == "rolled back" and entry.occurred_at == datetime(
+        2026, 11, 20, 6, 0, 0, 100, tzinfo=UTC
+    )
+    responses = bot.fake.wait_for_responses(2)
+    assert "#1" in responses[0]["text"] and "already" in responses[1]["text"]
+    assert all(r.get("response_type") != "in_channel" for r in responses)
+
+
+def test_the_shortcut_without_an_open_incident_says_so_and_stores_nothing(bot: Bot) -> None:
+    message = {"type": "message", "user": ALICE, "text": "x", "ts": PIN_TS}
+    assert shortcut(bot, message).status == 200
+    [response] = bot.fake.wait_for_responses(1)
+    assert "no open incident" in response["text"].lower()
+    assert entries(bot, live=False) == []
+
+
+def test_a_slack_failure_while_reading_the_message_stores_nothing_and_is_retried(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "flaky", user=ALICE, ts=PIN_TS)
+    bot.fake.fail("conversations.history", Fault(status=500, times=3))
+    first = reaction(bot, ts)  # three 500s: more than the client's two retries
+    assert first.status == 500  # so that Slack sends the event again
+    assert entries(bot, live=False) == []
+    reaction(bot, ts, retry_num=1)  # Slack's retry, once Slack answers again
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1

@@ -1,0 +1,317 @@
+"""Managing the timeline and the incident from the channel, end to end through signed commands."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from bot.app import build_app
+from bot.demo import FakeSlack
+from bot.models import EntryRevision, FieldChange, Incident, TimelineEntry
+from bot.services import build_services
+from bot.slack.channels import channel_name
+from tests.conftest import ALICE, BOB, CHANNEL, Bot, Clock, Database, make_settings
+
+
+def live(bot: Bot) -> list[tuple[int, str, datetime]]:
+    with bot.services.sessions() as session:
+        rows = session.execute(
+            select(TimelineEntry.number, TimelineEntry.text, TimelineEntry.occurred_at)
+            .where(TimelineEntry.deleted_at.is_(None))
+            .order_by(TimelineEntry.occurred_at, TimelineEntry.id)
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def incident(bot: Bot) -> Incident:
+    with bot.services.sessions() as session:
+        return session.scalars(select(Incident).order_by(Incident.id.desc())).first()  # type: ignore[return-value]
+
+
+# --- timeline, edit, delete ---------------------------------------------------------------
+
+
+def test_timeline_lists_entries_with_stable_short_numbers(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 8:10 AM - second in time, first recorded")
+    bot.command("note 7:05 AM - first in time, second recorded")
+    reply = bot.command("timeline")
+    assert reply.status == 200 and not reply.in_channel
+    visible = reply.visible
+    assert visible.index("`#2` 7:05 AM") < visible.index("`#1` 8:10 AM")
+
+
+def test_edit_changes_time_and_text_and_keeps_history(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 8:10 AM - rolled back")
+    bot.clock.advance(minutes=5)
+    # Bob is in Los Angeles: 9:05 PM there is 8:05 AM in Nairobi.
+    reply = bot.command("edit 1 9:05 PM - rolled back the 2.3 deploy", user=BOB)
+    assert reply.status == 200 and "rolled back the 2.3 deploy" in reply.text
+    assert live(bot) == [
+        (1, "rolled back the 2.3 deploy", datetime(2026, 11, 20, 5, 5, tzinfo=UTC))
+    ]
+    bot.command("edit #1 8:06 AM")  # time only
+    bot.command("edit 1 new words only")  # text only
+    assert live(bot) == [(1, "new words only", datetime(2026, 11, 20, 5, 6, tzinfo=UTC))]
+    with bot.services.sessions() as session:
+        history = session.scalars(select(EntryRevision).order_by(EntryRevision.id)).all()
+    assert [(r.action, r.old_text, r.changed_by) for r in history] == [
+        ("edit", "rolled back", BOB),
+        ("edit", "rolled back the 2.3 deploy", "U0ALICE001"),
+        ("edit", "rolled back the 2.3 deploy", "U0ALICE001"),
+    ]
+    assert history[0].old_occurred_at == datetime(2026, 11, 20, 5, 10, tzinfo=UTC)
+
+
+def test_delete_drops_the_entry_from_the_postmortem_but_keeps_the_record(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note keep me")
+    bot.command("note drop me")
+    reply = bot.command("delete 2")
+    assert reply.status == 200 and "drop me" in reply.text
+    assert [text for _, text, _ in live(bot)] == ["keep me"]
+    with bot.services.sessions() as session:
+        dropped = session.scalars(select(TimelineEntry).where(TimelineEntry.number == 2)).one()
+    assert dropped.deleted_by == ALICE and dropped.deleted_at == bot.clock.now
+    bot.command("close")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "keep me" in markdown and "drop me" not in markdown
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["edit 9 x", "delete 9", "edit x y", "delete", "edit 1", "delete 1 extra", "edit 1 25:99 - x"],
+)
+def test_bad_edits_and_deletes_are_refused_and_change_nothing(bot: Bot, typed: str) -> None:
+    bot.command("start Outage")
+    bot.command("note the only entry")
+    before = live(bot)
+    reply = bot.command(typed)
+    assert reply.status == 200
+    assert live(bot) == before
+    with bot.services.sessions() as session:
+        assert session.scalars(select(EntryRevision)).all() == []
+
+
+def test_a_closed_incident_cannot_be_edited(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note entry")
+    bot.command("close")
+    bot.wait()
+    for typed in ("edit 1 changed", "delete 1", "severity SEV1", "detected"):
+        reply = bot.command(typed)
+        assert "INC-1" in reply.text and "closed" in reply.text, typed
+    assert [text for _, text, _ in live(bot)] == ["entry"]
+
+
+def test_deleted_entries_do_not_widen_the_window(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Outage")
+    bot.command("note 6:00 AM - typo: wrong time")
+    bot.command("delete 1")
+    bot.command("close 8:30 AM")
+    bot.wait()
+    assert "From 8:00 AM to 8:30 AM EAT" in bot.fake.uploaded_text()
+
+
+# --- key moments ----------------------------------------------------------------------------
+
+
+def test_key_moments_give_time_to_detect_mitigate_and_resolve(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("detected 7:12 AM")
+    bot.command("mitigated 8:05 AM")
+    bot.command("close 8:40 AM")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Time to detect: 12 minutes" in markdown
+    assert "Time to mitigate: 1 hour 5 minutes" in markdown
+    assert "Time to resolve: 1 hour 40 minutes" in markdown
+    assert "* 7:12 AM - Impact detected" in markdown
+    assert "* 8:05 AM - Impact mitigated" in markdown
+
+
+def test_moments_count_from_a_back_dated_first_entry(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 6:50 AM - first errors in the logs")
+    bot.command("detected 7:00 AM")
+    bot.command("close 7:50 AM")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Time to detect: 10 minutes" in markdown
+    assert "Time to resolve: 1 hour" in markdown
+
+
+def test_a_moment_not_recorded_is_said_so(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("detected 7:20 AM")
+    bot.command("close 7:30 AM")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Time to detect: 20 minutes. Time to mitigate: not recorded." in markdown
+
+
+@pytest.mark.parametrize("typed", ["detected 25:99", "detected soon", "mitigated 6:00 AM"])
+def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    reply = bot.command(typed)
+    assert reply.status == 200
+    assert incident(bot).detected_at is None and incident(bot).mitigated_at is None
+
+
+# --- severity, roles, status ------------------------------------------------------------------
+
+
+def test_severity_is_announced_and_recorded_on_the_timeline(bot: Bot) -> None:
+    bot.command("start Outage")
+    reply = bot.command("severity sev2")
+    assert reply.in_channel and "SEV2" in reply.text
+    bot.command("severity SEV1")
+    assert incident(bot).severity == "SEV1"
+    assert [text for _, text, _ in live(bot)] == [
+        "Severity set to SEV2",
+        "Severity changed from SEV2 to SEV1",
+    ]
+    refused = bot.command("severity P0")
+    assert "SEV1, SEV2, SEV3, SEV4" in refused.text and not refused.in_channel
+    assert incident(bot).severity == "SEV1"
+
+
+def test_configured_severities(database: Database, fake_slack: FakeSlack, clock: Clock) -> None:
+    settings = make_settings(database.url, fake_slack.api_url, severities=("P1", "P2"))
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    bot.command("start Outage")
+    assert "P1" in bot.command("severity p1").text
+    assert "P1, P2" in bot.command("severity SEV1").text
+
+
+def test_roles_are_announced_recorded_and_shown_in_status(bot: Bot) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    reply = bot.command("commander <@U0BOB00001>", escaped=True)
+    assert reply.in_channel and "<@U0BOB00001>" in reply.visible
+    bot.command("role scribe <@U0ALICE001|alice>", escaped=True)
+    assert [text for _, text, _ in live(bot)] == [
+        "Bob is now the commander",
+        "alice is now the scribe",
+    ]
+    status = bot.command("status").visible
+    assert "Commander:* Bob" in status and "Scribe:* alice" in status
+
+
+@pytest.mark.parametrize("typed", ["commander bob", "role janitor <@U0BOB00001>", "role scribe"])
+def test_bad_role_assignments_are_refused(bot: Bot, typed: str) -> None:
+    bot.command("start Outage")
+    reply = bot.command(typed, escaped=True)
+    assert reply.status == 200 and not reply.in_channel
+    assert live(bot) == []
+
+
+# --- reopen and list ------------------------------------------------------------------------
+
+
+def test_reopen_keeps_the_reason_on_the_timeline_and_closes_again(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    reply = bot.command("reopen errors are back")
+    assert reply.in_channel and "INC-1" in reply.text
+    assert incident(bot).status == "open" and incident(bot).closed_at is None
+    assert [text for _, text, _ in live(bot)] == ["Reopened: errors are back"]
+    bot.command("close")
+    bot.wait()
+    assert "Reopened: errors are back" in bot.fake.uploaded_text()
+    with bot.services.sessions() as session:
+        statuses = session.scalars(select(FieldChange.value).where(FieldChange.field == "status"))
+        assert list(statuses) == ["reopened"]
+
+
+def test_reopen_is_refused_when_something_is_open_or_nothing_was_closed(bot: Bot) -> None:
+    assert "no open incident" in bot.command("reopen why").text.lower()
+    bot.command("start Outage")
+    assert "open" in bot.command("reopen why").text
+    assert "reopen" in bot.command("reopen").text  # missing reason: the usage
+
+
+def test_list_shows_the_workspaces_open_incidents_only(bot: Bot) -> None:
+    bot.command("start First", channel="C0AAAAAAA1")
+    bot.command("start Second", channel="C0BBBBBBB1")
+    bot.command("close", channel="C0AAAAAAA1")
+    bot.command("start Elsewhere", channel="C0AAAAAAA1", team="T0OTHER001")
+    bot.wait()
+    reply = bot.command("list", channel="C0CCCCCCC1")
+    assert reply.status == 200 and not reply.in_channel
+    assert "Second" in reply.visible and "First" not in reply.visible
+    assert "Elsewhere" not in reply.visible
+
+
+def test_help_lists_the_new_subcommands(bot: Bot) -> None:
+    text = bot.command("help").text
+    for usage in (
+        "timeline",
+        "edit <n>",
+        "delete <n>",
+        "detected [<when>]",
+        "mitigated [<when>]",
+        "severity <level>",
+        "commander @person",
+        "role <role> @person",
+        "reopen <reason>",
+        "list",
+    ):
+        assert usage in text, usage
+
+
+# --- a channel per incident -----------------------------------------------------------------
+
+
+def test_channel_names_follow_slacks_rules() -> None:
+    base = Incident(
+        number=7,
+        title="Checkout: 500s & timeouts!",
+        timezone="Africa/Nairobi",
+        started_at=datetime(2026, 11, 19, 22, 30, tzinfo=UTC),
+    )
+    assert channel_name(base) == "inc-20261120-checkout-500s-timeouts"
+    assert channel_name(base, 3) == "inc-20261120-checkout-500s-timeouts-3"
+    long = replace_title(base, "x" * 200)
+    assert len(channel_name(long, 12)) == 80 and channel_name(long, 12).endswith("-12")
+    assert channel_name(replace_title(base, "💥💥")) == "inc-20261120-inc7"
+
+
+def replace_title(incident: Incident, title: str) -> Incident:
+    return Incident(
+        number=incident.number,
+        title=title,
+        timezone=incident.timezone,
+        started_at=incident.started_at,
+    )
+
+
+def test_start_can_open_a_dedicated_channel(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    settings = replace(make_settings(database.url, fake_slack.api_url), incident_channels=True)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    fake_slack.channel_names["inc-20261120-checkout-down"] = "C0TAKEN001"
+
+    reply = bot.command("start Checkout down")
+    bot.wait()
+
+    assert reply.in_channel
+    names = [c.params["name"] for c in fake_slack.calls_to("conversations.create")]
+    assert names == ["inc-20261120-checkout-down", "inc-20261120-checkout-down-2"]
+    new_channel = fake_slack.channel_names["inc-20261120-checkout-down-2"]
+    [invite] = fake_slack.calls_to("conversations.invite")
+    assert invite.params["channel"] == new_channel and invite.params["users"] == ALICE
+    [header] = fake_slack.calls_to("chat.postMessage")
+    assert header.params["channel"] == new_channel and "INC-1" in header.params["text"]
+    assert incident(bot).channel_id == new_channel
+    assert "INC-1" in bot.command("note in the new room", channel=new_channel).text
+    assert "no open incident" in bot.command("note old room", channel=CHANNEL).text.lower()

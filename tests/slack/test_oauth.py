@@ -1,0 +1,102 @@
+"""Multi-workspace installs: OAuth through Slack's flow, each workspace on its own token."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pytest
+from slack_bolt.request import BoltRequest
+from sqlalchemy import func, select
+
+from bot.app import build_app
+from bot.demo import FakeSlack
+from bot.models import Incident
+from bot.services import build_services
+from tests.conftest import Bot, Clock, Database, make_settings
+
+
+def _multi_workspace_bot(database: Database, fake: FakeSlack, clock: Clock) -> Bot:
+    settings = make_settings(
+        database.url,
+        fake.api_url,
+        slack_bot_token=None,
+        slack_client_id="1111.2222",
+        slack_client_secret="client-secret",
+    )
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    return Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
+
+
+@pytest.fixture
+def multi(database: Database, fake_slack: FakeSlack, clock: Clock) -> Bot:
+    return _multi_workspace_bot(database, fake_slack, clock)
+
+
+def _request(query: str = "", cookie: str | None = None) -> BoltRequest:
+    headers: dict[str, str | Sequence[str]] = {"cookie": cookie} if cookie else {}
+    return BoltRequest(body="", query=query, headers=headers)
+
+
+def install(starts_on: Bot, team: str, finishes_on: Bot | None = None) -> str:
+    """Walk Slack's install flow for `team`; return the bot token the workspace was given."""
+    starts_on.fake.oauth_codes[f"code-{team}"] = team
+    start_flow = starts_on.app.oauth_flow
+    assert start_flow is not None
+    page = start_flow.handle_installation(_request())
+    assert page.status in (200, 302), page.body
+    location = page.headers.get("location", [""])[0] if page.status == 302 else page.body
+    state_match = re.search(r"state=([\w-]+)", location)
+    assert state_match, location
+    assert "client_id=1111.2222" in location
+    cookie = page.headers["set-cookie"][0].split(";", 1)[0]
+
+    finish_flow = (finishes_on or starts_on).app.oauth_flow
+    assert finish_flow is not None
+    done = finish_flow.handle_callback(
+        _request(f"code=code-{team}&state={state_match.group(1)}", cookie)
+    )
+    assert done.status == 200, done.body
+    [token] = [t for t, owner in starts_on.fake.tokens.items() if owner == team][-1:]
+    return token
+
+
+def test_each_installed_workspace_is_answered_with_its_own_token(multi: Bot) -> None:
+    first = install(multi, "T0FIRST001")
+    second = install(multi, "T0SECOND01")
+
+    assert "INC-1" in multi.command("start One", team="T0FIRST001").text
+    assert "INC-1" in multi.command("start Two", team="T0SECOND01").text
+    assert "INC-2" in multi.command("start Three", team="T0FIRST001", channel="C0OTHER001").text
+
+    lookups = {call.token for call in multi.fake.calls_to("users.info")}
+    assert lookups == {first, second}
+    multi.command("close", team="T0SECOND01")
+    multi.wait()
+    assert {call.token for call in multi.fake.calls_to("chat.postMessage")} == {second}
+
+
+def test_a_workspace_that_never_installed_gets_nothing_stored(multi: Bot) -> None:
+    install(multi, "T0FIRST001")
+    reply = multi.command("start Sneaky", team="T0STRANGER")
+    assert "INC-" not in reply.text
+    with multi.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 0
+
+
+def test_an_install_started_on_one_worker_finishes_on_another(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    worker_a = _multi_workspace_bot(database, fake_slack, clock)
+    worker_b = _multi_workspace_bot(database, fake_slack, clock)
+    install(worker_a, "T0FIRST001", finishes_on=worker_b)
+    assert "INC-1" in worker_a.command("start One", team="T0FIRST001").text
+
+
+def test_a_callback_with_a_forged_state_installs_nothing(multi: Bot) -> None:
+    multi.fake.oauth_codes["code-T0EVIL0001"] = "T0EVIL0001"
+    flow = multi.app.oauth_flow
+    assert flow is not None
+    done = flow.handle_callback(_request("code=code-T0EVIL0001&state=forged"))
+    assert done.status >= 400
+    assert "T0EVIL0001" not in multi.fake.tokens.values()

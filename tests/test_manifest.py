@@ -1,0 +1,49 @@
+"""manifest.yaml asks Slack for what the app uses: its scopes, events, command and shortcut."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bot.app import BOT_SCOPES
+from bot.slack.capture import SHORTCUT_CALLBACK_ID
+
+MANIFEST = (Path(__file__).resolve().parent.parent / "manifest.yaml").read_text(encoding="utf-8")
+
+
+def _list_under(key: str) -> list[str]:
+    """The `- item` lines of a YAML list under `key:` (the manifest is plain enough for this)."""
+    lines = MANIFEST.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"{key}:")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    items = []
+    for line in lines[start + 1 :]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        if stripped.startswith("- "):
+            items.append(stripped[2:].split("#", 1)[0].strip())
+    return items
+
+
+def test_the_manifest_asks_for_exactly_the_scopes_the_app_installs_with() -> None:
+    assert _list_under("bot") == list(BOT_SCOPES)
+
+
+def test_the_manifest_subscribes_to_the_events_the_app_listens_to() -> None:
+    assert set(_list_under("bot_events")) == {
+        "reaction_added",
+        "reaction_removed",
+        "message.channels",
+        "message.groups",
+        "app_uninstalled",
+        "tokens_revoked",
+    }
+
+
+def test_the_manifest_declares_the_command_and_the_shortcut() -> None:
+    assert "- command: /incident" in MANIFEST
+    assert re.search(rf"callback_id: {SHORTCUT_CALLBACK_ID}\b", MANIFEST)
+    assert "should_escape: true" in MANIFEST

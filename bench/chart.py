@@ -64,6 +64,15 @@ def throughput_panel(load: Sequence[dict[str, Any]], x0: float) -> list[str]:
     y_max = _nice_max(max((row["throughput"] for row in load), default=1.0))
     parts = _axes(x0, y0, top, y_max, "acknowledged requests/s")
     parts.append(_text(x0 + PANEL_W / 2, top - 24, "/incident note throughput", size=14))
+    bare = [row["throughput"] for row in load if row["server"] == "bare"]
+    if bare:  # issue 5's target: at least 0.8x the fastest bare Bolt app
+        target = 0.8 * max(bare)
+        ty = y0 - (y0 - top) * target / y_max
+        parts.append(
+            f'<line x1="{x0}" y1="{ty:.1f}" x2="{x0 + PANEL_W}" y2="{ty:.1f}" '
+            'stroke="#d62728" stroke-dasharray="5,4"/>'
+        )
+        parts.append(_text(x0 + 4, ty - 4, "target: 0.8x fastest bare", size=9, anchor="start"))
     group_w = PANEL_W / max(1, len(clients))
     bar_w = group_w * 0.8 / max(1, len(servers))
     for g, count in enumerate(clients):
@@ -79,9 +88,15 @@ def throughput_panel(load: Sequence[dict[str, Any]], x0: float) -> list[str]:
                 f'<rect x="{x:.1f}" y="{y0 - height:.1f}" width="{bar_w - 2:.1f}" '
                 f'height="{height:.1f}" fill="{colour}"/>'
             )
-            parts.append(
-                _text(x + bar_w / 2 - 1, y0 - height - 3, f"{row['throughput']:.0f}", size=9)
-            )
+            label = f"{row['throughput']:.0f}"
+            if bar_w >= 24:
+                parts.append(_text(x + bar_w / 2 - 1, y0 - height - 3, label, size=9))
+            else:  # too narrow for the figure across: write it upwards
+                lx, ly = x + bar_w / 2 + 2, y0 - height - 3
+                parts.append(
+                    f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="9" '
+                    f'transform="rotate(-90 {lx:.1f} {ly:.1f})">{label}</text>'
+                )
         parts.append(_text(x0 + g * group_w + group_w / 2, y0 + 16, f"{count} clients", size=11))
     for s, server in enumerate(servers):
         lx, ly = x0 + (s % 3) * 125, y0 + 30 + (s // 3) * 16
@@ -138,7 +153,7 @@ def render_svg(results: dict[str, Any]) -> str:
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         _text(WIDTH / 2, 22, results.get("title", "incident-bot benchmark"), size=15),
         *throughput_panel(load, 80),
-        *postmortem_panel(results.get("postmortem", []), 80 + PANEL_W + 110),
+        *postmortem_panel(results.get("postmortem", []), 80 + PANEL_W + 95),
         "</svg>",
     ]
     return "\n".join(parts) + "\n"

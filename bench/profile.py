@@ -32,11 +32,13 @@ def py_spy() -> str:
     return found
 
 
-def record(pid: int, output: Path, rate: int, *, gil: bool) -> subprocess.Popen[bytes]:
+def record(pid: int, output: Path, rate: int, *, gil: bool, idle: bool) -> subprocess.Popen[bytes]:
     """py-spy sampling `pid` into collapsed stacks (one line per stack, with its count)."""
     command = [py_spy(), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
     if gil:  # only the thread holding the GIL: where the worker's one core of Python goes
         command.append("--gil")
+    if idle:  # threads waiting too (on a lock, a socket, SQLite's busy handler)
+        command.append("--idle")
     command += ["--output", str(output), "--nonblocking"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -52,6 +54,7 @@ def stop(recorder: subprocess.Popen[bytes]) -> None:
 
 # Where a sample goes: the first bucket with a frame anywhere on the stack that matches.
 BUCKETS = (
+    ("database: BEGIN (IMMEDIATE on SQLite: waits for the write lock)", ("_on_begin (",)),
     ("database: find the open incident (ORM select + Incident)", ("find_open_incident (",)),
     ("database: flush + commit (ORM unit of work)", ("Session.commit (",)),
     ("database: rest (session, BEGIN, Core, driver)", ("sqlalchemy/", "sqlite3", "psycopg")),
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=6000)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--gil", action="store_true", help="sample only the GIL holder")
+    parser.add_argument("--idle", action="store_true", help="sample waiting threads too")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -163,17 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.servers[server.name] = {"handled": 0, "notes_acknowledged": 0}
                 bench.drive(server, tag="W", clients=8, count=300)
                 (worker,) = server.workers()
-                stem = args.out / f"{args.server}-{args.clients}{'-gil' if args.gil else ''}"
-                recorder = record(
-                    worker, stem.with_suffix(".collapsed.txt"), args.rate, gil=args.gil
-                )
+                mode = "-gil" if args.gil else "-idle" if args.idle else ""
+                stem = args.out / f"{args.server}-{args.clients}{mode}"
+                collapsed = stem.with_suffix(".collapsed.txt")
+                recorder = record(worker, collapsed, args.rate, gil=args.gil, idle=args.idle)
                 result = bench.drive(server, tag="P", clients=args.clients, count=args.count)
                 stop(recorder)
                 say(
                     f"{args.server}: {result.ok} ok, {result.errors} errors, "
                     f"{result.throughput:.0f} req/s while sampled ({args.rate}/s)"
                 )
-                collapsed = stem.with_suffix(".collapsed.txt")
                 report = breakdown(collapsed) + "\n" + top_functions(collapsed)
                 stem.with_suffix(".top.txt").write_text(report + "\n")
                 say(report)

@@ -304,7 +304,7 @@ class Bench:
         acknowledged = self.servers[server.name]["notes_acknowledged"]
         self.servers[server.name]["entries_stored"] = stored
         self.servers[server.name]["all_acknowledged_stored"] = stored >= acknowledged
-        say(f"   {stored:,} entries stored for {acknowledged:,} acknowledged notes")
+        say(f"   {server.name}: {stored:,} entries stored for {acknowledged:,} acknowledged notes")
 
 
 def _mb(values: Sequence[float]) -> str:
@@ -345,7 +345,7 @@ def postmortem_sizes(sizes: Sequence[int], work: Path) -> list[dict[str, Any]]:
             f"   {entries:>7,} entries: build {row['build_s'] * 1000:8.1f} ms  render "
             f"{row['render_s'] * 1000:8.1f} ms  total {row['total_s'] * 1000:8.1f} ms "
             f"({row['us_per_entry']:.1f} us/entry)  peak RSS {row['peak_rss_mb']:.0f} MB "
-            f"(+{row['peak_rss_growth_mb']:.0f}), traced peak {row['traced_peak_mb']:.1f} MB"
+            f"(warm {row['rss_warm_mb']:.0f}), traced peak {row['traced_peak_mb']:.1f} MB"
         )
         path.unlink(missing_ok=True)
     return rows

@@ -24,28 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from slack_bolt.request import BoltRequest
-from sqlalchemy import bindparam, insert, select
 
 from bench.bare import build_bare_app
+from bench.prototype import ADD_ENTRY, NEXT_ENTRY  # the proposed statements
 from bench.servers import PostgresSchema
 from bot import db, incidents
 from bot.config import Settings
 from bot.demo import FakeSlack, SlashCommand
-from bot.models import Incident, IncidentStatus, TimelineEntry
 from bot.slack import replies
 
 SECRET = "note-cost-secret"
 TEAM = "T0COST0001"
 CHANNEL = "C0COST0001"
 USER = "U0COST0001"
-
-# The proposed note path: statements built once, three columns instead of an ORM object.
-FIND_OPEN = select(Incident.id, Incident.number, Incident.timezone).where(
-    Incident.team_id == bindparam("team_id"),
-    Incident.channel_id == bindparam("channel_id"),
-    Incident.status == IncidentStatus.OPEN.value,
-)
-ADD_ENTRY = insert(TimelineEntry)
 
 
 def cpu_us(run: Callable[[], object], *, count: int, batches: int = 5) -> float:
@@ -134,10 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with sessions() as session:
                 connection = session.connection()
                 found = connection.execute(
-                    FIND_OPEN, {"team_id": TEAM, "channel_id": CHANNEL}
+                    NEXT_ENTRY, {"in_team": TEAM, "in_channel": CHANNEL}
                 ).one()
                 values = {
                     "incident_id": found.id,
+                    "number": found.last_entry_number,
                     "occurred_at": now,
                     "recorded_at": now,
                     "author_id": USER,
@@ -190,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reply_blocks, count=count
             ),
             "log: one JSON line through logging": cpu_us(log_line, count=count),
-            "proposed: session + Core find (3 columns) + Core insert + commit": cpu_us(
+            "proposed: session + Core UPDATE..RETURNING + Core INSERT + commit": cpu_us(
                 core_find_add, count=count
             ),
             "proposed: the same reply as plain dicts": cpu_us(reply_dict, count=count),

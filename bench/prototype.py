@@ -5,9 +5,10 @@ what the bot promises (the signature checked by Bolt, the entry committed in the
 tables before the acknowledgement, the same reply text, one JSON log line per command)
 and changes only how the work is done:
 
-- the open incident is read with one Core statement built once, three columns instead of
-  an ORM `Incident`, and the entry is written with a Core INSERT on the session's
-  connection (no unit-of-work flush);
+- one Core statement, built once, finds the channel's open incident and takes the entry's
+  short number (`UPDATE incidents ... RETURNING` four columns, instead of a SELECT that
+  loads an ORM `Incident` and then that UPDATE), and a Core INSERT on the session's
+  connection writes the entry (no unit-of-work flush);
 - the reply is built as plain dicts rather than Block Kit objects validated on `to_dict()`;
 - with `--serialize-writes` (SQLite), writers queue on a lock in the process before
   `BEGIN IMMEDIATE`, instead of sleeping in SQLite's busy handler.
@@ -33,7 +34,7 @@ from typing import Any
 
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.bare import BARE_TOKEN, build_wsgi, gunicorn_serve
@@ -46,10 +47,16 @@ from bot.web import WsgiApp
 log = logging.getLogger("bench.prototype")
 request_log = logging.getLogger("bot.requests")
 
-FIND_OPEN = select(Incident.id, Incident.number, Incident.timezone).where(
-    Incident.team_id == bindparam("team_id"),
-    Incident.channel_id == bindparam("channel_id"),
-    Incident.status == IncidentStatus.OPEN.value,
+# One statement finds the channel's open incident and takes the entry's short number.
+NEXT_ENTRY = (
+    update(Incident)
+    .where(
+        Incident.team_id == bindparam("in_team"),
+        Incident.channel_id == bindparam("in_channel"),
+        Incident.status == IncidentStatus.OPEN.value,
+    )
+    .values(last_entry_number=Incident.last_entry_number + 1)
+    .returning(Incident.id, Incident.number, Incident.timezone, Incident.last_entry_number)
 )
 ADD_ENTRY = insert(TimelineEntry)
 
@@ -84,17 +91,18 @@ def build_prototype_app(
             yield
 
     def note(session: Session, command: dict[str, Any], text: str, now: datetime) -> Any:
+        text = incidents.check_text(text)
         connection = session.connection()
         found = connection.execute(
-            FIND_OPEN, {"team_id": command["team_id"], "channel_id": command["channel_id"]}
+            NEXT_ENTRY, {"in_team": command["team_id"], "in_channel": command["channel_id"]}
         ).one_or_none()
         if found is None:
             return _reply("There is no open incident in this channel.")
-        text = incidents.check_text(text)
         connection.execute(
             ADD_ENTRY,
             {
                 "incident_id": found.id,
+                "number": found.last_entry_number,
                 "occurred_at": now,
                 "recorded_at": now,
                 "author_id": command["user_id"],

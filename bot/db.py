@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +34,21 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-# How long a SQLite writer waits for another process's lock before giving up.
-SQLITE_BUSY_TIMEOUT_S = 10
+# How long a SQLite writer waits for another process's lock before giving up: well inside
+# Slack's 3 seconds, and thousands of times longer than one command's write.
+SQLITE_BUSY_TIMEOUT_S = 2
+
+# PostgreSQL: give up on a connection attempt after 2 s (libpq's minimum), notice a dead
+# link through TCP itself, and never wait long for a free connection from the pool.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 3000,  # ms that sent data may stay unacknowledged
+}
+PG_POOL_TIMEOUT_S = 2
 
 
 class Base(DeclarativeBase):
@@ -74,9 +91,86 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
             **kwargs,
         )
         _configure_sqlite(engine)
+        _track_holders(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    kwargs["connect_args"] = {**PG_CONNECT_ARGS, **kwargs.get("connect_args", {})}
+    kwargs.setdefault("pool_timeout", PG_POOL_TIMEOUT_S)
+    kwargs.setdefault("pool_recycle", 300)
+    # No pre-ping: a ping on a link that hangs would wait outside any deadline (it runs
+    # before the pool says which thread holds the connection). A connection that died
+    # while idle fails its first statement instead; that command is answered "could not
+    # record, try again" and the pool replaces every connection older than the failure.
+    kwargs.setdefault("pool_pre_ping", False)
+    engine = create_engine(url, **kwargs)
+    _track_holders(engine)
+    return engine
+
+
+# --- deadlines --------------------------------------------------------------------------------
+
+_holders: weakref.WeakKeyDictionary[Engine, dict[int, list[Any]]] = weakref.WeakKeyDictionary()
+_holders_lock = threading.Lock()
+
+
+def _track_holders(engine: Engine) -> None:
+    """Remember which thread holds which DBAPI connection, so a deadline can cut its link."""
+    held: dict[int, list[Any]] = {}
+    _holders[engine] = held
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        with _holders_lock:
+            held.setdefault(threading.get_ident(), []).append(dbapi_connection)
+
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
+        with _holders_lock:
+            for thread, connections in list(held.items()):
+                if dbapi_connection in connections:
+                    connections.remove(dbapi_connection)
+                    if not connections:
+                        del held[thread]
+
+
+@contextmanager
+def deadline(engine: Engine, seconds: float) -> Iterator[threading.Event]:
+    """Database calls made by this thread in the block fail, rather than wait, after `seconds`.
+
+    A database that stops answering (a partition, a hung server) would otherwise hold the
+    request until TCP gives up, long after Slack's 3 seconds. When the time is up, the
+    sockets of the connections this thread holds are shut down (SQLite's statement is
+    interrupted), so the blocked call raises at once and the caller can say "could not
+    record". The returned event is set if the deadline passed.
+    """
+    thread = threading.get_ident()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with _holders_lock:
+            connections = list(_holders.get(engine, {}).get(thread, []))
+        for connection in connections:
+            _cut(connection)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+
+
+def _cut(dbapi_connection: Any) -> None:
+    try:
+        pgconn = getattr(dbapi_connection, "pgconn", None)
+        if pgconn is not None:
+            with socket.socket(fileno=os.dup(pgconn.socket)) as link:
+                link.shutdown(socket.SHUT_RDWR)
+        elif hasattr(dbapi_connection, "interrupt"):
+            dbapi_connection.interrupt()
+    except Exception:
+        pass  # already closed: nothing left to cut
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -102,10 +196,10 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def ping(engine: Engine) -> bool:
-    """True when the database answers a trivial query."""
+def ping(engine: Engine, *, timeout: float = 1.5) -> bool:
+    """True when the database answers a trivial query within `timeout` seconds."""
     try:
-        with engine.connect() as conn:
+        with deadline(engine, timeout), engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
     except Exception:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
 SLACK_PATH = "/slack/events"
+# A load balancer's check must not hang on a database that stopped answering.
+HEALTH_DEADLINE_S = 1.5
 
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 _Check = Callable[[Engine], tuple[int, dict[str, Any]]]
@@ -29,14 +31,15 @@ _Check = Callable[[Engine], tuple[int, dict[str, Any]]]
 
 def _liveness(engine: Engine) -> tuple[int, dict[str, Any]]:
     """200 when the database answers."""
-    healthy = db.ping(engine)
+    healthy = db.ping(engine, timeout=HEALTH_DEADLINE_S)
     return (200 if healthy else 503), {"database": "ok" if healthy else "unreachable"}
 
 
 def _readiness(engine: Engine) -> tuple[int, dict[str, Any]]:
     """200 when the database answers and its schema is current; else 503 and why."""
     try:
-        status = db.schema_status(engine)
+        with db.deadline(engine, HEALTH_DEADLINE_S):
+            status = db.schema_status(engine)
     except Exception:
         return 503, {"database": "unreachable", "detail": "the database did not answer"}
     body: dict[str, Any] = {

@@ -20,7 +20,7 @@ from slack_bolt import Ack, App, BoltContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import incidents, timeline, timeparse
+from bot import db, incidents, timeline, timeparse
 from bot.models import Field, Incident
 from bot.services import Services
 from bot.slack import channels, publish, replies
@@ -29,6 +29,9 @@ from bot.slack.middleware import with_session
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
+# The database work of a command must be done by then, or the command is answered "could
+# not record": Slack shows an error after 3 seconds, and the answer needs time to travel.
+COMMAND_DEADLINE_S = 2.2
 # One JSON line per command: workspace, subcommand, outcome, latency. Never a token or secret.
 request_log = logging.getLogger("bot.requests")
 
@@ -602,8 +605,9 @@ def handle_incident_command(
         )
 
     try:
-        outcome = run_command(command.get("text", ""), build_call)
-        session.commit()
+        with db.deadline(services.engine, COMMAND_DEADLINE_S):
+            outcome = run_command(command.get("text", ""), build_call)
+            session.commit()
     except SQLAlchemyError as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
         _rollback_quietly(session)

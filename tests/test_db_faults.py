@@ -1,0 +1,185 @@
+"""The database going away while serving: refused, reset, or a link that hangs.
+
+The bot talks to PostgreSQL through `FaultProxy`. Whatever the network does, a command
+gets an answer ("could not record, try again", never a stack trace or a false
+confirmation), the health checks say unhealthy, and service resumes by itself once the
+database is reachable again. The time each answer took is printed (`-s`), not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from bot import db
+from bot.app import build_app
+from bot.demo import FakeSlack
+from bot.models import TimelineEntry
+from bot.services import build_services
+from bot.web import build_wsgi
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    Bot,
+    Clock,
+    Reply,
+    _drop_postgres_schema,
+    _postgres_engine,
+    make_settings,
+)
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.skipif(not TEST_DATABASE_URL, reason="TEST_DATABASE_URL is not set")
+
+# A bound on each call, so that a regression fails the test instead of hanging the suite.
+GUARD_S = 20.0
+
+
+@dataclass
+class Faulty:
+    bot: Bot
+    proxy: FaultProxy
+    direct_count: Callable[[], int]
+    health: Callable[[str], tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture
+def faulty(fake_slack: FakeSlack) -> Iterator[Faulty]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    direct = _postgres_engine(schema)
+    db.create_schema(direct)
+    url = make_url(TEST_DATABASE_URL)
+    proxy = FaultProxy((url.host or "127.0.0.1", url.port or 5432)).start()
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    engine = db.make_engine(through_proxy, connect_args={"options": f"-csearch_path={schema}"})
+    clock = Clock()
+    settings = make_settings(through_proxy, fake_slack.api_url)
+    services = build_services(settings, engine=engine, clock=clock, create_schema=False)
+    app = build_app(settings, services)
+    wsgi = build_wsgi(app, services)
+
+    def health(path: str) -> tuple[int, dict[str, Any]]:
+        captured: dict[str, Any] = {}
+
+        def start_response(status: str, _headers: list[tuple[str, str]]) -> None:
+            captured["status"] = int(status.split()[0])
+
+        body = b"".join(wsgi({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, start_response))
+        return captured["status"], json.loads(body)
+
+    def direct_count() -> int:
+        with direct.connect() as connection:
+            return connection.scalar(select(func.count()).select_from(TimelineEntry)) or 0
+
+    try:
+        yield Faulty(
+            bot=Bot(app=app, services=services, fake=fake_slack, clock=clock),
+            proxy=proxy,
+            direct_count=direct_count,
+            health=health,
+        )
+    finally:
+        proxy.heal()
+        services.followups.wait(timeout=10)
+        engine.dispose()
+        proxy.stop()
+        direct.dispose()
+        _drop_postgres_schema(schema)
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    """Run `call` in a thread, bounded by GUARD_S; its result and how long it took."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["value"] = call()
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(GUARD_S)
+    assert not thread.is_alive(), f"no answer within {GUARD_S} s: the request hung"
+    return result["value"], time.monotonic() - started
+
+
+def note(faulty: Faulty, text: str) -> Reply:
+    reply, took = timed(lambda: faulty.bot.command(f"note {text}"))
+    print(f"/incident note {text!r}: {reply.status} in {took:.2f} s: {reply.text[:60]!r}")
+    return reply  # type: ignore[no-any-return]
+
+
+def assert_could_not_record(reply: Reply) -> None:
+    assert reply.status == 200
+    assert "could not record" in reply.text and "try again" in reply.text
+    assert "Traceback" not in reply.visible and "Added to" not in reply.visible
+
+
+def assert_unhealthy(faulty: Faulty) -> None:
+    (status, body), took = timed(lambda: faulty.health("/healthz"))
+    print(f"/healthz: {status} in {took:.2f} s")
+    assert (status, body) == (503, {"database": "unreachable"})
+    (status, body), took = timed(lambda: faulty.health("/readyz"))
+    print(f"/readyz: {status} in {took:.2f} s")
+    assert status == 503 and body["database"] == "unreachable"
+
+
+def resumes(faulty: Faulty, text: str, attempts: int = 3) -> None:
+    """After healing, commands are recorded again (the first may meet a dead pooled link)."""
+    for _ in range(attempts):
+        reply = note(faulty, text)
+        if "Added to" in reply.text:
+            break
+        assert_could_not_record(reply)
+    else:
+        pytest.fail(f"still not recording after {attempts} attempts")
+    assert faulty.health("/healthz")[0] == 200
+    assert faulty.health("/readyz")[0] == 200
+
+
+def test_database_refusing_connections(faulty: Faulty) -> None:
+    assert "INC-1" in faulty.bot.command("start Outage").text
+    assert "Added to" in note(faulty, "before").text
+
+    faulty.proxy.refuse()
+    assert_could_not_record(note(faulty, "while refused"))
+    assert_unhealthy(faulty)
+
+    faulty.proxy.heal()
+    resumes(faulty, "after")
+    assert faulty.direct_count() == 2  # "before" and "after"; nothing of the failed one
+
+
+def test_connections_reset(faulty: Faulty) -> None:
+    assert "INC-1" in faulty.bot.command("start Outage").text
+    assert "Added to" in note(faulty, "before").text
+
+    faulty.proxy.reset()
+    assert_could_not_record(note(faulty, "while reset"))
+    assert_could_not_record(note(faulty, "still reset"))
+    assert_unhealthy(faulty)
+
+    faulty.proxy.heal()
+    resumes(faulty, "after")
+    assert faulty.direct_count() == 2
+
+
+def test_a_link_that_hangs_without_answering(faulty: Faulty) -> None:
+    assert "INC-1" in faulty.bot.command("start Outage").text
+    assert "Added to" in note(faulty, "before").text
+
+    faulty.proxy.hang()
+    assert_could_not_record(note(faulty, "while partitioned"))  # an open pooled link
+    assert_could_not_record(note(faulty, "still partitioned"))  # a new connection attempt
+    assert_unhealthy(faulty)
+
+    faulty.proxy.heal()
+    resumes(faulty, "after")
+    assert faulty.direct_count() == 2  # the partitioned notes were never committed

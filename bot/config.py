@@ -41,6 +41,8 @@ class Settings:
     severities: tuple[str, ...] = DEFAULT_SEVERITIES
     roles: tuple[str, ...] = DEFAULT_ROLES
     incident_channels: bool = False
+    # Seconds to wait for one Slack Web API call after the acknowledgement (posting, upload).
+    slack_timeout: int = 10
 
     @classmethod
     def load(

@@ -73,7 +73,7 @@ def to_message(
     permalink: str | None = None
     try:
         permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
-    except SlackClientError as error:
+    except (SlackClientError, OSError) as error:
         log.warning("chat.getPermalink failed for %s/%s: %s", channel, ts, error)
     files = [
         timeline.Attachment(
@@ -262,7 +262,7 @@ def _still_pinned(client: WebClient, channel: str, ts: str, pin: str) -> bool:
     """Whether someone else's pin reaction is still on the message."""
     try:
         message = client.reactions_get(channel=channel, timestamp=ts).get("message") or {}
-    except SlackClientError as error:
+    except (SlackClientError, OSError) as error:
         log.warning(
             "reactions.get failed for %s/%s: %s; treating the pin as gone", channel, ts, error
         )

@@ -56,7 +56,7 @@ def open_incident_channel(
                 continue
             log.warning("conversations.create %s failed: %s", name, error)
             break
-        except SlackClientError as error:
+        except (SlackClientError, OSError) as error:
             log.warning("conversations.create %s failed: %s", name, error)
             break
     if created is None:
@@ -75,7 +75,7 @@ def open_incident_channel(
         client.chat_postMessage(
             channel=created, text=header.text, blocks=[b.to_dict() for b in header.blocks]
         )
-    except SlackClientError as error:
+    except (SlackClientError, OSError) as error:
         log.warning("setting up the channel of %s failed: %s", reference, error)
     _tell(response_url, f"{reference} continues in <#{created}>.", in_channel=True)
 

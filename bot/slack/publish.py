@@ -83,7 +83,7 @@ def publish_postmortem(
         _tell(
             response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
         )
-    except SlackClientError as error:
+    except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
         log.warning("posting the summary of %s failed: %s", reference, error)
         _tell(
             response_url,
@@ -104,7 +104,7 @@ def publish_postmortem(
 
     try:
         _as_member(client, channel_id, upload)
-    except SlackClientError as error:
+    except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
         code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
         _tell(

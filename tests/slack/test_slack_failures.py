@@ -1,0 +1,74 @@
+"""Slack's Web API failing after a close: the record is kept, calls are retried, people are told."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.app import build_app
+from bot.demo import FakeSlack, Fault
+from bot.models import Incident, Postmortem, TimelineEntry
+from bot.services import build_services
+from tests.conftest import CHANNEL, Bot, Clock, Database, make_settings
+
+
+@pytest.fixture
+def impatient(database: Database, fake_slack: FakeSlack, clock: Clock) -> Bot:
+    """The app with a one-second Slack timeout, so that a timeout is quick to provoke."""
+    settings = make_settings(database.url, fake_slack.api_url, slack_timeout=1)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    return Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+
+
+def stored(bot: Bot) -> tuple[str, int, int]:
+    with bot.services.sessions() as session:
+        status = session.scalars(select(Incident.status)).one()
+        entries = session.scalar(select(func.count()).select_from(TimelineEntry)) or 0
+        postmortems = session.scalar(select(func.count()).select_from(Postmortem)) or 0
+    return status, entries, postmortems
+
+
+def test_a_server_error_on_the_summary_is_retried(bot: Bot) -> None:
+    bot.fake.fail("chat.postMessage", Fault(status=503, times=2))
+    bot.command("start Outage")
+    bot.command("close 9:00 AM - fixed")
+    bot.wait()
+    assert len(bot.fake.calls_to("chat.postMessage")) == 3  # two 503s, then posted
+    assert bot.fake.uploads
+    assert stored(bot) == ("closed", 1, 1)
+
+
+def test_a_summary_that_keeps_failing_is_reported_and_nothing_is_lost(bot: Bot) -> None:
+    bot.fake.fail("chat.postMessage", Fault(status=500, times=10))
+    bot.command("start Outage")
+    bot.command("close 9:00 AM - fixed")
+    bot.wait()
+    assert len(bot.fake.calls_to("chat.postMessage")) == 3  # the first try and two retries
+    responses = bot.fake.wait_for_responses(1)
+    assert any("could not post the summary" in r["text"] for r in responses)
+    assert bot.fake.uploads  # the postmortem file still goes up
+    assert stored(bot) == ("closed", 1, 1)
+
+
+def test_rate_limited_upload_waits_as_slack_asks_and_succeeds(bot: Bot) -> None:
+    bot.fake.fail("files.getUploadURLExternal", Fault(status=429, retry_after=1))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    assert len(bot.fake.calls_to("files.getUploadURLExternal")) == 2
+    assert [c.params["channel_id"] for c in bot.fake.calls_to("files.completeUploadExternal")] == [
+        CHANNEL
+    ]
+
+
+def test_slack_timing_out_is_retried_then_reported(impatient: Bot) -> None:
+    impatient.fake.fail("files.completeUploadExternal", Fault(delay=2.5, times=10))
+    impatient.command("start Outage")
+    reply = impatient.command("close 9:00 AM - fixed")
+    assert reply.status == 200 and "closed" in reply.text
+    impatient.wait()
+    attempts = len(impatient.fake.calls_to("files.completeUploadExternal"))
+    assert 1 <= attempts <= 3  # bounded retries, not forever
+    responses = impatient.fake.wait_for_responses(1)
+    assert any("could not upload" in r["text"] and "export INC-1" in r["text"] for r in responses)
+    assert stored(impatient) == ("closed", 1, 1)

@@ -97,16 +97,22 @@ def split_leading_time(text: str, *, zone: ZoneInfo, now: datetime) -> Leading:
 def looks_like_time(text: str) -> bool:
     """True when `text` is made only of date and time words and holds a clock time."""
     text = text.strip()
-    if not text or len(text) > 64 or not _CLOCK.search(text):
+    clock = _CLOCK.search(text) if text and len(text) <= 64 else None
+    if clock is None:
         return False
-    return all(_is_time_word(token) for token in re.split(r"[\s,]+", text) if token)
+    # A zone name ("EAT", "UTC") follows the time it qualifies; an upper-case word before
+    # the clock ("HTTP 503 at 10:30 - ...") makes the text a note, not a time.
+    return all(
+        _is_time_word(token.group(), zone_allowed=token.end() > clock.start())
+        for token in re.finditer(r"[^\s,]+", text)
+    )
 
 
-def _is_time_word(token: str) -> bool:
+def _is_time_word(token: str, *, zone_allowed: bool) -> bool:
     return (
         token.lower().rstrip(".") in _WORDS
         or _NUMERIC_TOKEN.fullmatch(token) is not None
-        or _ZONE_ABBREVIATION.fullmatch(token) is not None
+        or (zone_allowed and _ZONE_ABBREVIATION.fullmatch(token) is not None)
     )
 
 

@@ -377,6 +377,8 @@ def test_fall_back_first_occurrence_still_ahead_is_yesterday() -> None:
         "100% - traffic back",
         "$10:30 - fee",
         "v10:30 - x",
+        "HTTP 503 at 10:30 - upper-case words before the clock are not zones",
+        "API 10:30 - x",
     ],
 )
 def test_numbers_that_are_not_times_stay_text(text: str) -> None:
@@ -391,7 +393,17 @@ def test_looks_like_time_is_false_for_text(head: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "head", ["1:06 AM", "01:06", "13:06:30", "1 PM", "2026-11-20 01:06", "Nov 20 1:06 AM"]
+    "head",
+    [
+        "1:06 AM",
+        "01:06",
+        "13:06:30",
+        "1 PM",
+        "2026-11-20 01:06",
+        "Nov 20 1:06 AM",
+        "1 PM EAT",
+        "2026-11-20T01:06Z",
+    ],
 )
 def test_looks_like_time_is_true_for_times(head: str) -> None:
     assert looks_like_time(head)

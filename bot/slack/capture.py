@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from bot import incidents, timeline
 from bot.incidents import IncidentError
+from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
 from bot.slack import text as slack_text
@@ -120,18 +121,27 @@ def register(app: App, services: Services) -> None:
 
         return work
 
+    def pinned(event: dict[str, Any], context: BoltContext) -> tuple[Incident, str, str] | None:
+        """The open incident, channel and ts a pin reaction is about; None to ignore it."""
+        item = event.get("item") or {}
+        if event.get("reaction") != pin or item.get("type") != "message":
+            return None
+        channel, ts = str(item.get("channel")), str(item.get("ts"))
+        incident = incidents.find_open_incident(
+            context["db"], team_id=context.team_id or "", channel_id=channel
+        )
+        return (incident, channel, ts) if incident is not None else None
+
     @with_session(services.sessions)
     def handle_reaction_added(
         event: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
-        item = event.get("item") or {}
-        if event.get("reaction") != pin or item.get("type") != "message":
+        found = pinned(event, context)
+        if found is None:
             return
+        incident, channel, ts = found
         session: Session = context["db"]
-        team_id, channel, ts = context.team_id or "", str(item.get("channel")), str(item.get("ts"))
-        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
-        if incident is None:
-            return
+        team_id = context.team_id or ""
         raw = fetch_message(client, channel, ts)
         if raw is None:
             log.warning("pinned message %s/%s could not be read", channel, ts)
@@ -159,14 +169,11 @@ def register(app: App, services: Services) -> None:
     def handle_reaction_removed(
         event: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
-        item = event.get("item") or {}
-        if event.get("reaction") != pin or item.get("type") != "message":
+        found = pinned(event, context)
+        if found is None:
             return
+        incident, channel, ts = found
         session: Session = context["db"]
-        team_id, channel, ts = context.team_id or "", str(item.get("channel")), str(item.get("ts"))
-        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
-        if incident is None:
-            return
         if _still_pinned(client, channel, ts, pin):
             return
         entry = timeline.uncapture_message(

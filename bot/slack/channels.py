@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.webhook import WebhookClient
 
 from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
+from bot.slack.publish import tell
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ def open_incident_channel(
             log.warning("conversations.create %s failed: %s", name, error)
             break
     if created is None:
-        _tell(response_url, "I could not create a channel for the incident; it stays here.")
+        tell(
+            response_url,
+            replies.simple("I could not create a channel for the incident; it stays here."),
+        )
         return
     with services.sessions() as session:
         incident = session.get_one(Incident, incident_id)
@@ -77,15 +81,7 @@ def open_incident_channel(
         )
     except (SlackClientError, OSError) as error:
         log.warning("setting up the channel of %s failed: %s", reference, error)
-    _tell(response_url, f"{reference} continues in <#{created}>.", in_channel=True)
-
-
-def _tell(response_url: str | None, message: str, *, in_channel: bool = False) -> None:
-    if not response_url:
-        return
-    try:
-        WebhookClient(response_url, timeout=10).send(
-            text=message, response_type="in_channel" if in_channel else "ephemeral"
-        )
-    except Exception:
-        log.exception("could not answer through the response URL")
+    tell(
+        response_url,
+        replace(replies.simple(f"{reference} continues in <#{created}>."), in_channel=True),
+    )

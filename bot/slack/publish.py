@@ -44,7 +44,7 @@ def publish_postmortem(
             markdown = postmortem.render(services.templates, context)
         except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
             log.exception("rendering the postmortem of %s failed", incident.reference)
-            _tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
+            tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
             markdown = None
         if markdown is not None:
             incidents.record_postmortem(
@@ -70,8 +70,8 @@ def publish_postmortem(
         log.warning("posting the summary of %s failed: %s", reference, code)
         if code in NOT_A_MEMBER or code == "method_not_supported_for_channel_type":
             # The response URL can still speak in the channel; ask for an invitation.
-            _tell(response_url, summary)
-            _tell(
+            tell(response_url, summary)
+            tell(
                 response_url,
                 replies.refusal(
                     f"I am not a member of this channel, so I could not post there ({code}). "
@@ -80,12 +80,12 @@ def publish_postmortem(
                 ),
             )
             return
-        _tell(
+        tell(
             response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
         )
     except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
         log.warning("posting the summary of %s failed: %s", reference, error)
-        _tell(
+        tell(
             response_url,
             replies.refusal(f"I could not reach Slack to post the summary of {reference}."),
         )
@@ -107,7 +107,7 @@ def publish_postmortem(
     except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
         code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
-        _tell(
+        tell(
             response_url,
             replies.refusal(
                 f"I could not upload the postmortem of {reference} ({code}). It is saved: "
@@ -127,7 +127,7 @@ def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> 
         call()
 
 
-def _tell(response_url: str | None, reply: Reply) -> None:
+def tell(response_url: str | None, reply: Reply) -> None:
     """Answer through the command's response URL; a failure here is only logged."""
     if not response_url:
         return

@@ -464,6 +464,8 @@ def test_replaying_the_hum_outage_gives_its_window_timeline_and_measures(bot: Bo
     assert _bullets(ours, "Corrective and preventative measures") == _bullets(
         reference, "Corrective and preventative measures"
     )
+    for heading in ("## Issue summary", "## Timeline", "## Root cause and resolution"):
+        assert f"\n\n{heading}\n\n" in ours, f"{heading} is not a paragraph of its own"
     headings = [line for line in ours.splitlines() if line.startswith("## ")]
     assert headings == [line.strip() for line in reference.splitlines() if line.startswith("## ")]
 

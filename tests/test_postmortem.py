@@ -29,7 +29,8 @@ from bot.config import Settings
 from bot.models import Field, Incident
 from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Database
 
-REFERENCES = Path(__file__).resolve().parents[1].parent / "shared" / "reference-postmortems"
+# Copies of ../shared/reference-postmortems, so that a clone on its own can run the tests.
+REFERENCES = Path(__file__).resolve().parent / "reference-postmortems"
 HUM = REFERENCES / "hum-ddos-outage.md"
 PAYMENT = REFERENCES / "payment-site-outage.html"
 

@@ -15,7 +15,7 @@ from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import Action, FieldChange, Incident, Postmortem, TimelineEntry
 from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, TEAM, Bot
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference-postmortems"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
 HUM = REFERENCE / "hum-ddos-outage.md"
 START_X = (
     "team_id=T0TEST0001&channel_id=C0TEST0001&user_id=U0ALICE001"

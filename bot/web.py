@@ -96,6 +96,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)
+            # gunicorn >= 25 opens an admin socket at one path per user, which a second
+            # `serve` on the same host would take over; the bot does not use it.
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> WsgiApp:
             # Each worker builds its own app: engines and thread pools must not cross a fork.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 
 from bot import db
@@ -183,3 +183,23 @@ def test_a_link_that_hangs_without_answering(faulty: Faulty) -> None:
     faulty.proxy.heal()
     resumes(faulty, "after")
     assert faulty.direct_count() == 2  # the partitioned notes were never committed
+
+
+def test_a_link_that_hangs_during_the_commit_is_not_called_a_failure(faulty: Faulty) -> None:
+    assert "INC-1" in faulty.bot.command("start Outage").text
+    engine = faulty.bot.services.engine
+
+    def hang_at_commit(_connection: object) -> None:
+        faulty.proxy.hang()  # the COMMIT is sent into a link that no longer answers
+
+    event.listen(engine, "commit", hang_at_commit)
+    try:
+        reply = note(faulty, "during the commit")
+    finally:
+        event.remove(engine, "commit", hang_at_commit)
+
+    assert reply.status == 200
+    assert "could not confirm" in reply.text and "/incident status" in reply.text
+    assert "Added to" not in reply.visible and "Nothing was saved" not in reply.visible
+    faulty.proxy.heal()
+    resumes(faulty, "after")

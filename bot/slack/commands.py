@@ -604,16 +604,19 @@ def handle_incident_command(
             response_url=command.get("response_url"),
         )
 
+    committing = False
     try:
         with db.deadline(services.engine, COMMAND_DEADLINE_S):
             outcome = run_command(command.get("text", ""), build_call)
+            committing = True
             session.commit()
     except SQLAlchemyError as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
         _rollback_quietly(session)
         subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
         outcome = Outcome(
-            replies.could_not_record(),
+            # A commit that failed on its way back may have reached the database.
+            replies.could_not_confirm() if committing else replies.could_not_record(),
             result="db_error",
             subcommand=subcommand.name if subcommand else "",
         )

@@ -234,6 +234,13 @@ def could_not_record() -> Reply:
     )
 
 
+def could_not_confirm() -> Reply:
+    return simple(
+        ":warning: I could not confirm that this was recorded: the database stopped answering "
+        "while saving it. Check `/incident status` before trying again, so it is not there twice."
+    )
+
+
 def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) -> Reply:
     """Usage for every subcommand; `rows` are (usage, description) pairs from the command table."""
     lines = [f"`/incident {usage}`  {description}" for usage, description in rows]

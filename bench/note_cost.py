@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from slack_bolt.request import BoltRequest
+from sqlalchemy import event, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bench.bare import build_bare_app
 from bench.prototype import ADD_ENTRY, NEXT_ENTRY  # the proposed statements
@@ -31,6 +33,7 @@ from bench.servers import PostgresSchema
 from bot import db, incidents
 from bot.config import Settings
 from bot.demo import FakeSlack, SlashCommand
+from bot.models import Incident
 from bot.slack import replies
 
 SECRET = "note-cost-secret"
@@ -121,6 +124,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 session.commit()
 
+        def session_find_number() -> None:
+            with sessions() as session:
+                found = incidents.find_open_incident(session, team_id=TEAM, channel_id=CHANNEL)
+                assert found is not None
+                incidents.next_entry_number(session, incident=found)
+                session.commit()
+
+        def session_find_number_committed() -> None:
+            # The same UPDATE..RETURNING, but the number is set on the Incident as committed
+            # state, so the flush does not write it a second time.
+            with sessions() as session:
+                found = incidents.find_open_incident(session, team_id=TEAM, channel_id=CHANNEL)
+                assert found is not None
+                number = session.execute(
+                    update(Incident)
+                    .where(Incident.id == found.id)
+                    .values(last_entry_number=Incident.last_entry_number + 1)
+                    .returning(Incident.last_entry_number)
+                    .execution_options(synchronize_session=False)
+                ).scalar_one()
+                set_committed_value(found, "last_entry_number", number)
+                session.commit()
+
         def core_find_add() -> None:
             with sessions() as session:
                 connection = session.connection()
@@ -175,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "session: open, BEGIN, COMMIT, close": cpu_us(session_only, count=count),
             "session + find_open_incident (ORM Incident)": cpu_us(session_find, count=count),
+            "session + find_open_incident + next_entry_number + commit": cpu_us(
+                session_find_number, count=count
+            ),
+            "  the same, the number set with set_committed_value (no 2nd UPDATE)": cpu_us(
+                session_find_number_committed, count=count
+            ),
             "session + find_open_incident + add_entry + commit": cpu_us(
                 session_find_add, count=count
             ),
@@ -187,12 +219,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "proposed: the same reply as plain dicts": cpu_us(reply_dict, count=count),
         }
+        statements: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            statements.append(" ".join(statement.split())[:100])
+
+        event.listen(engine, "before_cursor_execute", record)
+        dispatch(app, "note counted")
+        event.remove(engine, "before_cursor_execute", record)
         database = "postgresql" if schema else "sqlite"
         sys.stdout.write(f"CPU per call, {database} ({count} calls x 5 batches, median):\n")
         for name, value in figures.items():
             sys.stdout.write(f"  {value:9.1f} us  {name}\n")
+        sys.stdout.write("Statements sent for one note (COMMIT is not a cursor statement):\n")
+        for statement in statements:
+            sys.stdout.write(f"  {statement}\n")
         if args.json:
-            args.json.write_text(json.dumps({"database": database, "cpu_us": figures}, indent=2))
+            found = {"database": database, "cpu_us": figures, "statements": statements}
+            args.json.write_text(json.dumps(found, indent=2))
         services.followups.wait(timeout=10)
         engine.dispose()
     finally:

@@ -187,9 +187,34 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
+    # Writers of this process queue on a lock before BEGIN IMMEDIATE: SQLite's own busy
+    # handler sleeps on a back-off schedule (up to 100 ms at a time) and wakes in no order,
+    # which made the slowest commands wait half a second under load (BENCHMARKS.md, cause
+    # 3). The lock only orders threads; waiting for it is bounded by the busy timeout, after
+    # which SQLite's handler takes over as before, so a lock that is somehow not released
+    # can slow a worker down but never stop it.
+    writers = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.info["holds_writer_lock"] = writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release_writer(conn)
+            raise
+
+    def _release_writer(conn: Any) -> None:
+        if conn.info.pop("holds_writer_lock", False):
+            writers.release()
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Any) -> None:
+        _release_writer(conn)
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(conn: Any) -> None:
+        _release_writer(conn)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

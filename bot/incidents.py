@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.models import (
     Action,
@@ -192,7 +193,9 @@ def next_entry_number(session: Session, *, incident: Incident) -> int:
         .returning(Incident.last_entry_number)
         .execution_options(synchronize_session=False)
     ).scalar_one()
-    incident.last_entry_number = number
+    # The database already holds the new value: show it on the object without marking it
+    # changed, or the flush would write it a second time (BENCHMARKS.md, cause 2).
+    set_committed_value(incident, "last_entry_number", number)
     return number
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import socket
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
@@ -152,13 +155,63 @@ def deadline(engine: Engine, seconds: float) -> Iterator[threading.Event]:
         for connection in connections:
             _cut(connection)
 
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+    alarm = _WATCHDOG.schedule(time.monotonic() + seconds, expire)
     try:
         yield expired
     finally:
-        timer.cancel()
+        alarm.cancelled = True
+
+
+@dataclass(order=True)
+class _Alarm:
+    due: float
+    sequence: int
+    action: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+
+class _Watchdog:
+    """One thread that runs the actions of deadlines that pass (a Timer per command would
+    start a thread per command, which costs more than the command's own work)."""
+
+    def __init__(self) -> None:
+        self._alarms: list[_Alarm] = []
+        self._wakeup = threading.Condition()
+        self._sequence = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, due: float, action: Callable[[], None]) -> _Alarm:
+        alarm = _Alarm(due, next(self._sequence), action)
+        with self._wakeup:
+            heapq.heappush(self._alarms, alarm)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="db-deadline", daemon=True)
+                self._thread.start()
+            if self._alarms[0] is alarm:  # the watchdog sleeps until an earlier one otherwise
+                self._wakeup.notify()
+        return alarm
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while self._alarms and self._alarms[0].cancelled:
+                    heapq.heappop(self._alarms)
+                if not self._alarms:
+                    self._wakeup.wait()
+                    continue
+                wait = self._alarms[0].due - time.monotonic()
+                if wait > 0:
+                    self._wakeup.wait(wait)
+                    continue
+                alarm = heapq.heappop(self._alarms)
+            if not alarm.cancelled:
+                try:
+                    alarm.action()
+                except Exception:
+                    pass  # cutting a link must never stop the watchdog
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _cut(dbapi_connection: Any) -> None:

@@ -1,0 +1,138 @@
+"""The console script as a newcomer uses it: `demo`, then `export`; and a real wheel install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot import db, incidents
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bot_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("newcomer")
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_dir: Path) -> subprocess.CompletedProcess[str]:
+    return bot_cli("demo", cwd=demo_dir)
+
+
+def without_footer(markdown: str) -> str:
+    return markdown.split("\n---\n", 1)[0]
+
+
+def test_demo_prints_the_postmortem_and_leaves_the_database(
+    demo_run: subprocess.CompletedProcess[str], demo_dir: Path
+) -> None:
+    assert demo_run.returncode == 0, demo_run.stderr
+    assert demo_run.stdout.startswith("# Postmortem: ")
+    assert "From 1:06 AM to 2:46 AM EAT, requests to the company's servers" in demo_run.stdout
+    assert "* 2:46 AM - 100% traffic online" in demo_run.stdout
+    assert (demo_dir / "incidents.db").is_file()
+    assert "INC-1 opened" in demo_run.stderr  # the commands and their answers, on stderr
+
+
+def test_export_prints_the_same_postmortem_from_the_database(
+    demo_run: subprocess.CompletedProcess[str], demo_dir: Path
+) -> None:
+    exported = bot_cli("export", "INC-1", cwd=demo_dir)
+    assert exported.returncode == 0, exported.stderr
+    assert without_footer(exported.stdout) == without_footer(demo_run.stdout)
+
+    html = bot_cli("export", "inc-1", "--format", "html", cwd=demo_dir)
+    assert html.returncode == 0, html.stderr
+    assert html.stdout.startswith("<!DOCTYPE html>")
+    assert "<h2>Timeline:</h2>" in html.stdout and "100% traffic online" in html.stdout
+
+
+@pytest.mark.parametrize(
+    ("reference", "code", "says"),
+    [("INC-99", 1, "There is no INC-99"), ("yesterday", 2, "not an incident reference")],
+)
+def test_export_refuses_what_it_cannot_find(
+    demo_run: subprocess.CompletedProcess[str], demo_dir: Path, reference: str, code: int, says: str
+) -> None:
+    assert demo_run.returncode == 0
+    result = bot_cli("export", reference, cwd=demo_dir)
+    assert result.returncode == code
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_asks_for_the_workspace_when_a_number_is_in_several(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'incidents.db'}"
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    now = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    with db.make_session_factory(engine)() as session:
+        for team, title in (("T0AAAAAAA1", "Ours"), ("T0BBBBBBB1", "Theirs")):
+            incidents.start_incident(
+                session,
+                team_id=team,
+                channel_id="C1",
+                user_id="U1",
+                title=title,
+                started_at=now,
+                timezone="UTC",
+                now=now,
+            )
+        session.commit()
+    engine.dispose()
+
+    ambiguous = bot_cli("export", "INC-1", cwd=tmp_path, env={"DATABASE_URL": url})
+    assert ambiguous.returncode == 1 and "--team" in ambiguous.stderr
+    theirs = bot_cli(
+        "export", "INC-1", "--team", "T0BBBBBBB1", cwd=tmp_path, env={"DATABASE_URL": url}
+    )
+    assert theirs.returncode == 0 and theirs.stdout.startswith("# Postmortem: Theirs")
+
+
+def test_a_built_wheel_carries_the_templates_and_runs_from_anywhere(tmp_path: Path) -> None:
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(REPO)], check=True, timeout=300
+    )
+    [wheel] = wheels.glob("incident_bot-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300
+    )
+
+    env = {"PYTHONPATH": str(site)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bot.postmortem as p; print(p.builtin_templates_dir())"],
+        cwd=elsewhere,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()).is_relative_to(site), probe.stdout  # not the checkout's
+
+    demo = bot_cli("demo", cwd=elsewhere, env=env)
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.startswith("# Postmortem: ")

@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from bot import web
 
-    settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"))
+    settings = Settings.load(require=("SLACK_SIGNING_SECRET",))
+    if not settings.multi_workspace and settings.slack_bot_token is None:
+        raise ConfigError(
+            "SLACK_BOT_TOKEN is not set; set it to run in one workspace, or set "
+            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET to install in several."
+        )
     refused = _refuse_unless_schema_current(settings)
     if refused:
         return refused

@@ -136,3 +136,23 @@ def test_a_built_wheel_carries_the_templates_and_runs_from_anywhere(tmp_path: Pa
     demo = bot_cli("demo", cwd=elsewhere, env=env)
     assert demo.returncode == 0, demo.stderr
     assert demo.stdout.startswith("# Postmortem: ")
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"SLACK_SIGNING_SECRET": "s"}, "SLACK_BOT_TOKEN is not set"),
+        ({"SLACK_BOT_TOKEN": "xoxb-x"}, "SLACK_SIGNING_SECRET is not set"),
+        # Multi-workspace needs no bot token: it gets as far as the schema check.
+        (
+            {"SLACK_SIGNING_SECRET": "s", "SLACK_CLIENT_ID": "1.2", "SLACK_CLIENT_SECRET": "c"},
+            "incident-bot db upgrade",
+        ),
+    ],
+)
+def test_serve_names_what_it_lacks(tmp_path: Path, env: dict[str, str], says: str) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = bot_cli("serve", "--port", "0", cwd=tmp_path, env={**env, "DATABASE_URL": url})
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr

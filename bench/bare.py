@@ -20,7 +20,7 @@ from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
-from bot.web import SLACK_PATH, WsgiApp
+from bot.web import SLACK_PATH, WsgiApp, run_gunicorn
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -76,24 +76,8 @@ def serve(*, host: str, port: int, workers: int, threads: int) -> None:
 def gunicorn_serve(
     build: Callable[[], WsgiApp], *, host: str, port: int, workers: int, threads: int
 ) -> None:
-    """Run `build()`'s WSGI app under gunicorn configured as `bot.web.serve` configures it."""
-    from gunicorn.app.base import BaseApplication
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            # Keep in step with bot.web.serve: the comparison is only fair on the same stack.
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", threads)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("accesslog", None)
-
-        def load(self) -> WsgiApp:
-            return build()  # in each worker, after the fork
-
-    Server().run()
+    """Run `build()`'s WSGI app on exactly the server stack `incident-bot serve` uses."""
+    run_gunicorn(build, host=host, port=port, workers=workers, threads=threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,11 +81,23 @@ def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> l
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> None:
-    """Run the WSGI app under gunicorn: `workers` processes of `threads` threads each."""
-    from gunicorn.app.base import BaseApplication
-
+    """Run the bot under gunicorn: `workers` processes of `threads` threads each."""
     from bot.app import build_app
     from bot.services import build_services
+
+    def build() -> WsgiApp:
+        # Each worker builds its own app: engines and thread pools must not cross a fork.
+        services = build_services(settings, create_schema=False)
+        return build_wsgi(build_app(settings, services), services)
+
+    run_gunicorn(build, host=host, port=port, workers=workers, threads=threads)
+
+
+def run_gunicorn(
+    build: Callable[[], WsgiApp], *, host: str, port: int, workers: int, threads: int
+) -> None:
+    """Serve `build()`'s WSGI app under gunicorn's gthread workers (the benchmark uses it too)."""
+    from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -102,8 +114,6 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
                 self.cfg.set("control_socket_disable", True)
 
         def load(self) -> WsgiApp:
-            # Each worker builds its own app: engines and thread pools must not cross a fork.
-            services = build_services(settings, create_schema=False)
-            return build_wsgi(build_app(settings, services), services)
+            return build()  # in each worker, after the fork
 
     Server().run()

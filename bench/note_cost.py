@@ -166,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 session.commit()
 
         def reply_blocks() -> None:
-            replies.noted(incident, occurred_at=now, text="hello there", now=now).as_ack()
+            replies.noted(
+                incident.reference, incident.timezone, occurred_at=now, text="hello there", now=now
+            ).as_ack()
 
         def reply_dict() -> dict[str, Any]:
             when = replies.local_time(now, incident.timezone, now=now)

@@ -74,6 +74,21 @@ FULL = Plan(
     postgres=True,
     deadline_s=300.0,
 )
+# For working on the note path: the closed loop and a short steady run, nothing else.
+LOAD_ONLY = Plan(
+    clients=(1, 8, 32),
+    count=3_000,
+    rounds=1,
+    warmup=400,
+    steady_rate=50.0,
+    steady_count=250,
+    steady_connections=8,
+    soak_checkpoints=(),
+    soak_clients=8,
+    postmortem_sizes=(),
+    postgres=True,
+    deadline_s=300.0,
+)
 QUICK = Plan(
     clients=(1, 2),
     count=60,
@@ -472,7 +487,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    plan = QUICK if args.quick else FULL
+    plan = QUICK if args.quick else LOAD_ONLY if args.load_only else FULL
     if args.no_postgres:
         plan = Plan(**{**asdict(plan), "postgres": False})
     out: Path = args.out
@@ -707,6 +722,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="PostgreSQL server to use when reachable (a schema is created and dropped)",
     )
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only the closed loop (3,000 notes, one round) and a short steady run",
+    )
     parser.add_argument("--workers", type=int, default=1, help="as `incident-bot serve` (1)")
     parser.add_argument("--threads", type=int, default=8, help="as `incident-bot serve` (8)")
     parser.add_argument("--client-processes", type=int, default=2)

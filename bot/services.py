@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot import db, postmortem
 from bot.config import Settings
+from bot.notes import NoteWriter
 from bot.slack.people import UserDirectory
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class Services:
     people: UserDirectory
     followups: FollowUps = field(default_factory=FollowUps)
     clock: Callable[[], datetime] = utc_now
+    notes: NoteWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.notes = NoteWriter(self.engine)
 
 
 def build_services(

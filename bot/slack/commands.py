@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from slack_bolt import Ack, App, BoltContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import db, incidents, timeline, timeparse
+from bot import db, incidents, notes, timeline, timeparse
 from bot.models import Field, Incident
 from bot.services import Services
 from bot.slack import channels, publish, replies
@@ -50,6 +51,7 @@ class Call:
     token: str | None
     response_url: str | None
     raw: str = ""  # the text as Slack sent it, markup and all (for mentions)
+    deadline: float = math.inf  # time.monotonic() by which its database work must be done
 
     def zone(self) -> ZoneInfo:
         """The caller's time zone (Slack's `users.info`), or the configured fallback."""
@@ -133,20 +135,24 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
     return Outcome(replies.started(incident, now=call.now), followup=followup)
 
 
-def handle_note(call: Call, incident: Incident | None) -> Outcome:
-    assert incident is not None
+def handle_note(call: Call, _incident: Incident | None) -> Outcome:
     leading = call.leading_time()
     occurred_at = leading.when or call.now
-    incidents.add_entry(
-        call.session,
-        incident=incident,
-        text=leading.rest,
-        occurred_at=occurred_at,
+    note = notes.NewNote(
+        team_id=call.team_id,
+        channel_id=call.channel_id,
         author_id=call.user_id,
-        now=call.now,
+        text=incidents.check_text(leading.rest),
+        occurred_at=occurred_at,
+        recorded_at=call.now,
     )
+    added = call.services.notes.add(note, timeout=call.deadline - time.monotonic())
+    if added is None:
+        return no_incident(call)
     return Outcome(
-        replies.noted(incident, occurred_at=occurred_at, text=leading.rest, now=call.now)
+        replies.noted(
+            added.reference, added.timezone, occurred_at=occurred_at, text=note.text, now=call.now
+        )
     )
 
 
@@ -386,6 +392,8 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         "Add an entry to the timeline, stamped now or at <when>.",
         handle_note,
         aliases=("add", "log"),
+        # Notes find their incident as they are written, in groups (bot/notes.py).
+        needs_incident=False,
     ),
     Subcommand(
         "impact",
@@ -566,17 +574,22 @@ def _run(
             call.session, team_id=call.team_id, channel_id=call.channel_id
         )
         if incident is None:
-            latest = incidents.latest_incident(
-                call.session, team_id=call.team_id, channel_id=call.channel_id
-            )
-            if latest is not None:
-                return Outcome(replies.closed_elsewhere(latest.reference), result="no_incident")
-            return Outcome(replies.no_open_incident(), result="no_incident")
+            return no_incident(call)
     try:
         return subcommand.handler(call, incident)
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
         return Outcome(replies.refusal(str(error)), result="refused")
+
+
+def no_incident(call: Call) -> Outcome:
+    """The answer to a command that needs an open incident where there is none."""
+    latest = incidents.latest_incident(
+        call.session, team_id=call.team_id, channel_id=call.channel_id
+    )
+    if latest is not None:
+        return Outcome(replies.closed_elsewhere(latest.reference), result="no_incident")
+    return Outcome(replies.no_open_incident(), result="no_incident")
 
 
 def shorten_name(name: str) -> str:
@@ -588,6 +601,7 @@ def handle_incident_command(
 ) -> None:
     """The `/incident` listener: parse, run one use case, commit, then acknowledge."""
     started = time.perf_counter()
+    deadline = time.monotonic() + COMMAND_DEADLINE_S
     session: Session = context["db"]
     now = services.clock()
 
@@ -602,6 +616,7 @@ def handle_incident_command(
             now=now,
             token=context.bot_token,
             response_url=command.get("response_url"),
+            deadline=deadline,
         )
 
     committing = False
@@ -610,13 +625,14 @@ def handle_incident_command(
             outcome = run_command(command.get("text", ""), build_call)
             committing = True
             session.commit()
-    except SQLAlchemyError as error:
+    except (SQLAlchemyError, notes.NoteWriteError) as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
         _rollback_quietly(session)
         subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
+        # A commit that failed on its way back may have reached the database.
+        maybe_stored = committing or isinstance(error, notes.NoteWriteError) and error.maybe_stored
         outcome = Outcome(
-            # A commit that failed on its way back may have reached the database.
-            replies.could_not_confirm() if committing else replies.could_not_record(),
+            replies.could_not_confirm() if maybe_stored else replies.could_not_record(),
             result="db_error",
             subcommand=subcommand.name if subcommand else "",
         )

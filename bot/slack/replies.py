@@ -123,9 +123,11 @@ def no_open_incident() -> Reply:
     return Reply(text="There is no open incident in this channel.", blocks=(_section(message),))
 
 
-def noted(incident: Incident, *, occurred_at: datetime, text: str, now: datetime) -> Reply:
-    when = local_time(occurred_at, incident.timezone, now=now)
-    return simple(f"Added to *{incident.reference}* at {when}: {quoted(text)}")
+def noted(
+    reference: str, timezone: str, *, occurred_at: datetime, text: str, now: datetime
+) -> Reply:
+    when = local_time(occurred_at, timezone, now=now)
+    return simple(f"Added to *{reference}* at {when}: {quoted(text)}")
 
 
 def field_set(incident: Incident, *, field_name: str, value: str, replaced: bool) -> Reply:

@@ -1,0 +1,230 @@
+"""Plain notes, committed in groups: one transaction holds every note waiting to be written.
+
+During a big incident many people note at once, and each note must be committed before it
+is acknowledged. A commit costs more than the note itself, so the first thread to find no
+write in progress writes every note waiting (its own included) in one transaction, while
+the others wait for that commit: group commit. No note is acknowledged before the
+transaction holding it has committed, each note gets its own outcome, and one that fails
+alone is written again alone, so it cannot take the others down with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot import db
+from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry
+
+log = logging.getLogger(__name__)
+
+# One statement finds a channel's open incident and takes the next `taken` entry numbers.
+_TAKE_NUMBERS = (
+    update(Incident)
+    .where(
+        Incident.team_id == bindparam("in_team"),
+        Incident.channel_id == bindparam("in_channel"),
+        Incident.status == IncidentStatus.OPEN.value,
+    )
+    .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
+    .returning(Incident.id, Incident.number, Incident.timezone, Incident.last_entry_number)
+)
+_ADD_ENTRIES = insert(TimelineEntry)
+
+
+@dataclass(frozen=True)
+class NewNote:
+    """A note to put on the open incident of a channel; `text` is already checked."""
+
+    team_id: str
+    channel_id: str
+    author_id: str
+    text: str
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class NoteAdded:
+    """A committed note: the incident it went to and its number on the timeline."""
+
+    incident_id: int
+    incident_number: int
+    timezone: str
+    number: int
+
+    @property
+    def reference(self) -> str:
+        return f"INC-{self.incident_number}"
+
+
+class NoteWriteError(Exception):
+    """The note could not be written; `maybe_stored` when the commit failed on its way back."""
+
+    def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
+
+
+class _Waiting:
+    """One note in the queue, and what became of it."""
+
+    __slots__ = ("added", "deadline", "done", "error", "note", "taken")
+
+    def __init__(self, note: NewNote, deadline: float) -> None:
+        self.note = note
+        self.deadline = deadline
+        self.taken = False  # a writer has it: it is in a transaction now
+        self.done = False
+        self.added: NoteAdded | None = None
+        self.error: NoteWriteError | None = None
+
+    def outcome(self) -> NoteAdded | None:
+        if self.error is not None:
+            raise NoteWriteError(str(self.error), maybe_stored=self.error.maybe_stored)
+        return self.added
+
+
+class NoteWriter:
+    """Writes notes for the threads of one process; see the module's docstring."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._changed = threading.Condition()
+        self._queue: list[_Waiting] = []
+        self._writing = False
+
+    def add(self, note: NewNote, *, timeout: float) -> NoteAdded | None:
+        """Commit `note`; None when its channel has no open incident (nothing is stored).
+
+        Raises NoteWriteError when it was not written within `timeout` seconds or the
+        database failed.
+        """
+        waiting = _Waiting(note, time.monotonic() + timeout)
+        with self._changed:
+            self._queue.append(waiting)
+            while not waiting.done and self._writing:
+                remaining = waiting.deadline - time.monotonic()
+                if waiting.taken:  # the writer that has it is bound by the same deadline
+                    self._changed.wait()
+                elif remaining > 0:
+                    self._changed.wait(remaining)
+                else:
+                    self._queue.remove(waiting)
+                    raise NoteWriteError("no turn to write before the deadline")
+            if waiting.done:
+                return waiting.outcome()
+            self._writing = True
+            batch, self._queue = self._queue, []
+            for each in batch:
+                each.taken = True
+        try:
+            self._write(batch)
+        finally:
+            with self._changed:
+                for each in batch:
+                    if not each.done:  # only if _write itself broke
+                        each.error = NoteWriteError("the note writer failed", maybe_stored=True)
+                        each.done = True
+                self._writing = False
+                self._changed.notify_all()
+        return waiting.outcome()
+
+    def _write(self, batch: Sequence[_Waiting]) -> None:
+        now = time.monotonic()
+        late = [each for each in batch if each.deadline <= now]
+        for each in late:
+            _finish(each, error=NoteWriteError("no turn to write before the deadline"))
+        batch = [each for each in batch if each.deadline > now]
+        if not batch:
+            return
+        with db.deadline(self._engine, min(each.deadline for each in batch) - now):
+            failed = self._write_together(batch)
+            if failed is not None and len(batch) > 1:
+                # One bad note must not fail the rest: each is tried again on its own.
+                for each in batch:
+                    self._write_together([each])
+
+    def _write_together(self, batch: Sequence[_Waiting]) -> SQLAlchemyError | None:
+        """One transaction for the whole batch; on failure before the commit, nothing is
+        finished (the caller may retry) unless the batch is a single note."""
+        committing = False
+        try:
+            with self._engine.connect() as connection:
+                with connection.begin():
+                    added = _insert(connection, batch)
+                    committing = True
+            for each, result in zip(batch, added, strict=True):
+                _finish(each, added=result)
+            return None
+        except SQLAlchemyError as error:
+            log.warning(
+                "could not write %d note(s): %s",
+                len(batch),
+                type(error).__name__,
+                exc_info=True,
+            )
+            if committing or len(batch) == 1:
+                message = "the commit failed" if committing else "the database refused the note"
+                for each in batch:
+                    _finish(each, error=NoteWriteError(message, maybe_stored=committing))
+                return None
+            return error
+
+
+def _finish(
+    waiting: _Waiting, *, added: NoteAdded | None = None, error: NoteWriteError | None = None
+) -> None:
+    waiting.added, waiting.error, waiting.done = added, error, True
+
+
+def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded | None]:
+    """Number and insert the batch's notes; per note, where it went (None: no incident)."""
+    added: dict[int, NoteAdded | None] = {}
+    rows: list[dict[str, Any]] = []
+    by_channel = sorted(
+        range(len(batch)), key=lambda i: (batch[i].note.team_id, batch[i].note.channel_id)
+    )
+    # Channels in a fixed order, so two processes' batches cannot deadlock on incident rows.
+    for (team_id, channel_id), group in itertools.groupby(
+        by_channel, key=lambda i: (batch[i].note.team_id, batch[i].note.channel_id)
+    ):
+        indexes = list(group)
+        found = connection.execute(
+            _TAKE_NUMBERS, {"in_team": team_id, "in_channel": channel_id, "taken": len(indexes)}
+        ).one_or_none()
+        for offset, index in enumerate(indexes):
+            if found is None:
+                added[index] = None
+                continue
+            number = found.last_entry_number - len(indexes) + 1 + offset
+            note = batch[index].note
+            added[index] = NoteAdded(
+                incident_id=found.id,
+                incident_number=found.number,
+                timezone=found.timezone,
+                number=number,
+            )
+            rows.append(
+                {
+                    "incident_id": found.id,
+                    "number": number,
+                    "occurred_at": note.occurred_at,
+                    "recorded_at": note.recorded_at,
+                    "author_id": note.author_id,
+                    "kind": EntryKind.NOTE.value,
+                    "text": note.text,
+                }
+            )
+    if rows:
+        connection.execute(_ADD_ENTRIES, rows)
+    return [added[index] for index in range(len(batch))]

@@ -10,7 +10,6 @@ alone is written again alone, so it cannot take the others down with it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import db
@@ -27,16 +26,30 @@ from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry
 
 log = logging.getLogger(__name__)
 
-# One statement finds a channel's open incident and takes the next `taken` entry numbers.
-_TAKE_NUMBERS = (
-    update(Incident)
+# One statement finds the open incidents of several channels and takes `taken` entry
+# numbers on each. The rows are locked in the order of their ids (PostgreSQL; SQLite locks
+# the whole database), so two processes' batches cannot deadlock on them.
+_OPEN_IN_CHANNELS = (
+    select(Incident.id)
     .where(
-        Incident.team_id == bindparam("in_team"),
-        Incident.channel_id == bindparam("in_channel"),
+        tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
         Incident.status == IncidentStatus.OPEN.value,
     )
+    .order_by(Incident.id)
+    .with_for_update()
+)
+_TAKE_NUMBERS = (
+    update(Incident)
+    .where(Incident.id.in_(_OPEN_IN_CHANNELS.scalar_subquery()))
     .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
-    .returning(Incident.id, Incident.number, Incident.timezone, Incident.last_entry_number)
+    .returning(
+        Incident.team_id,
+        Incident.channel_id,
+        Incident.id,
+        Incident.number,
+        Incident.timezone,
+        Incident.last_entry_number,
+    )
 )
 _ADD_ENTRIES = insert(TimelineEntry)
 
@@ -102,6 +115,11 @@ class NoteWriter:
         self._changed = threading.Condition()
         self._queue: list[_Waiting] = []
         self._writing = False
+
+    def waiting(self) -> int:
+        """How many notes wait for a write in progress to finish before theirs can begin."""
+        with self._changed:
+            return len(self._queue)
 
     def add(self, note: NewNote, *, timeout: float) -> NoteAdded | None:
         """Commit `note`; None when its channel has no open incident (nothing is stored).
@@ -189,42 +207,41 @@ def _finish(
 
 def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded | None]:
     """Number and insert the batch's notes; per note, where it went (None: no incident)."""
-    added: dict[int, NoteAdded | None] = {}
+    by_channel: dict[tuple[str, str], list[int]] = {}
+    for index, each in enumerate(batch):
+        by_channel.setdefault((each.note.team_id, each.note.channel_id), []).append(index)
+    # One UPDATE for all the channels that have the same number of notes in the batch: in a
+    # busy channel that is one channel, and across channels it is one note each.
+    by_count: dict[int, list[tuple[str, str]]] = {}
+    for channel, indexes in by_channel.items():
+        by_count.setdefault(len(indexes), []).append(channel)
+    added: list[NoteAdded | None] = [None] * len(batch)
     rows: list[dict[str, Any]] = []
-    by_channel = sorted(
-        range(len(batch)), key=lambda i: (batch[i].note.team_id, batch[i].note.channel_id)
-    )
-    # Channels in a fixed order, so two processes' batches cannot deadlock on incident rows.
-    for (team_id, channel_id), group in itertools.groupby(
-        by_channel, key=lambda i: (batch[i].note.team_id, batch[i].note.channel_id)
-    ):
-        indexes = list(group)
-        found = connection.execute(
-            _TAKE_NUMBERS, {"in_team": team_id, "in_channel": channel_id, "taken": len(indexes)}
-        ).one_or_none()
-        for offset, index in enumerate(indexes):
-            if found is None:
-                added[index] = None
-                continue
-            number = found.last_entry_number - len(indexes) + 1 + offset
-            note = batch[index].note
-            added[index] = NoteAdded(
-                incident_id=found.id,
-                incident_number=found.number,
-                timezone=found.timezone,
-                number=number,
-            )
-            rows.append(
-                {
-                    "incident_id": found.id,
-                    "number": number,
-                    "occurred_at": note.occurred_at,
-                    "recorded_at": note.recorded_at,
-                    "author_id": note.author_id,
-                    "kind": EntryKind.NOTE.value,
-                    "text": note.text,
-                }
-            )
+    for taken, channels in sorted(by_count.items()):
+        found = connection.execute(_TAKE_NUMBERS, {"channels": sorted(channels), "taken": taken})
+        for incident in found:
+            first = incident.last_entry_number - taken + 1
+            for number, index in enumerate(
+                by_channel[incident.team_id, incident.channel_id], first
+            ):
+                note = batch[index].note
+                added[index] = NoteAdded(
+                    incident_id=incident.id,
+                    incident_number=incident.number,
+                    timezone=incident.timezone,
+                    number=number,
+                )
+                rows.append(
+                    {
+                        "incident_id": incident.id,
+                        "number": number,
+                        "occurred_at": note.occurred_at,
+                        "recorded_at": note.recorded_at,
+                        "author_id": note.author_id,
+                        "kind": EntryKind.NOTE.value,
+                        "text": note.text,
+                    }
+                )
     if rows:
         connection.execute(_ADD_ENTRIES, rows)
-    return [added[index] for index in range(len(batch))]
+    return added

@@ -624,7 +624,8 @@ def handle_incident_command(
         with db.deadline(services.engine, COMMAND_DEADLINE_S):
             outcome = run_command(command.get("text", ""), build_call)
             committing = True
-            session.commit()
+            if session.in_transaction():  # a note is committed by the note writer instead
+                session.commit()
     except (SQLAlchemyError, notes.NoteWriteError) as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
         _rollback_quietly(session)

@@ -1,0 +1,265 @@
+"""Group commit of notes (bot/notes.py) on SQLite and PostgreSQL: every note stored once,
+numbered without gaps, acknowledged only once committed, and failing only on its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event, select, text
+
+from bot import incidents
+from bot.db import make_session_factory
+from bot.models import Incident, TimelineEntry
+from bot.notes import NewNote, NoteAdded, NoteWriteError, NoteWriter
+from tests.conftest import ALICE, BOB, NOW, TEAM, Bot, Database
+
+LONG = 30.0  # seconds: a deadline no test should reach
+
+
+def _start(database: Database, channel: str) -> Incident:
+    with make_session_factory(database.engine)() as session:
+        incident = incidents.start_incident(
+            session,
+            team_id=TEAM,
+            channel_id=channel,
+            user_id=ALICE,
+            title=f"trouble in {channel}",
+            started_at=NOW,
+            timezone="Africa/Nairobi",
+            now=NOW,
+        )
+        session.commit()
+        return incident
+
+
+def _note(channel: str, text: str, *, at: datetime = NOW, team: str = TEAM) -> NewNote:
+    return NewNote(
+        team_id=team,
+        channel_id=channel,
+        author_id=BOB,
+        text=text,
+        occurred_at=at,
+        recorded_at=NOW,
+    )
+
+
+def _stored(database: Database, incident_id: int) -> list[tuple[int, str]]:
+    with make_session_factory(database.engine)() as session:
+        rows = session.execute(
+            select(TimelineEntry.number, TimelineEntry.text)
+            .where(TimelineEntry.incident_id == incident_id)
+            .order_by(TimelineEntry.number)
+        )
+        return [(row.number, row.text) for row in rows]
+
+
+def _commits(database: Database) -> list[int]:
+    """A counter of the engine's commits, appended to as they happen."""
+    seen: list[int] = []
+
+    @event.listens_for(database.engine, "commit")
+    def _on_commit(_conn: Any) -> None:
+        seen.append(1)
+
+    return seen
+
+
+@contextmanager
+def _database_held(database: Database, incident_id: int) -> Iterator[Connection]:
+    """A transaction that holds the incident's row (PostgreSQL) or the write lock (SQLite)."""
+    with database.engine.connect() as conn:
+        transaction = conn.begin()
+        conn.execute(text("UPDATE incidents SET title = title WHERE id = :id"), {"id": incident_id})
+        try:
+            yield conn
+        finally:
+            transaction.rollback()
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    give_up = time.monotonic() + LONG
+    while not condition():
+        assert time.monotonic() < give_up, f"gave up waiting: {what}"
+        time.sleep(0.01)
+
+
+def test_notes_from_many_threads_are_all_stored_once_and_numbered_without_gaps(
+    database: Database,
+) -> None:
+    channels = ["C1", "C2", "C3"]
+    opened = {channel: _start(database, channel) for channel in channels}
+    writer = NoteWriter(database.engine)
+    barrier = threading.Barrier(8)
+
+    def note_many(thread: int) -> list[tuple[str, str, NoteAdded | None]]:
+        barrier.wait()
+        done = []
+        for n in range(15):
+            channel = channels[(thread + n) % len(channels)]
+            text = f"thread {thread} note {n}"
+            done.append((channel, text, writer.add(_note(channel, text), timeout=LONG)))
+        return done
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = [item for part in pool.map(note_many, range(8)) for item in part]
+
+    assert len(results) == 120
+    for channel, incident in opened.items():
+        mine = [(added, text) for c, text, added in results if c == channel]
+        assert all(added is not None and added.incident_id == incident.id for added, _ in mine)
+        stored = _stored(database, incident.id)
+        # 1, 2, 3, ...: no gap, no number twice, and each answer names its own entry.
+        assert [number for number, _ in stored] == list(range(1, len(mine) + 1))
+        assert dict(stored) == {added.number: text for added, text in mine if added}
+        assert {added.reference for added, _ in mine if added} == {incident.reference}
+
+
+def test_notes_that_arrive_during_a_write_are_committed_together(database: Database) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    commits = _commits(database)
+    with ThreadPoolExecutor(max_workers=6) as pool, _database_held(database, incident.id):
+        first = pool.submit(writer.add, _note("C1", "first"), timeout=LONG)
+        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
+        time.sleep(0.05)  # the first write is now waiting for the held database
+        rest = [pool.submit(writer.add, _note("C1", f"then {n}"), timeout=LONG) for n in range(5)]
+        _wait_until(lambda: writer.waiting() == 5, "five notes queued")
+        assert not any(future.done() for future in [first, *rest])  # nothing acknowledged yet
+        commits.clear()
+    added = [future.result(timeout=LONG) for future in [first, *rest]]
+
+    assert len(commits) == 2  # the first note's transaction, then one for the five others
+    assert [a.number for a in added if a] == [1, 2, 3, 4, 5, 6]
+    assert _stored(database, incident.id) == [
+        (1, "first"),
+        *[(n + 2, f"then {n}") for n in range(5)],
+    ]
+
+
+def _queued_behind_a_held_write(
+    database: Database, incident: Incident, writer: NoteWriter, notes: list[NewNote]
+) -> list[Future[NoteAdded | None]]:
+    """Submit a first note, hold the database while `notes` queue behind it, then release."""
+    pool = ThreadPoolExecutor(max_workers=len(notes) + 1)
+    with _database_held(database, incident.id):
+        first = pool.submit(writer.add, _note(incident.channel_id, "first"), timeout=LONG)
+        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
+        time.sleep(0.05)
+        futures = [pool.submit(writer.add, note, timeout=LONG) for note in notes]
+        _wait_until(lambda: writer.waiting() == len(notes), "the notes queued")
+    pool.shutdown(wait=True)
+    return [first, *futures]
+
+
+def test_a_note_that_fails_does_not_fail_the_others_written_with_it(database: Database) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    naive = datetime(2026, 11, 20, 6, 5)  # no time zone: the database layer refuses it
+    futures = _queued_behind_a_held_write(
+        database,
+        incident,
+        writer,
+        [_note("C1", "before"), _note("C1", "bad", at=naive), _note("C1", "after")],
+    )
+
+    first, before, bad, after = futures
+    with pytest.raises(NoteWriteError) as refused:
+        bad.result()
+    assert refused.value.maybe_stored is False
+    assert [f.result().number for f in (first, before, after)] == [1, 2, 3]  # type: ignore[union-attr]
+    assert _stored(database, incident.id) == [(1, "first"), (2, "before"), (3, "after")]
+
+
+def test_a_note_for_a_channel_without_an_open_incident_stores_nothing(
+    database: Database,
+) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    futures = _queued_behind_a_held_write(
+        database,
+        incident,
+        writer,
+        [
+            _note("C9", "nowhere"),  # no incident in C9
+            _note("C1", "another workspace", team="T0OTHER001"),  # C1 of another team
+            _note("C1", "here"),
+        ],
+    )
+
+    assert futures[1].result() is None
+    assert futures[2].result() is None
+    assert futures[3].result().number == 2  # type: ignore[union-attr]
+    assert _stored(database, incident.id) == [(1, "first"), (2, "here")]
+
+
+def test_a_note_whose_deadline_passes_while_queued_is_refused_and_not_stored(
+    database: Database,
+) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    with ThreadPoolExecutor(max_workers=2) as pool, _database_held(database, incident.id):
+        first = pool.submit(writer.add, _note("C1", "first"), timeout=LONG)
+        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
+        time.sleep(0.05)
+        late = pool.submit(writer.add, _note("C1", "late"), timeout=0.3)
+        with pytest.raises(NoteWriteError) as refused:
+            late.result(timeout=LONG)
+        assert refused.value.maybe_stored is False
+        assert writer.waiting() == 0
+    assert first.result(timeout=LONG).number == 1  # type: ignore[union-attr]
+    assert _stored(database, incident.id) == [(1, "first")]
+
+
+def test_a_write_the_database_holds_past_the_deadline_is_cut_and_not_stored(
+    database: Database,
+) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    # Another thread writes: a deadline cuts the links of the thread that writes.
+    with ThreadPoolExecutor(max_workers=1) as pool, _database_held(database, incident.id):
+        cut = pool.submit(writer.add, _note("C1", "too late"), timeout=0.5)
+        with pytest.raises(NoteWriteError) as refused:
+            cut.result(timeout=LONG)
+        assert refused.value.maybe_stored is False
+    assert _stored(database, incident.id) == []
+    # The writer is not stuck: the next note goes through, and takes number 1.
+    assert writer.add(_note("C1", "next"), timeout=LONG).number == 1  # type: ignore[union-attr]
+    assert _stored(database, incident.id) == [(1, "next")]
+
+
+def test_notes_typed_at_once_through_the_app_are_all_acknowledged_and_stored(bot: Bot) -> None:
+    assert "opened" in bot.command("start Checkout is down").text
+    barrier = threading.Barrier(8)
+
+    def type_notes(person: int) -> list[str]:
+        barrier.wait()
+        return [bot.command(f"note person {person} says {n}").text for n in range(10)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = [text for part in pool.map(type_notes, range(8)) for text in part]
+
+    assert len(answers) == 80
+    assert all(answer.startswith("Added to *INC-1* at 9:00 AM EAT: person ") for answer in answers)
+    with bot.services.sessions() as session:
+        entries = session.execute(select(TimelineEntry.number, TimelineEntry.text)).all()
+    assert sorted(number for number, _ in entries) == list(range(1, 81))
+    assert {text for _, text in entries} == {
+        f"person {p} says {n}" for p in range(8) for n in range(10)
+    }
+
+
+def test_a_note_at_an_earlier_time_is_stamped_then(bot: Bot) -> None:
+    bot.command("start Checkout is down")
+    answer = bot.command("note 8:40 AM - first alert fired").text
+    assert answer == "Added to *INC-1* at 8:40 AM EAT: first alert fired"
+    with bot.services.sessions() as session:
+        entry = session.scalars(select(TimelineEntry)).one()
+    assert entry.occurred_at == NOW - timedelta(minutes=20)
+    assert entry.recorded_at == NOW

@@ -34,6 +34,7 @@ from bot import db, incidents
 from bot.config import Settings
 from bot.demo import FakeSlack, SlashCommand
 from bot.models import Incident
+from bot.notes import NewNote
 from bot.slack import replies
 
 SECRET = "note-cost-secret"
@@ -165,6 +166,50 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connection.execute(ADD_ENTRY, values)
                 session.commit()
 
+        writer = services.notes
+
+        def writer_alone() -> None:
+            note = NewNote(
+                team_id=TEAM,
+                channel_id=CHANNEL,
+                author_id=USER,
+                text="hello",
+                occurred_at=now,
+                recorded_at=now,
+            )
+            writer.add(note, timeout=10)
+
+        sqlite = engine.dialect.name == "sqlite"
+        mark = "?" if sqlite else "%s"
+        take_number = (
+            "UPDATE incidents SET last_entry_number = last_entry_number + 1 "
+            f"WHERE team_id = {mark} AND channel_id = {mark} AND status = 'open' "
+            "RETURNING id, number, timezone, last_entry_number"
+        )
+        add_entry = (
+            "INSERT INTO timeline_entries (incident_id, number, occurred_at, recorded_at, "
+            f"author_id, kind, text) VALUES ({', '.join([mark] * 7)})"
+        )
+        stamp = now.replace(tzinfo=None) if sqlite else now
+
+        def dbapi(notes_per_commit: int) -> Callable[[], None]:
+            """The database work with the driver alone: the floor under any Python layer."""
+            raw = engine.raw_connection()
+
+            def run() -> None:
+                cursor = raw.cursor()
+                if sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                for _ in range(notes_per_commit):
+                    cursor.execute(take_number, (TEAM, CHANNEL))
+                    found = cursor.fetchone()
+                    values = (found[0], found[3], stamp, stamp, USER, "note", "hello")
+                    cursor.execute(add_entry, values)
+                raw.commit()
+                cursor.close()
+
+            return run
+
         def reply_blocks() -> None:
             replies.noted(
                 incident.reference, incident.timezone, occurred_at=now, text="hello there", now=now
@@ -220,6 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 core_find_add, count=count
             ),
             "proposed: the same reply as plain dicts": cpu_us(reply_dict, count=count),
+            "bot.notes: NoteWriter.add, one note alone (its own transaction)": cpu_us(
+                writer_alone, count=count
+            ),
+            "driver only: UPDATE..RETURNING + INSERT + COMMIT, one note per commit": cpu_us(
+                dbapi(1), count=count
+            ),
+            "driver only: the same, per note, 8 notes per commit": cpu_us(
+                dbapi(8), count=max(1, count // 8)
+            )
+            / 8,
         }
         statements: list[str] = []
 

@@ -1,7 +1,8 @@
 """`/incident`: a table of subcommands that both dispatches and renders the help.
 
 Each handler turns one parsed command into one use-case call and a `Reply`; the listener
-acknowledges only after the session commits, so what Slack shows as recorded is on disk.
+acknowledges only after the session commits (a note: after the note writer's transaction that
+holds it commits, see bot/notes.py), so what Slack shows as recorded is on disk.
 """
 
 from __future__ import annotations

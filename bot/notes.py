@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Update,
+    bindparam,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import db
@@ -26,29 +36,44 @@ from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry
 
 log = logging.getLogger(__name__)
 
-# One statement finds the open incidents of several channels and takes `taken` entry
-# numbers on each. The rows are locked in the order of their ids (PostgreSQL; SQLite locks
-# the whole database), so two processes' batches cannot deadlock on them.
-_OPEN_IN_CHANNELS = (
-    select(Incident.id)
-    .where(
-        tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
-        Incident.status == IncidentStatus.OPEN.value,
+
+def _take_numbers(*where: ColumnElement[bool]) -> Update:
+    """Take `taken` entry numbers on the open incidents `where` selects, returning them."""
+    return (
+        update(Incident)
+        .where(*where)
+        .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
+        .returning(
+            Incident.team_id,
+            Incident.channel_id,
+            Incident.id,
+            Incident.number,
+            Incident.timezone,
+            Incident.last_entry_number,
+        )
     )
-    .order_by(Incident.id)
-    .with_for_update()
+
+
+# One channel: its open incident (the usual batch, during an incident).
+_TAKE_NUMBERS_IN_CHANNEL = _take_numbers(
+    Incident.team_id == bindparam("in_team"),
+    Incident.channel_id == bindparam("in_channel"),
+    Incident.status == IncidentStatus.OPEN.value,
 )
-_TAKE_NUMBERS = (
-    update(Incident)
-    .where(Incident.id.in_(_OPEN_IN_CHANNELS.scalar_subquery()))
-    .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
-    .returning(
-        Incident.team_id,
-        Incident.channel_id,
-        Incident.id,
-        Incident.number,
-        Incident.timezone,
-        Incident.last_entry_number,
+# Several channels at once, their rows locked in the order of their ids (PostgreSQL; SQLite
+# locks the whole database), so two processes' batches cannot deadlock on them.
+_TAKE_NUMBERS_IN_CHANNELS = _take_numbers(
+    Incident.id.in_(
+        select(Incident.id)
+        .where(
+            tuple_(Incident.team_id, Incident.channel_id).in_(
+                bindparam("channels", expanding=True)
+            ),
+            Incident.status == IncidentStatus.OPEN.value,
+        )
+        .order_by(Incident.id)
+        .with_for_update()
+        .scalar_subquery()
     )
 )
 _ADD_ENTRIES = insert(TimelineEntry)
@@ -218,7 +243,13 @@ def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded
     added: list[NoteAdded | None] = [None] * len(batch)
     rows: list[dict[str, Any]] = []
     for taken, channels in sorted(by_count.items()):
-        found = connection.execute(_TAKE_NUMBERS, {"channels": sorted(channels), "taken": taken})
+        if len(channels) == 1:
+            ((team_id, channel_id),) = channels
+            values = {"in_team": team_id, "in_channel": channel_id, "taken": taken}
+            found = connection.execute(_TAKE_NUMBERS_IN_CHANNEL, values)
+        else:
+            values = {"channels": sorted(channels), "taken": taken}
+            found = connection.execute(_TAKE_NUMBERS_IN_CHANNELS, values)
         for incident in found:
             first = incident.last_entry_number - taken + 1
             for number, index in enumerate(
@@ -243,5 +274,5 @@ def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded
                     }
                 )
     if rows:
-        connection.execute(_ADD_ENTRIES, rows)
+        connection.execute(_ADD_ENTRIES, rows if len(rows) > 1 else rows[0])
     return added

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -51,8 +50,8 @@ class Call:
     now: datetime
     token: str | None
     response_url: str | None
+    deadline: float  # time.monotonic() by which its database work must be done
     raw: str = ""  # the text as Slack sent it, markup and all (for mentions)
-    deadline: float = math.inf  # time.monotonic() by which its database work must be done
 
     def zone(self) -> ZoneInfo:
         """The caller's time zone (Slack's `users.info`), or the configured fallback."""

@@ -631,7 +631,9 @@ def handle_incident_command(
         _rollback_quietly(session)
         subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
         # A commit that failed on its way back may have reached the database.
-        maybe_stored = committing or isinstance(error, notes.NoteWriteError) and error.maybe_stored
+        maybe_stored = committing or (
+            isinstance(error, notes.NoteWriteError) and error.maybe_stored
+        )
         outcome = Outcome(
             replies.could_not_confirm() if maybe_stored else replies.could_not_record(),
             result="db_error",

@@ -83,6 +83,25 @@ def _database_held(database: Database, incident_id: int) -> Iterator[Connection]
             transaction.rollback()
 
 
+def _first_write(
+    pool: ThreadPoolExecutor, database: Database, writer: NoteWriter, channel: str
+) -> Future[NoteAdded | None]:
+    """Submit a note and return once its write has begun (the writer took it and connected);
+    with the database held, that write then waits, and later notes queue behind it."""
+    connected = threading.Event()
+
+    def on_connect(_conn: Any) -> None:
+        connected.set()
+
+    event.listen(database.engine, "engine_connect", on_connect)
+    try:
+        first = pool.submit(writer.add, _note(channel, "first"), timeout=LONG)
+        assert connected.wait(LONG), "the first write did not begin"
+    finally:
+        event.remove(database.engine, "engine_connect", on_connect)
+    return first
+
+
 def _wait_until(condition: Callable[[], bool], what: str) -> None:
     give_up = time.monotonic() + LONG
     while not condition():
@@ -126,9 +145,7 @@ def test_notes_that_arrive_during_a_write_are_committed_together(database: Datab
     writer = NoteWriter(database.engine)
     commits = _commits(database)
     with ThreadPoolExecutor(max_workers=6) as pool, _database_held(database, incident.id):
-        first = pool.submit(writer.add, _note("C1", "first"), timeout=LONG)
-        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
-        time.sleep(0.05)  # the first write is now waiting for the held database
+        first = _first_write(pool, database, writer, "C1")
         rest = [pool.submit(writer.add, _note("C1", f"then {n}"), timeout=LONG) for n in range(5)]
         _wait_until(lambda: writer.waiting() == 5, "five notes queued")
         assert not any(future.done() for future in [first, *rest])  # nothing acknowledged yet
@@ -149,9 +166,7 @@ def _queued_behind_a_held_write(
     """Submit a first note, hold the database while `notes` queue behind it, then release."""
     pool = ThreadPoolExecutor(max_workers=len(notes) + 1)
     with _database_held(database, incident.id):
-        first = pool.submit(writer.add, _note(incident.channel_id, "first"), timeout=LONG)
-        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
-        time.sleep(0.05)
+        first = _first_write(pool, database, writer, incident.channel_id)
         futures = [pool.submit(writer.add, note, timeout=LONG) for note in notes]
         _wait_until(lambda: writer.waiting() == len(notes), "the notes queued")
     pool.shutdown(wait=True)
@@ -205,9 +220,7 @@ def test_a_note_whose_deadline_passes_while_queued_is_refused_and_not_stored(
     incident = _start(database, "C1")
     writer = NoteWriter(database.engine)
     with ThreadPoolExecutor(max_workers=2) as pool, _database_held(database, incident.id):
-        first = pool.submit(writer.add, _note("C1", "first"), timeout=LONG)
-        _wait_until(lambda: writer.waiting() == 0 and not first.done(), "the first write")
-        time.sleep(0.05)
+        first = _first_write(pool, database, writer, "C1")
         late = pool.submit(writer.add, _note("C1", "late"), timeout=0.3)
         with pytest.raises(NoteWriteError) as refused:
             late.result(timeout=LONG)

@@ -60,21 +60,22 @@ _TAKE_NUMBERS_IN_CHANNEL = _take_numbers(
     Incident.channel_id == bindparam("in_channel"),
     Incident.status == IncidentStatus.OPEN.value,
 )
-# Several channels at once, their rows locked in the order of their ids (PostgreSQL; SQLite
-# locks the whole database), so two processes' batches cannot deadlock on them.
+# Several channels at once (one UPDATE for all the channels with the same count).
 _TAKE_NUMBERS_IN_CHANNELS = _take_numbers(
-    Incident.id.in_(
-        select(Incident.id)
-        .where(
-            tuple_(Incident.team_id, Incident.channel_id).in_(
-                bindparam("channels", expanding=True)
-            ),
-            Incident.status == IncidentStatus.OPEN.value,
-        )
-        .order_by(Incident.id)
-        .with_for_update()
-        .scalar_subquery()
+    tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
+    Incident.status == IncidentStatus.OPEN.value,
+)
+# Before a batch of several channels changes their incidents, it locks them all, in the
+# order of their ids: two processes' batches then never hold one row each while waiting
+# for the other's (PostgreSQL would end one of them as a deadlock).
+_LOCK_OPEN_IN_CHANNELS = (
+    select(Incident.id)
+    .where(
+        tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
+        Incident.status == IncidentStatus.OPEN.value,
     )
+    .order_by(Incident.id)
+    .with_for_update()
 )
 _ADD_ENTRIES = insert(TimelineEntry)
 
@@ -242,13 +243,16 @@ def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded
         by_count.setdefault(len(indexes), []).append(channel)
     added: list[NoteAdded | None] = [None] * len(batch)
     rows: list[dict[str, Any]] = []
+    # SQLite has no row locks: its writers hold the whole database, one at a time.
+    if len(by_channel) > 1 and connection.dialect.name != "sqlite":
+        connection.execute(_LOCK_OPEN_IN_CHANNELS, {"channels": sorted(by_channel)})
     for taken, channels in sorted(by_count.items()):
         if len(channels) == 1:
             ((team_id, channel_id),) = channels
             values = {"in_team": team_id, "in_channel": channel_id, "taken": taken}
             found = connection.execute(_TAKE_NUMBERS_IN_CHANNEL, values)
         else:
-            values = {"channels": sorted(channels), "taken": taken}
+            values = {"channels": channels, "taken": taken}
             found = connection.execute(_TAKE_NUMBERS_IN_CHANNELS, values)
         for incident in found:
             first = incident.last_entry_number - taken + 1

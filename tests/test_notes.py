@@ -3,6 +3,7 @@ numbered without gaps, acknowledged only once committed, and failing only on its
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, select, text
 
-from bot import incidents
+from bot import db, incidents
 from bot.db import make_session_factory
 from bot.models import Incident, TimelineEntry
 from bot.notes import NewNote, NoteAdded, NoteWriteError, NoteWriter
@@ -276,3 +277,42 @@ def test_a_note_at_an_earlier_time_is_stamped_then(bot: Bot) -> None:
         entry = session.scalars(select(TimelineEntry)).one()
     assert entry.occurred_at == NOW - timedelta(minutes=20)
     assert entry.recorded_at == NOW
+
+
+def test_two_processes_writers_share_the_numbering_without_conflict(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers (two engines, two writers) noting into the same channels at once."""
+    channels = ["C1", "C2", "C3", "C4"]
+    opened = {channel: _start(database, channel) for channel in channels}
+    options = database.env.get("PGOPTIONS")
+    other = db.make_engine(
+        database.url, **({"connect_args": {"options": options}} if options else {})
+    )
+    writers = [NoteWriter(database.engine), NoteWriter(other)]
+    barrier = threading.Barrier(12)
+
+    def note_many(thread: int) -> list[tuple[str, NoteAdded | None]]:
+        writer = writers[thread % 2]
+        order = channels if thread % 2 else channels[::-1]  # the two lock in other orders
+        barrier.wait()
+        done = []
+        for n in range(20):
+            channel = order[(thread + n) % len(order)]
+            done.append((channel, writer.add(_note(channel, f"{thread}/{n}"), timeout=LONG)))
+        return done
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot.notes"):
+            with ThreadPoolExecutor(max_workers=12) as pool:
+                results = [item for part in pool.map(note_many, range(12)) for item in part]
+    finally:
+        other.dispose()
+
+    assert not caplog.records  # no batch failed (a deadlock would have been logged here)
+    for channel, incident in opened.items():
+        mine = [added for c, added in results if c == channel]
+        assert all(added is not None and added.incident_id == incident.id for added in mine)
+        stored = [number for number, _ in _stored(database, incident.id)]
+        assert stored == list(range(1, len(mine) + 1))
+        assert sorted(added.number for added in mine if added) == stored

@@ -192,9 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         stamp = now.replace(tzinfo=None) if sqlite else now
 
+        raw_connections: list[Any] = []
+
         def dbapi(notes_per_commit: int) -> Callable[[], None]:
             """The database work with the driver alone: the floor under any Python layer."""
             raw = engine.raw_connection()
+            raw_connections.append(raw)
 
             def run() -> None:
                 cursor = raw.cursor()
@@ -276,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             / 8,
         }
+        for raw in raw_connections:
+            raw.close()
         statements: list[str] = []
 
         def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:

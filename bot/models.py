@@ -45,6 +45,11 @@ class Workspace(Base):
     last_incident_number: Mapped[int] = mapped_column(default=0)
 
 
+def incident_reference(number: int) -> str:
+    """How people name an incident: `INC-7`."""
+    return f"INC-{number}"
+
+
 class Incident(Base):
     __tablename__ = "incidents"
     __table_args__ = (
@@ -90,7 +95,7 @@ class Incident(Base):
 
     @property
     def reference(self) -> str:
-        return f"INC-{self.number}"
+        return incident_reference(self.number)
 
     @property
     def is_open(self) -> bool:

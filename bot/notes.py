@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import db
-from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry
+from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry, incident_reference
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +60,18 @@ _TAKE_NUMBERS_IN_CHANNEL = _take_numbers(
     Incident.channel_id == bindparam("in_channel"),
     Incident.status == IncidentStatus.OPEN.value,
 )
-# Several channels at once (one UPDATE for all the channels with the same count).
-_TAKE_NUMBERS_IN_CHANNELS = _take_numbers(
+# The open incidents of the `channels`, each a (team_id, channel_id) pair.
+_OPEN_IN_CHANNELS = (
     tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
     Incident.status == IncidentStatus.OPEN.value,
 )
+# Several channels at once (one UPDATE for all the channels with the same count).
+_TAKE_NUMBERS_IN_CHANNELS = _take_numbers(*_OPEN_IN_CHANNELS)
 # Before a batch of several channels changes their incidents, it locks them all, in the
 # order of their ids: two processes' batches then never hold one row each while waiting
 # for the other's (PostgreSQL would end one of them as a deadlock).
 _LOCK_OPEN_IN_CHANNELS = (
-    select(Incident.id)
-    .where(
-        tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
-        Incident.status == IncidentStatus.OPEN.value,
-    )
-    .order_by(Incident.id)
-    .with_for_update()
+    select(Incident.id).where(*_OPEN_IN_CHANNELS).order_by(Incident.id).with_for_update()
 )
 _ADD_ENTRIES = insert(TimelineEntry)
 
@@ -103,7 +99,7 @@ class NoteAdded:
 
     @property
     def reference(self) -> str:
-        return f"INC-{self.incident_number}"
+        return incident_reference(self.incident_number)
 
 
 class NoteWriteError(Exception):
@@ -192,15 +188,14 @@ class NoteWriter:
         if not batch:
             return
         with db.deadline(self._engine, min(each.deadline for each in batch) - now):
-            failed = self._write_together(batch)
-            if failed is not None and len(batch) > 1:
+            if not self._write_together(batch):
                 # One bad note must not fail the rest: each is tried again on its own.
                 for each in batch:
                     self._write_together([each])
 
-    def _write_together(self, batch: Sequence[_Waiting]) -> SQLAlchemyError | None:
-        """One transaction for the whole batch; on failure before the commit, nothing is
-        finished (the caller may retry) unless the batch is a single note."""
+    def _write_together(self, batch: Sequence[_Waiting]) -> bool:
+        """One transaction for the whole batch; True when every note in it is finished. A
+        batch of several that fails before its commit finishes none (each may be retried)."""
         committing = False
         try:
             with self._engine.connect() as connection:
@@ -209,7 +204,7 @@ class NoteWriter:
                     committing = True
             for each, result in zip(batch, added, strict=True):
                 _finish(each, added=result)
-            return None
+            return True
         except SQLAlchemyError as error:
             log.warning(
                 "could not write %d note(s): %s",
@@ -221,8 +216,8 @@ class NoteWriter:
                 message = "the commit failed" if committing else "the database refused the note"
                 for each in batch:
                     _finish(each, error=NoteWriteError(message, maybe_stored=committing))
-                return None
-            return error
+                return True
+            return False
 
 
 def _finish(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
-from slack_bolt import App
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization.authorize import InstallationStoreAuthorize
 from slack_bolt.oauth.oauth_settings import OAuthSettings
+from slack_bolt.request.internals import build_context
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 
@@ -29,6 +31,25 @@ BOT_SCOPES = (
     "channels:manage",
 )
 OAUTH_STATE_EXPIRATION_S = 600
+
+
+class IncidentApp(App):
+    """Bolt's `App`, reading every form body as Slack sent it.
+
+    Bolt takes any form body that contains the word "payload" anywhere for an interactivity
+    payload, finds no `payload` field in it, and reads the request as empty, so
+    `/incident note payload API returns 500` went unanswered. Such a body is read again as
+    the form it is before Bolt dispatches it; the signature check, inside the dispatch, still
+    reads the raw body.
+    """
+
+    def dispatch(self, req: BoltRequest) -> BoltResponse:
+        if req.mode == "http" and not req.body and "payload" in req.raw_body:
+            form = dict(parse_qsl(req.raw_body, keep_blank_values=True))
+            if "payload" not in form:
+                req.body = form
+                req.context = build_context(req.context, form)
+        return super().dispatch(req)
 
 
 def build_app(
@@ -66,7 +87,7 @@ def build_app(
             cache_enabled=True,
             client=client,
         )
-        app = App(
+        app = IncidentApp(
             signing_secret=settings.slack_signing_secret,
             client=client,
             process_before_response=True,
@@ -79,7 +100,7 @@ def build_app(
         )
         app.enable_token_revocation_listeners()
     else:
-        app = App(
+        app = IncidentApp(
             signing_secret=settings.slack_signing_secret,
             client=client,
             # Run listeners to completion before answering: the acknowledgement is sent only

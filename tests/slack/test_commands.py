@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.demo import Fault, hum_replay
+from bot.demo import Fault, SlashCommand, hum_replay
 from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import Action, FieldChange, Incident, Postmortem, TimelineEntry
 from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, TEAM, Bot
@@ -478,3 +478,30 @@ def test_the_bot_joins_a_public_channel_to_upload_the_postmortem(bot: Bot) -> No
     bot.wait()
     assert [c.params["channel"] for c in bot.fake.calls_to("conversations.join")] == [CHANNEL]
     assert bot.fake.uploads
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["payload", "payload= service returns 500", "the payload field is empty"],
+)
+def test_text_with_the_word_payload_is_read_as_typed(bot: Bot, typed: str) -> None:
+    # Bolt alone reads such a form body as empty and leaves the command unanswered.
+    assert "opened" in bot.command(f"start {typed}").text
+    reply = bot.command(f"note {typed}")
+
+    assert reply.status == 200
+    assert reply.text.startswith("Added to *INC-1* at 9:00 AM EAT: ")
+    with bot.services.sessions() as session:
+        assert session.scalars(select(Incident.title)).one() == typed
+        assert session.scalars(select(TimelineEntry.text)).one() == typed
+
+
+def test_a_forged_body_with_the_word_payload_is_still_refused(bot: Bot) -> None:
+    slash = SlashCommand(secret="not-the-signing-secret", team_id=TEAM, channel_id=CHANNEL)
+    body, headers = slash.signed("start payload")
+
+    reply = bot.dispatch(body, headers)
+
+    assert reply.status == 401
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 0

@@ -131,12 +131,14 @@ def _spawn(name: str, command: list[str], values: dict[str, str], workdir: Path)
     )
 
 
-def start_bare(*, secret: str, api_url: str, workers: int, threads: int, workdir: Path) -> Server:
+def start_bare(
+    *, secret: str, api_url: str, workers: int, threads: int, workdir: Path, name: str = "bare"
+) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "bench.bare", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", str(workers), "--threads", str(threads)]
     values = {"SLACK_SIGNING_SECRET": secret, "SLACK_API_URL": api_url, "_PORT": str(port)}
-    return _spawn("bare", command, values, workdir)
+    return _spawn(name, command, values, workdir)
 
 
 def start_prototype(

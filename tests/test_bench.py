@@ -35,12 +35,13 @@ def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None
 
     results = json.loads((out / "results.json").read_text())
     plan = results["plan"]
-    for server in ("bare", "sqlite", "proto-sqlite", "proto-sqlite-lock"):
+    for server in ("bare", "bare-1thread", "sqlite", "proto-sqlite", "proto-sqlite-lock"):
         for clients in plan["clients"]:
             row = one(results["load"], server=server, clients=clients)
             assert row["throughput"] > 0
             assert (row["ok"], row["errors"]) == (plan["count"], 0), row["error_samples"]
             assert row["ratio_to_bare"] > 0
+            assert 0 < row["ratio_to_fastest_bare"] <= row["ratio_to_bare"]
             assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         steady = one(results["steady"], server=server)
         assert steady["throughput"] > 0

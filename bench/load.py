@@ -1,5 +1,8 @@
 """The load generator: freshly signed `/incident` requests over keep-alive connections.
 
+Or, with `Target.new_connections`, a new connection per request (`Connection: close`), as the
+issue's own measurement of a bare Bolt app was made; its latency includes the connect.
+
 Each client group is a process of its own running one event loop over its connections, so
 neither the GIL nor thread switching of the generator limits what the server is asked to
 do. A group reports its latencies and how much CPU it spent, which shows its headroom.
@@ -40,6 +43,7 @@ class Target:
     secret: str
     team_id: str
     expect: bytes | None = None  # a substring of every acknowledgement; None: any 200
+    new_connections: bool = False  # one connection per request instead of keep-alive
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,8 @@ class _Connection:
             f"Content-Length: {len(body)}",
             *(f"{name}: {value}" for name, value in headers.items()),
         ]
+        if self.target.new_connections:
+            lines.append("Connection: close")
         self.request = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
         self.due = due
         self.resent = False
@@ -302,7 +308,7 @@ def run_group(group: Group) -> GroupResult:
                 else:
                     result.ok += 1
                     result.latencies_ms.append(elapsed_ms)
-                    if response.close:
+                    if response.close or connection.target.new_connections:
                         connection.close(selector)
                 free.append(connection)
     finally:

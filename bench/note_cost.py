@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for _ in range(notes_per_commit):
                     cursor.execute(take_number, (TEAM, CHANNEL))
                     found = cursor.fetchone()
+                    assert found is not None
                     values = (found[0], found[3], stamp, stamp, USER, "note", "hello")
                     cursor.execute(add_entry, values)
                 raw.commit()

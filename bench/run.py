@@ -121,8 +121,18 @@ def say(line: str = "") -> None:
 class Bench:
     """Everything one run shares: the plan, the stand-in for Slack, where files go."""
 
-    def __init__(self, plan: Plan, *, processes: int, workers: int, threads: int, work: Path):
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        processes: int,
+        workers: int,
+        threads: int,
+        work: Path,
+        new_connections: bool = False,
+    ):
         self.plan = plan
+        self.new_connections = new_connections
         self.processes = processes
         self.workers = workers
         self.threads = threads
@@ -181,6 +191,7 @@ class Bench:
             secret=SECRET,
             team_id=TEAM,
             expect=None if server.name in BARE_SERVERS else NOTED,
+            new_connections=self.new_connections,
         )
 
         def probe() -> dict[str, float]:
@@ -526,6 +537,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "code": _code_version(),
         "background_cpu_busy": _background_busy(),
         "plan": asdict(plan),
+        "connections": "new per request" if args.new_connections else "keep-alive",
         "load": [],
         "steady": [],
         "soak": [],
@@ -536,6 +548,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(
         f"== code {results['code']['commit'] or results['code']['source']} "
         f"({len(results['code']['uncommitted'])} uncommitted changes in bot/), "
+        f"{results['connections']} connections, "
         f"machine {results['background_cpu_busy'] * 100:.0f}% busy before the start"
     )
     began = time.monotonic()
@@ -547,6 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workers=args.workers,
             threads=args.threads,
             work=work,
+            new_connections=args.new_connections,
         )
         bench.fake.start()
         schema: servers.PostgresSchema | None = None
@@ -754,6 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="as `incident-bot serve` (1)")
     parser.add_argument("--threads", type=int, default=8, help="as `incident-bot serve` (8)")
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="a new connection per request (Connection: close) instead of keep-alive",
+    )
     parser.add_argument(
         "--prototype",
         action="store_true",

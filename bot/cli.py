@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="answer Slack over HTTP at POST /slack/events")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    serve.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--threads", type=_positive, default=8, help="threads per worker (default 8)"
+    )
     serve.set_defaults(run=_serve)
 
     socket = commands.add_parser(
@@ -75,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
 def _serve(args: argparse.Namespace) -> int:
     from bot import web
 
@@ -87,6 +99,15 @@ def _serve(args: argparse.Namespace) -> int:
     refused = _refuse_unless_schema_current(settings)
     if refused:
         return refused
+    if args.workers > 1 and settings.database_url.startswith("sqlite"):
+        # Threads of one process queue for SQLite's lock in order; processes cannot, and one
+        # that waits sleeps in SQLite's busy handler (BENCHMARKS.md: p99 73 -> 562 ms).
+        log.warning(
+            "%d workers share one SQLite file: under load, commands wait for each other's "
+            "locks much longer than with one worker. Use --workers 1 with SQLite, or "
+            "PostgreSQL for several workers.",
+            args.workers,
+        )
     web.serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 

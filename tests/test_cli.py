@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -156,3 +157,42 @@ def test_serve_names_what_it_lacks(tmp_path: Path, env: dict[str, str], says: st
     assert result.returncode == 2
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--workers", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_serve_refuses_a_count_that_is_not_positive(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    result = bot_cli("serve", option, value, cwd=tmp_path, env={"SLACK_SIGNING_SECRET": "s"})
+    assert result.returncode == 2
+    assert f"argument {option}: '{value}' is not a whole number of at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_warns_that_several_workers_share_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {"SLACK_SIGNING_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-x", "DATABASE_URL": url}
+    assert bot_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+    command = [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, "--workers", "2"],
+        cwd=tmp_path,
+        env={**clean, **env, "SLACK_API_URL": "http://127.0.0.1:9/api/"},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # gunicorn's workers go with it
+    )
+    seen: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the warning comes before gunicorn starts
+            seen.append(line)
+            if "Booting worker" in line or len(seen) > 50:
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    said = "".join(seen)
+    assert "2 workers share one SQLite file" in said, said

@@ -164,6 +164,36 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
     if relative_day is not None and has_date:
         raise TimeParseError(f"“{text}” gives both a date and a day; give one or the other.")
 
+    try:
+        return _resolve(
+            first,
+            text=text,
+            cleaned=cleaned,
+            parts=(has_year, has_date),
+            relative_day=relative_day,
+            weekday=weekday,
+            zone=zone,
+            now=now,
+            tzinfos=tzinfos,
+        )
+    except OverflowError:  # year 1 or 9999 moved into UTC
+        raise TimeParseError(f"“{text}” is too far from today to be read as a time.") from None
+
+
+def _resolve(
+    first: datetime,
+    *,
+    text: str,
+    cleaned: str,
+    parts: tuple[bool, bool],
+    relative_day: int | None,
+    weekday: int | None,
+    zone: ZoneInfo,
+    now: datetime,
+    tzinfos: dict[str, tzinfo],
+) -> datetime:
+    """The moment `first` means; `parts` says whether its year and its date were typed."""
+    has_year, has_date = parts
     target_zone: tzinfo = first.tzinfo or zone
     local_now = now.astimezone(target_zone)
     clock = first.time().replace(tzinfo=None)

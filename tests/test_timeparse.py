@@ -542,3 +542,16 @@ def test_a_date_and_time_from_the_last_year_reads_back(
     assert parse(local.strftime("%Y-%m-%d %H:%M"), zone, now) in _readings(moment, zone)
     # Without the year: this year's, or last year's when this year's is still ahead.
     assert parse(local.strftime("%b %d %H:%M"), zone, now) in _readings(moment, zone)
+
+
+@pytest.mark.parametrize(
+    ("typed", "zone"),
+    [
+        ("0001-01-01 00:30", NAIROBI),  # a year before year 1 once moved into UTC
+        ("9999-12-31 23:59", LOS_ANGELES),  # a year after 9999 once moved into UTC
+        ("0001-01-01 00:30 +05:00", UTC_ZONE),
+    ],
+)
+def test_a_date_at_the_edge_of_the_calendar_is_refused(typed: str, zone: ZoneInfo) -> None:
+    with pytest.raises(TimeParseError, match="too far from today"):
+        parse(typed, zone)

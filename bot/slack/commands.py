@@ -239,7 +239,7 @@ def _entry_number(text: str) -> tuple[int, str]:
     """`"#5 1:10 AM - text"` → `(5, "1:10 AM - text")`."""
     first, _, rest = text.partition(" ")
     digits = first.removeprefix("#")
-    if not digits.isdigit() or len(digits) > 9:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:  # not "²"
         raise incidents.IncidentError(
             f"“{replies.shorten(first, 20)}” is not an entry number; "
             "`/incident timeline` lists them (e.g. `/incident edit 3 1:10 AM - new text`)."

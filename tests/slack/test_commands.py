@@ -143,6 +143,27 @@ def test_a_time_that_is_not_a_time_is_refused_and_nothing_is_stored(bot: Bot) ->
     assert count(bot, TimelineEntry) == 0
 
 
+@pytest.mark.parametrize(
+    ("typed", "user", "says"),
+    [
+        ("note 0001-01-01 00:30 - typo in the year", ALICE, "too far from today"),
+        ("note 9999-12-31 23:59 - typo in the year", BOB, "too far from today"),
+        ("edit ² new text", ALICE, "is not an entry number"),  # "²".isdigit() is True
+        ("delete ³", ALICE, "is not an entry number"),
+    ],
+)
+def test_odd_numbers_are_refused_and_nothing_changes(
+    bot: Bot, typed: str, user: str, says: str
+) -> None:
+    bot.command("start Outage")
+    bot.command("note first")
+    reply = bot.command(typed, user=user)
+    assert reply.status == 200, reply.body
+    assert says in reply.text
+    [entry] = stored_entries(bot)
+    assert (entry.text, entry.deleted_at) == ("first", None)
+
+
 def test_slow_time_zone_lookup_falls_back_without_holding_up_the_ack(bot: Bot) -> None:
     bot.fake.fail("users.info", Fault(delay=3.0))
     reply = bot.command("start Outage")

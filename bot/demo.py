@@ -484,18 +484,29 @@ def signed_event(
     team_id: str = DEMO_TEAM,
     event_id: str | None = None,
     retry_num: int | None = None,
+    enterprise_id: str | None = None,
 ) -> tuple[str, dict[str, str]]:
-    """An Events API callback as Slack posts it (JSON, signed; retries say so in headers)."""
+    """An Events API callback as Slack posts it (JSON, signed; retries say so in headers).
+
+    With `enterprise_id`, as an org-wide install receives it: the authorization names the
+    organization and no workspace, the body still names the workspace.
+    """
+    authorization: dict[str, Any] = {"team_id": team_id, "user_id": "U0BOT00001", "is_bot": True}
+    fields: dict[str, Any] = {}
+    if enterprise_id is not None:
+        authorization.update(team_id=None, enterprise_id=enterprise_id, is_enterprise_install=True)
+        fields["enterprise_id"] = enterprise_id
     body = json.dumps(
         {
             "token": "legacy-verification-token",
             "team_id": team_id,
+            **fields,
             "api_app_id": "A0DEMO0001",
             "event": event,
             "type": "event_callback",
             "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
             "event_time": int(time.time()),
-            "authorizations": [{"team_id": team_id, "user_id": "U0BOT00001", "is_bot": True}],
+            "authorizations": [authorization],
         }
     )
     headers = sign(secret, body)

@@ -100,6 +100,14 @@ def _is_web_link(value: object) -> bool:
     return isinstance(value, str) and value.startswith(("https://", "http://"))
 
 
+def team_of(context: BoltContext, body: dict[str, Any]) -> str:
+    """The workspace a request comes from. An org-wide (Enterprise Grid) install authorizes
+    the organization, not a workspace, so Bolt's `context.team_id` is empty and the body's
+    `team_id` (events) or `team.id` (shortcuts) names it, as slash commands' `team_id` does."""
+    team = context.team_id or body.get("team_id") or (body.get("team") or {}).get("id")
+    return str(team or "")
+
+
 def register(app: App, services: Services) -> None:
     pin = services.settings.timeline_emoji
     confirm = confirmation_emoji(pin)
@@ -121,27 +129,27 @@ def register(app: App, services: Services) -> None:
 
         return work
 
-    def pinned(event: dict[str, Any], context: BoltContext) -> tuple[Incident, str, str] | None:
+    def pinned(
+        event: dict[str, Any], context: BoltContext, team_id: str
+    ) -> tuple[Incident, str, str] | None:
         """The open incident, channel and ts a pin reaction is about; None to ignore it."""
         item = event.get("item") or {}
         if event.get("reaction") != pin or item.get("type") != "message":
             return None
         channel, ts = str(item.get("channel")), str(item.get("ts"))
-        incident = incidents.find_open_incident(
-            context["db"], team_id=context.team_id or "", channel_id=channel
-        )
+        incident = incidents.find_open_incident(context["db"], team_id=team_id, channel_id=channel)
         return (incident, channel, ts) if incident is not None else None
 
     @with_session(services.sessions)
     def handle_reaction_added(
-        event: dict[str, Any], context: BoltContext, client: WebClient
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
-        found = pinned(event, context)
+        team_id = team_of(context, body)
+        found = pinned(event, context, team_id)
         if found is None:
             return
         incident, channel, ts = found
         session: Session = context["db"]
-        team_id = context.team_id or ""
         raw = fetch_message(client, channel, ts)
         if raw is None:
             log.warning("pinned message %s/%s could not be read", channel, ts)
@@ -167,9 +175,9 @@ def register(app: App, services: Services) -> None:
 
     @with_session(services.sessions)
     def handle_reaction_removed(
-        event: dict[str, Any], context: BoltContext, client: WebClient
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
-        found = pinned(event, context)
+        found = pinned(event, context, team_of(context, body))
         if found is None:
             return
         incident, channel, ts = found
@@ -190,14 +198,14 @@ def register(app: App, services: Services) -> None:
 
     @with_session(services.sessions)
     def handle_message_changed(
-        event: dict[str, Any], context: BoltContext, client: WebClient
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
         raw = event.get("message") or {}
         channel = str(event.get("channel", ""))
         if not raw.get("ts"):
             return
         session: Session = context["db"]
-        team_id = context.team_id or ""
+        team_id = team_of(context, body)
         incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
         if (
             incident is None
@@ -229,7 +237,7 @@ def register(app: App, services: Services) -> None:
         ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond
     ) -> None:
         session: Session = context["db"]
-        team_id = context.team_id or str((body.get("team") or {}).get("id", ""))
+        team_id = team_of(context, body)
         channel = str((body.get("channel") or {}).get("id", ""))
         user = str((body.get("user") or {}).get("id", ""))
         raw = body.get("message") or {}

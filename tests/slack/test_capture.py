@@ -32,6 +32,7 @@ def reaction(
     team: str = TEAM,
     retry_num: int | None = None,
     event_id: str | None = None,
+    enterprise_id: str | None = None,
 ) -> Reply:
     """A person reacts on a message: Slack's state changes, then the event arrives."""
     if retry_num is None:
@@ -45,7 +46,12 @@ def reaction(
         "event_ts": f"{bot.clock.now.timestamp():.6f}",
     }
     body, headers = signed_event(
-        SECRET, event, team_id=team, retry_num=retry_num, event_id=event_id
+        SECRET,
+        event,
+        team_id=team,
+        retry_num=retry_num,
+        event_id=event_id,
+        enterprise_id=enterprise_id,
     )
     return bot.dispatch(body, headers)
 
@@ -253,3 +259,25 @@ def test_a_slack_failure_while_reading_the_message_stores_nothing_and_is_retried
     reaction(bot, ts, retry_num=1)  # Slack's retry, once Slack answers again
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1
+
+
+def test_an_org_wide_install_captures_pins_and_their_edits(bot: Bot) -> None:
+    # Enterprise Grid: the event's authorization names the organization, not the workspace.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "db is down", user=ALICE, ts=PIN_TS)
+
+    assert reaction(bot, ts, enterprise_id="E0ORG00001").status == 200
+    bot.wait()
+    assert [entry.text for entry in entries(bot)] == ["db is down"]
+
+    edited = {"type": "message", "user": ALICE, "text": "db is down (primary)", "ts": ts}
+    event = {"type": "message", "subtype": "message_changed", "channel": CHANNEL, "message": edited}
+    body, headers = signed_event(SECRET, event, team_id=TEAM, enterprise_id="E0ORG00001")
+    assert bot.dispatch(body, headers).status == 200
+    assert [entry.text for entry in entries(bot)] == ["db is down (primary)"]
+
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=False)
+    assert reaction(bot, ts, added=False, enterprise_id="E0ORG00001").status == 200
+    bot.wait()
+    assert entries(bot) == []
+    assert [call.params["timestamp"] for call in bot.fake.calls_to("reactions.remove")] == [ts]

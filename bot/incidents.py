@@ -500,18 +500,14 @@ def mark_moment(
 def reopen_incident(
     session: Session, *, team_id: str, channel_id: str, reason: str, user_id: str, now: datetime
 ) -> Incident:
-    """Reopen the channel's most recently closed incident; the reason goes on the timeline."""
+    """Reopen the channel's latest incident (the one the replies name); the reason goes on the
+    timeline. Latest by number: a close time can be typed, and back-dated."""
     reason = check_text(reason, what="reason")
     if find_open_incident(session, team_id=team_id, channel_id=channel_id) is not None:
         raise IncidentError(
             "An incident is open in this channel already; there is nothing to reopen."
         )
-    incident = session.scalars(
-        select(Incident)
-        .where(Incident.team_id == team_id, Incident.channel_id == channel_id)
-        .order_by(Incident.closed_at.desc(), Incident.id.desc())
-        .limit(1)
-    ).first()
+    incident = latest_incident(session, team_id=team_id, channel_id=channel_id)
     if incident is None:
         raise NoOpenIncidentError()
     try:

@@ -231,6 +231,24 @@ def test_reopen_keeps_the_reason_on_the_timeline_and_closes_again(bot: Bot) -> N
         assert list(statuses) == ["reopened"]
 
 
+def test_reopen_reopens_the_incident_the_channel_was_told_about(bot: Bot) -> None:
+    bot.clock.now = datetime(2026, 11, 20, 7, 0, tzinfo=UTC)  # 10:00 AM in Nairobi
+    bot.command("start Checkout down")
+    bot.command("close - fixed")  # INC-1 closed at 10:00
+    bot.clock.advance(minutes=30)
+    # An earlier outage, recorded after the fact: INC-2 is closed at a time before INC-1's.
+    bot.command("start 8:00 AM - Login errors overnight")
+    bot.command("close 9:00 AM - resolved by restart")
+    assert "INC-2" in bot.command("status").text
+
+    reply = bot.command("reopen the login errors came back")
+
+    assert "INC-2" in reply.text, reply.text
+    with bot.services.sessions() as session:
+        statuses = dict(session.execute(select(Incident.number, Incident.status)).tuples())
+    assert statuses == {1: "closed", 2: "open"}
+
+
 def test_reopen_is_refused_when_something_is_open_or_nothing_was_closed(bot: Bot) -> None:
     assert "no open incident" in bot.command("reopen why").text.lower()
     bot.command("start Outage")

@@ -247,6 +247,7 @@ def test_reopen_reopens_the_incident_the_channel_was_told_about(bot: Bot) -> Non
     with bot.services.sessions() as session:
         statuses = dict(session.execute(select(Incident.number, Incident.status)).tuples().all())
     assert statuses == {1: "closed", 2: "open"}
+    bot.wait()  # the closes' uploads, before the stand-in stops
 
 
 def test_reopen_is_refused_when_something_is_open_or_nothing_was_closed(bot: Bot) -> None:

@@ -302,11 +302,12 @@ def _window_phrase(
 # others that Markdown shows as characters.
 _LINE_END = re.compile(r"\r\n|\r|\n")
 # Backslash-escaped anywhere: code spans, emphasis (* always; _ see below), links and images,
-# autolinks and HTML, entity references.
-_MD_INLINE = re.compile(r"[\\`*\[\]<>]|&(?=#?\w+;)|_+")
-# What would start a block at the beginning of a line: a heading, a quote, a list item,
-# a thematic break or setext underline, a fence, a table row.
-_MD_BLOCK_START = re.compile(r"^([#+=>|-]|~~~)")
+# autolinks and HTML, entity references; and GitHub's extensions, which most viewers of a .md
+# file have: ~~strikethrough~~ (and ~~~ fences) and | table cells |.
+_MD_INLINE = re.compile(r"[\\`*\[\]<>~|]|&(?=#?\w+;)|_+")
+# What would start a block at the beginning of a line: a heading, a quote, a list item, a
+# thematic break or setext underline. (A table needs an unescaped |, and there is none.)
+_MD_BLOCK_START = re.compile(r"^([#+=>-])")
 _MD_ORDERED = re.compile(r"^(\d+)([.)])")
 _TRAILING_HASHES = re.compile(r"(?<!\\)#+$")
 

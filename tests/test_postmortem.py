@@ -37,7 +37,9 @@ PAYMENT = REFERENCES / "payment-site-outage.html"
 # When the postmortems are rendered: after every incident below.
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
-COMMONMARK = MarkdownIt("commonmark")
+# CommonMark with GitHub's extensions that typed text could set off (GitHub, GitLab and most
+# viewers of a .md file have them): ~~strikethrough~~ and | tables |.
+COMMONMARK = MarkdownIt("commonmark").enable(["strikethrough", "table"])
 
 
 def at(zone: str, wall_time: str) -> datetime:

@@ -15,8 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.incidents import IncidentError, check_text, next_entry_number
+from bot.incidents import MAX_TEXT_LENGTH, IncidentError, check_text, next_entry_number
 from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
+
+# Ends the text of a captured message that was longer than the timeline keeps.
+CUT_MARK = " … (cut: the whole message is in Slack)"
 
 
 class EntryNotFoundError(IncidentError):
@@ -77,7 +80,7 @@ def capture_message(
     Pinning a message already on the timeline changes nothing; pinning one whose entry
     was removed brings that entry back.
     """
-    text = check_text(message.text or _files_only(message.files))
+    text = captured_text(message)
     existing = find_captured(
         session, incident=incident, channel_id=message.channel_id, ts=message.ts
     )
@@ -118,6 +121,15 @@ def capture_message(
     return entry, True
 
 
+def captured_text(message: Message) -> str:
+    """A captured message's text for the timeline. Slack allows 40,000 characters, the
+    timeline 4,000: a longer message is cut, marked so, and its permalink has the rest."""
+    text = (message.text or _files_only(message.files)).strip()
+    if len(text) > MAX_TEXT_LENGTH:
+        text = text[: MAX_TEXT_LENGTH - len(CUT_MARK)].rstrip() + CUT_MARK
+    return check_text(text)
+
+
 def _files_only(files: Sequence[Attachment]) -> str:
     return "Shared " + ", ".join(f.name for f in files) if files else ""
 
@@ -142,7 +154,7 @@ def refresh_message(
     entry = find_captured(session, incident=incident, channel_id=message.channel_id, ts=message.ts)
     if entry is None:
         return None
-    text = check_text(message.text or _files_only(message.files))
+    text = captured_text(message)
     files = encode_files(message.files)
     if text == entry.text and files == entry.files:
         return entry

@@ -89,11 +89,53 @@ def to_message(
         ts=ts,
         author_id=author,
         author_name=author_name(author) if author.startswith(("U", "W")) else raw.get("username"),
-        text=slack_text.decode(str(raw.get("text") or "")),
+        text=slack_text.decode(message_text(raw)),
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,
     )
+
+
+def message_text(raw: dict[str, Any]) -> str:
+    """A message's text; for an alert posted by an integration with no text of its own
+    (Datadog, Grafana...), the text of its attachments, or else of its blocks."""
+    text = str(raw.get("text") or "").strip()
+    if text:
+        return text
+    parts: list[str] = []
+    for attachment in raw.get("attachments") or []:
+        if not isinstance(attachment, dict):
+            continue
+        found = [
+            str(attachment[key]).strip()
+            for key in ("pretext", "title", "text")
+            if attachment.get(key) and str(attachment[key]).strip()
+        ]
+        for field in attachment.get("fields") or []:
+            if isinstance(field, dict) and (field.get("title") or field.get("value")):
+                found.append(f"{field.get('title') or ''}: {field.get('value') or ''}".strip(": "))
+        if not found and attachment.get("fallback"):
+            found.append(str(attachment["fallback"]).strip())
+        parts.extend(found)
+    if not parts:
+        parts = [text for block in raw.get("blocks") or [] for text in _block_texts(block)]
+    return "\n".join(part for part in parts if part)
+
+
+def _block_texts(block: object) -> list[str]:
+    """The text a section, header or context block shows (the kinds alerts are made of)."""
+    if not isinstance(block, dict):
+        return []
+    objects: list[object] = []
+    if block.get("type") in ("section", "header"):
+        objects = [block.get("text"), *(block.get("fields") or [])]
+    elif block.get("type") == "context":
+        objects = list(block.get("elements") or [])
+    return [
+        str(item["text"]).strip()
+        for item in objects
+        if isinstance(item, dict) and isinstance(item.get("text"), str) and item["text"].strip()
+    ]
 
 
 def _is_web_link(value: object) -> bool:

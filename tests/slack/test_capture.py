@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
+from bot import incidents
 from bot.demo import Fault, signed_event, signed_shortcut
 from bot.models import EntryRevision, TimelineEntry
 from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Reply
@@ -281,3 +282,76 @@ def test_an_org_wide_install_captures_pins_and_their_edits(bot: Bot) -> None:
     bot.wait()
     assert entries(bot) == []
     assert [call.params["timestamp"] for call in bot.fake.calls_to("reactions.remove")] == [ts]
+
+
+# An alert as integrations post it: no text of its own, the content in attachments.
+DATADOG_ALERT = {
+    "type": "message",
+    "subtype": "bot_message",
+    "bot_id": "B0DATADOG1",
+    "username": "Datadog",
+    "text": "",
+    "ts": PIN_TS,
+    "attachments": [
+        {
+            "fallback": "Triggered: p99 latency > 2s on checkout",
+            "title": "Triggered: p99 latency &gt; 2s on checkout",
+            "text": "checkout-api p99 is 4.2s <!channel>",
+            "fields": [{"title": "Priority", "value": "P1", "short": True}],
+            "color": "danger",
+        }
+    ],
+}
+DATADOG_TEXT = (
+    "Triggered: p99 latency > 2s on checkout\ncheckout-api p99 is 4.2s @channel\nPriority: P1"
+)
+
+
+def test_pinning_an_integrations_alert_keeps_the_text_of_its_attachments(bot: Bot) -> None:
+    bot.command("start Checkout slow")
+    bot.fake.messages[(CHANNEL, PIN_TS)] = dict(DATADOG_ALERT)
+
+    reaction(bot, PIN_TS)
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == DATADOG_TEXT
+    assert (entry.author_id, entry.author_name) == ("B0DATADOG1", "Datadog")
+
+
+def test_the_shortcut_on_an_alert_made_of_blocks_keeps_their_text(bot: Bot) -> None:
+    bot.command("start Checkout slow")
+    alert = {
+        "type": "message",
+        "bot_id": "B0GRAFANA1",
+        "text": "",
+        "ts": PIN_TS,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "[FIRING:1] HighLatency"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*checkout* p99 4.2s"}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": "grafana.example"}]},
+            {"type": "divider"},
+        ],
+    }
+    bot.fake.messages[(CHANNEL, PIN_TS)] = dict(alert)
+
+    assert shortcut(bot, alert).status == 200
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == "[FIRING:1] HighLatency\n*checkout* p99 4.2s\ngrafana.example"
+
+
+def test_a_pinned_message_longer_than_the_timeline_keeps_is_cut_and_says_so(bot: Bot) -> None:
+    bot.command("start Checkout slow")
+    paste = "stack trace:\n" + "at frame\n" * 4_000  # 36,013 characters; Slack allows 40,000
+    ts = bot.fake.post(CHANNEL, paste, user=BOB, ts=PIN_TS)
+
+    reaction(bot, ts)
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert len(entry.text) == incidents.MAX_TEXT_LENGTH
+    assert entry.text.endswith(" … (cut: the whole message is in Slack)")
+    assert paste.startswith(entry.text.removesuffix(" … (cut: the whole message is in Slack)"))
+    assert entry.permalink is not None

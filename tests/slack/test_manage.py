@@ -245,7 +245,7 @@ def test_reopen_reopens_the_incident_the_channel_was_told_about(bot: Bot) -> Non
 
     assert "INC-2" in reply.text, reply.text
     with bot.services.sessions() as session:
-        statuses = dict(session.execute(select(Incident.number, Incident.status)).tuples().all())
+        statuses = dict(session.execute(select(Incident.number, Incident.status)).all())
     assert statuses == {1: "closed", 2: "open"}
     bot.wait()  # the closes' uploads, before the stand-in stops
 

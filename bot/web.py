@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +22,14 @@ from bot.services import Services
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
+log = logging.getLogger(__name__)
+
 SLACK_PATH = "/slack/events"
 # A load balancer's check must not hang on a database that stopped answering.
 HEALTH_DEADLINE_S = 1.5
+# Slack's largest request, a message shortcut carrying a 40,000-character message with its
+# blocks, is a fraction of this; anything larger is not read.
+MAX_BODY_BYTES = 1024 * 1024
 
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 _Check = Callable[[Engine], tuple[int, dict[str, Any]]]
@@ -65,14 +71,31 @@ def build_wsgi(app: App, services: Services) -> WsgiApp:
         if check is not None and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             status, body = check(services.engine)
             return _json(start_response, status, body)
-        return slack(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY_BYTES:
+            return _json(start_response, 413, {"error": "the body is too large"})
+        try:
+            return slack(environ, start_response)
+        except ValueError:
+            # Bolt parses the body before it checks the signature: JSON that is not JSON, or
+            # bytes that are not UTF-8, raise there. Slack never sends such a body.
+            log.info("refused a body Bolt could not parse", exc_info=True)
+            return _json(start_response, 400, {"error": "the body is not a Slack request"})
 
     return wsgi
 
 
 def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
     payload = json.dumps(body).encode()
-    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        413: "Content Too Large",
+        503: "Service Unavailable",
+    }[status]
     start_response(
         f"{status} {reason}",
         [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],

@@ -5,6 +5,7 @@ First through the WSGI app in-process, then from a real `incident-bot serve` ove
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -219,3 +220,50 @@ def test_served_health_checks_follow_the_database(database: Database, serving: s
     set_revision(database, HEAD[0])
 
     assert http_get(f"{serving}/readyz")[0] == 200
+
+
+# --- what is not a Slack request ---------------------------------------------------------
+
+
+def post(wsgi: WsgiApp, body: bytes, content_type: str | None, *, length: int | None = None) -> int:
+    """POST `body` to /slack/events, unsigned; the status code."""
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO="/slack/events", REQUEST_METHOD="POST")
+    environ.update(CONTENT_LENGTH=str(len(body) if length is None else length))
+    environ["wsgi.input"] = io.BytesIO(body)
+    if content_type:
+        environ["CONTENT_TYPE"] = content_type
+    statuses: list[int] = []
+
+    def start_response(status: str, _headers: list[tuple[str, str]], _exc: Any = None) -> Any:
+        statuses.append(int(status.split()[0]))
+
+    b"".join(wsgi(environ, start_response))  # type: ignore[arg-type]
+    return statuses[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"{x", None),
+        (b"command=%2Fincident&text=x", "application/json"),
+        (b"\xff\xfe\x00garbage", None),
+        (b"\xff\xfe\x00garbage", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_a_body_bolt_cannot_parse_is_a_400_not_a_crash(
+    wsgi: WsgiApp, body: bytes, content_type: str | None
+) -> None:
+    assert post(wsgi, body, content_type) == 400
+
+
+def test_a_form_that_is_not_signed_is_a_401(wsgi: WsgiApp) -> None:
+    body = b"command=%2Fincident&text=start+x&team_id=T1&channel_id=C1&user_id=U1"
+    assert post(wsgi, body, "application/x-www-form-urlencoded") == 401
+
+
+def test_a_body_over_a_megabyte_is_refused_before_it_is_read(wsgi: WsgiApp) -> None:
+    # The length alone decides: the few bytes there are would not even fill it.
+    assert post(wsgi, b"text=x", "application/x-www-form-urlencoded", length=2_000_000) == 413

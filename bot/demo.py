@@ -49,6 +49,7 @@ class Fault:
     retry_after: int | None = None
     delay: float = 0.0
     times: int = 1
+    cut: bool = False  # a 200 whose body stops short of its Content-Length, then the link closes
 
 
 @dataclass
@@ -182,6 +183,14 @@ class FakeSlack:
                 )
                 body = {"ok": False, "error": fault.error or "fatal_error"}
                 _send(request, fault.status, json.dumps(body).encode(), "application/json", headers)
+                return
+            if fault.cut:
+                request.send_response(200)
+                request.send_header("Content-Type", "application/json")
+                request.send_header("Content-Length", "500")
+                request.end_headers()
+                request.wfile.write(b'{"ok": true, "chan')
+                request.close_connection = True
                 return
         if not token and method != "oauth.v2.access":
             _send(request, 200, b'{"ok": false, "error": "not_authed"}', "application/json")

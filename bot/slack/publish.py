@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http.client import HTTPException
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -17,6 +18,9 @@ from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
 
+# Slack could not be reached or did not answer in full: timeouts and refusals (OSError), an
+# answer cut off mid-body (http.client.IncompleteRead), the SDK's own errors.
+UNREACHABLE = (SlackClientError, OSError, HTTPException)
 # Errors that mean the bot cannot post in this channel until someone invites it.
 NOT_A_MEMBER = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
 
@@ -68,7 +72,7 @@ def publish_postmortem(
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
         log.warning("posting the summary of %s failed: %s", reference, code)
-        if code in NOT_A_MEMBER or code == "method_not_supported_for_channel_type":
+        if code in NOT_A_MEMBER:
             # The response URL can still speak in the channel; ask for an invitation.
             tell(response_url, summary)
             tell(
@@ -83,7 +87,7 @@ def publish_postmortem(
         tell(
             response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
         )
-    except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
+    except UNREACHABLE as error:
         log.warning("posting the summary of %s failed: %s", reference, error)
         tell(
             response_url,
@@ -104,7 +108,7 @@ def publish_postmortem(
 
     try:
         _as_member(client, channel_id, upload)
-    except (SlackClientError, OSError) as error:  # OSError: timeouts, refusals
+    except UNREACHABLE as error:
         code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
         tell(
@@ -117,13 +121,20 @@ def publish_postmortem(
 
 
 def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> None:
-    """Make the call; if the bot is not in the channel, join it (public channels) and retry once."""
+    """Make the call; if the bot is not in the channel, join it (public channels) and retry once.
+
+    When joining is refused (a private channel, a missing scope), the bot is still not a
+    member: the first error is raised, and the caller asks to be invited."""
     try:
         call()
     except SlackApiError as error:
         if error.response.get("error") != "not_in_channel":
             raise
-        client.conversations_join(channel=channel_id)  # a private channel refuses: raised
+        try:
+            client.conversations_join(channel=channel_id)
+        except SlackApiError as refused:
+            log.info("joining %s was refused: %s", channel_id, refused.response.get("error"))
+            raise error from refused
         call()
 
 

@@ -312,6 +312,38 @@ def test_a_failed_upload_is_reported_and_the_postmortem_is_kept(bot: Bot) -> Non
         assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
 
 
+def test_a_summary_answer_cut_short_is_reported_and_the_upload_still_happens(bot: Bot) -> None:
+    # A 200 whose body stops short: the message may or may not be posted, so it is not sent again.
+    bot.fake.fail("chat.postMessage", Fault(cut=True, times=5))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(1)
+    assert any("could not reach Slack to post the summary" in r["text"] for r in responses)
+    [uploaded] = bot.fake.uploads.values()
+    assert uploaded.startswith(b"# Postmortem: Outage")
+
+
+def test_an_upload_answer_cut_short_is_reported(bot: Bot) -> None:
+    bot.fake.fail("files.completeUploadExternal", Fault(cut=True, times=5))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(1)
+    assert any("could not upload" in r["text"] and "export INC-1" in r["text"] for r in responses)
+
+
+def test_when_joining_is_refused_the_summary_goes_through_the_response_url(bot: Bot) -> None:
+    bot.fake.members_only.add(CHANNEL)  # a public channel the bot is not in
+    bot.fake.fail("conversations.join", Fault(error="missing_scope", times=10))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    assert any("Invite me with /invite" in r["text"] for r in responses)
+
+
 def test_slack_rate_limit_on_the_summary_is_retried(bot: Bot) -> None:
     bot.fake.fail("chat.postMessage", Fault(status=429, error="ratelimited", retry_after=1))
     bot.command("start Outage")

@@ -74,13 +74,18 @@ def open_incident_channel(
         session.commit()
         header = replies.started(incident, now=services.clock())
         reference = incident.reference
+    # A starter the bot may not invite (a guest, a Slack Connect user) can still join; the
+    # channel gets its header either way.
     try:
         client.conversations_invite(channel=created, users=starter)
+    except (SlackClientError, OSError) as error:
+        log.warning("inviting %s to the channel of %s failed: %s", starter, reference, error)
+    try:
         client.chat_postMessage(
             channel=created, text=header.text, blocks=[b.to_dict() for b in header.blocks]
         )
     except (SlackClientError, OSError) as error:
-        log.warning("setting up the channel of %s failed: %s", reference, error)
+        log.warning("posting in the channel of %s failed: %s", reference, error)
     tell(
         response_url,
         replace(replies.simple(f"{reference} continues in <#{created}>."), in_channel=True),

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.app import build_app
-from bot.demo import FakeSlack
+from bot.demo import FakeSlack, Fault
 from bot.models import EntryRevision, FieldChange, Incident, TimelineEntry
 from bot.services import build_services
 from bot.slack.channels import channel_name
@@ -334,3 +334,20 @@ def test_start_can_open_a_dedicated_channel(
     assert incident(bot).channel_id == new_channel
     assert "INC-1" in bot.command("note in the new room", channel=new_channel).text
     assert "no open incident" in bot.command("note old room", channel=CHANNEL).text.lower()
+
+
+def test_a_refused_invite_still_leaves_the_header_in_the_new_channel(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    settings = replace(make_settings(database.url, fake_slack.api_url), incident_channels=True)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    fake_slack.fail("conversations.invite", Fault(error="user_is_restricted"))  # e.g. a guest
+
+    bot.command("start Checkout down")
+    bot.wait()
+
+    new_channel = fake_slack.channel_names["inc-20261120-checkout-down"]
+    [header] = fake_slack.calls_to("chat.postMessage")
+    assert header.params["channel"] == new_channel and "INC-1" in header.params["text"]
+    assert any(f"<#{new_channel}>" in r["text"] for r in fake_slack.wait_for_responses(1))

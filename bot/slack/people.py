@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +83,36 @@ class UserDirectory:
 
     def _lookup(self, key: tuple[str, str], token: str | None) -> Person:
         person = Person(zone=None, name=None)
+        failed_for = FAILED_TTL_S
         try:
             client = WebClient(
-                token=token, base_url=self._api_url, timeout=int(self._timeout * 3) or 1
+                token=token,
+                base_url=self._api_url,
+                timeout=int(self._timeout * 3) or 1,
+                # The command waits `timeout` at most; a retry that answers after it still
+                # fills the cache for the person's next command.
+                retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
             )
             user = client.users_info(user=key[1]).get("user") or {}
             person = Person(zone=_zone(user.get("tz")), name=_name(user))
         except Exception as error:  # any Slack or network failure means "use the fallbacks"
             log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
+            failed_for = _retry_after(error)
         with self._lock:
-            ttl = FOUND_TTL_S if person.zone or person.name else FAILED_TTL_S
+            ttl = FOUND_TTL_S if person.zone or person.name else failed_for
             self._cache[key] = (person, self._clock() + ttl)
             self._pending.pop(key, None)
         return person
+
+
+def _retry_after(error: Exception) -> float:
+    """How long to use the fallbacks after `error`: as long as Slack asks, when it says."""
+    if isinstance(error, SlackApiError) and error.response.status_code == 429:
+        try:
+            return min(FAILED_TTL_S, float(error.response.headers.get("Retry-After", "")))
+        except ValueError:
+            pass
+    return FAILED_TTL_S
 
 
 def _zone(candidate: object) -> str | None:

@@ -177,6 +177,30 @@ def test_failed_time_zone_lookup_falls_back(bot: Bot) -> None:
     assert the_incident(bot).timezone == "UTC"
 
 
+def test_a_rate_limited_zone_lookup_is_retried_for_the_next_command(bot: Bot) -> None:
+    bot.fake.fail("users.info", Fault(status=429, error="ratelimited", retry_after=1))
+    bot.command("start Outage")  # waits 1 s at most, then uses the fallback zone
+    assert len(bot.fake.wait_for("users.info", 2)) == 2  # retried after Retry-After
+
+    bot.command("note 8:00 AM - restarted the pool")  # Alice, Nairobi: 05:00 UTC
+
+    [entry] = stored_entries(bot)
+    assert entry.occurred_at == datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
+
+
+def test_after_a_rate_limit_the_fallback_lasts_as_long_as_slack_asks(bot: Bot) -> None:
+    bot.fake.fail("users.info", Fault(status=429, error="ratelimited", retry_after=1, times=2))
+    bot.command("start Outage")
+    bot.fake.wait_for("users.info", 2)  # refused twice: the fallback, for Retry-After's 1 s
+    time.sleep(1.5)  # not ten minutes
+
+    bot.command("note 8:00 AM - restarted the pool")
+
+    assert len(bot.fake.calls_to("users.info")) == 3
+    [entry] = stored_entries(bot)
+    assert entry.occurred_at == datetime(2026, 11, 20, 5, 0, tzinfo=UTC)
+
+
 # --- fields and measures ------------------------------------------------------------------
 
 

@@ -460,6 +460,7 @@ class SlashCommand:
     channel_id: str = "C0DEMO0001"
     user_id: str = DEMO_USER
     response_url: str = "https://hooks.slack.com/commands/T0/1/x"
+    channel_name: str = "incident"  # "directmessage" in a DM, "mpdm-…" in a group DM
 
     def body(self, text: str, *, escaped: bool = False) -> str:
         """The form body for `/incident <text>`; `text` is what the person typed."""
@@ -469,7 +470,7 @@ class SlashCommand:
                 "team_id": self.team_id,
                 "team_domain": "demo",
                 "channel_id": self.channel_id,
-                "channel_name": "incident",
+                "channel_name": self.channel_name,
                 "user_id": self.user_id,
                 "user_name": "demo",
                 "command": "/incident",

@@ -52,6 +52,15 @@ class Call:
     response_url: str | None
     deadline: float  # time.monotonic() by which its database work must be done
     raw: str = ""  # the text as Slack sent it, markup and all (for mentions)
+    channel_name: str = ""  # as Slack names it: "directmessage" in a DM, "mpdm-…" in a group DM
+
+    def in_conversation(self) -> bool:
+        """True in a direct or group message, where the bot can neither post nor upload."""
+        return (
+            self.channel_id.startswith("D")
+            or self.channel_name == "directmessage"
+            or self.channel_name.startswith("mpdm-")
+        )
 
     def zone(self) -> ZoneInfo:
         """The caller's time zone (Slack's `users.info`), or the configured fallback."""
@@ -102,6 +111,9 @@ class Subcommand:
 
 
 def handle_start(call: Call, _: Incident | None) -> Outcome:
+    if call.in_conversation():
+        refusal = "Incidents are run in channels: start this one in a channel, where I can post."
+        return Outcome(replies.refusal(refusal), result="refused")
     zone = call.zone()
     leading = timeparse.split_leading_time(call.text, zone=zone, now=call.now)
     try:
@@ -617,6 +629,7 @@ def handle_incident_command(
             token=context.bot_token,
             response_url=command.get("response_url"),
             deadline=deadline,
+            channel_name=command.get("channel_name", ""),
         )
 
     committing = False

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from bot.demo import Fault, SlashCommand, hum_replay
 from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import Action, FieldChange, Incident, Postmortem, TimelineEntry
-from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, TEAM, Bot
+from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
 HUM = REFERENCE / "hum-ddos-outage.md"
@@ -70,6 +70,45 @@ def test_start_with_a_time_is_read_in_the_starters_zone(bot: Bot) -> None:
     incident = the_incident(bot)
     assert incident.timezone == "America/Los_Angeles"
     assert incident.started_at == datetime(2026, 11, 19, 9, 6, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("channel_id", "channel_name"),
+    [
+        ("D0DM000001", "directmessage"),
+        ("G0MPDM0001", "mpdm-ann--bob-1"),  # a group DM: a G id, like a private channel
+        ("D0DM000002", "incident"),  # a D id is a DM whatever the name says
+    ],
+)
+def test_start_in_a_direct_message_is_refused_and_nothing_is_stored(
+    bot: Bot, channel_id: str, channel_name: str
+) -> None:
+    slash = SlashCommand(
+        secret=SECRET,
+        team_id=TEAM,
+        channel_id=channel_id,
+        user_id=ALICE,
+        response_url=bot.fake.response_url(channel_id),
+        channel_name=channel_name,
+    )
+    reply = bot.dispatch(*slash.signed("start Outage"))
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "start this one in a channel" in reply.text
+    assert count(bot, Incident) == 0
+
+
+def test_start_in_a_private_channel_is_accepted(bot: Bot) -> None:
+    slash = SlashCommand(
+        secret=SECRET,
+        team_id=TEAM,
+        channel_id="G0PRIVATE1",
+        user_id=ALICE,
+        response_url=bot.fake.response_url("G0PRIVATE1"),
+        channel_name="privategroup",
+    )
+    assert "INC-1" in bot.dispatch(*slash.signed("start Outage")).text
+    assert count(bot, Incident) == 1
 
 
 def test_second_start_in_the_same_channel_is_refused_and_names_the_open_one(bot: Bot) -> None:

@@ -127,11 +127,11 @@ def _socket(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_unless_schema_current(settings: Settings) -> int:
+def _refuse_unless_schema_current(settings: Settings, *, doing: str = "start") -> int:
     """0 when the database's schema is this version's; else say why not and return non-zero.
 
-    `serve` and `socket` never create or upgrade the schema themselves, not even an empty
-    database's: changing the schema is a deliberate step of a deployment (workers of the
+    `serve`, `socket` and `export` never create or upgrade the schema themselves, not even an
+    empty database's: changing the schema is a deliberate step of a deployment (workers of the
     previous version may still be running on it), and an empty database more often means
     a mistyped DATABASE_URL than a first start.
     """
@@ -139,6 +139,14 @@ def _refuse_unless_schema_current(settings: Settings) -> int:
 
     from bot import db
 
+    missing = _missing_sqlite_file(settings.database_url)
+    if missing:
+        print(
+            f"incident-bot: there is no database at {missing} (DATABASE_URL="
+            f"{_shown(settings.database_url)}). Create it with `incident-bot db upgrade`.",
+            file=sys.stderr,
+        )
+        return 2
     engine = db.make_engine(settings.database_url)
     try:
         status = db.schema_status(engine)
@@ -154,7 +162,7 @@ def _refuse_unless_schema_current(settings: Settings) -> int:
     if status.is_current:
         return 0
     print(
-        f"incident-bot: will not start: {status.describe()} "
+        f"incident-bot: will not {doing}: {status.describe()} "
         f"(DATABASE_URL={_shown(settings.database_url)}).\n{status.advice()}",
         file=sys.stderr,
     )
@@ -187,6 +195,18 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_sqlite_file(database_url: str) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create it)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return None if Path(url.database).exists() else url.database
+
+
 def _shown(database_url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -200,6 +220,9 @@ def _reason(error: Exception) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from jinja2 import TemplateError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bot import db, incidents, postmortem
     from bot.services import utc_now
 
@@ -211,19 +234,34 @@ def _export(args: argparse.Namespace) -> int:
         )
         return 2
     settings = Settings.load()
+    # Export only reads: a missing or older schema is refused as `serve` refuses it.
+    refused = _refuse_unless_schema_current(settings, doing="export")
+    if refused:
+        return refused
     engine = db.make_engine(settings.database_url)
-    db.create_schema(engine)
-    with db.make_session_factory(engine)() as session:
-        try:
+    try:
+        with db.make_session_factory(engine)() as session:
             incident = incidents.get_incident(
                 session, team_id=args.team, number=int(match.group(1))
             )
-        except incidents.IncidentNotFoundError as error:
-            print(f"incident-bot: {error}", file=sys.stderr)
-            return 1
-        context = postmortem.build_context(session, incident=incident, now=utc_now())
-    env = postmortem.build_environment(settings.templates_dir)
-    sys.stdout.write(postmortem.render(env, context, postmortem.Format(args.format)))
+            context = postmortem.build_context(session, incident=incident, now=utc_now())
+        env = postmortem.build_environment(settings.templates_dir)
+        sys.stdout.write(postmortem.render(env, context, postmortem.Format(args.format)))
+    except incidents.IncidentNotFoundError as error:
+        print(f"incident-bot: {error}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as error:
+        where = _shown(settings.database_url)
+        print(
+            f"incident-bot: cannot read the database at {where}: {_reason(error)}", file=sys.stderr
+        )
+        return 1
+    except TemplateError as error:
+        name = getattr(error, "filename", None) or getattr(error, "name", None) or "a template"
+        print(f"incident-bot: the postmortem template {name} failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
     return 0
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
+from sqlalchemy import text
 
 from bot import db, incidents
 
@@ -196,3 +198,61 @@ def test_serve_warns_that_several_workers_share_one_sqlite_file(tmp_path: Path) 
         process.wait(timeout=30)
     said = "".join(seen)
     assert "2 workers share one SQLite file" in said, said
+
+
+# --- export only reads ---------------------------------------------------------------------
+
+
+def test_export_without_a_database_says_so_and_creates_none(tmp_path: Path) -> None:
+    for url in (None, f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'incidents.db'}"):
+        exported = bot_cli(
+            "export", "INC-1", cwd=tmp_path, env={"DATABASE_URL": url} if url else {}
+        )
+        assert exported.returncode == 2
+        assert exported.stderr.startswith("incident-bot: there is no database at ")
+        assert "incident-bot db upgrade" in exported.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_older_schema_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = db.make_engine(url)
+    with db.migration_connection(engine) as connection:
+        command.upgrade(db.alembic_config(connection), "0001")  # workers of the last release
+    engine.dispose()
+
+    exported = bot_cli("export", "INC-1", cwd=tmp_path, env={"DATABASE_URL": url})
+
+    assert exported.returncode == 2
+    assert exported.stderr.startswith("incident-bot: will not export: ")
+    engine = db.make_engine(url)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        )
+    engine.dispose()
+
+
+@pytest.mark.usefixtures("demo_run")  # the demo's database, in demo_dir
+def test_export_with_a_broken_template_names_it_without_a_traceback(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "postmortem.md.j2").write_text("{% if %}broken\n")
+
+    exported = bot_cli("export", "INC-1", cwd=demo_dir, env={"TEMPLATES_DIR": str(tmp_path)})
+
+    assert exported.returncode == 1
+    template = tmp_path / "postmortem.md.j2"
+    assert exported.stderr.startswith(f"incident-bot: the postmortem template {template} failed")
+    assert "Traceback" not in exported.stderr
+
+
+def test_export_of_a_file_that_is_not_a_database_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    url = f"sqlite:///{tmp_path / 'notes.txt'}"
+
+    exported = bot_cli("export", "INC-1", cwd=tmp_path, env={"DATABASE_URL": url})
+
+    assert exported.returncode == 1
+    assert exported.stderr.startswith("incident-bot: cannot read the database at ")
+    assert "Traceback" not in exported.stderr

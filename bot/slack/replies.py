@@ -23,6 +23,9 @@ from bot.slack import text as slack_text
 
 # Slack's limit on a section's text; longer typed text is shortened in replies only.
 SECTION_LIMIT = 3000
+# Sections of `/incident list`: with its header and the "not shown" line, within the 50
+# blocks a message may hold.
+LIST_SECTIONS = 45
 HEADER_LIMIT = 150
 
 
@@ -359,10 +362,30 @@ def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
         f"{quoted(i.title, 150)} · since {local_time(i.started_at, i.timezone, now=now)}"
         for i in found
     ]
+    chunks = _chunk_lines(lines, most=LIST_SECTIONS)
+    hidden = len(lines) - sum(len(chunk) for chunk in chunks)
+    blocks = [_section(f"*Open incidents ({len(found)})*")]
+    blocks += [_section("\n".join(chunk)) for chunk in chunks]
+    if hidden:
+        blocks.append(_section(f"…and {hidden} older, not shown."))
     return Reply(
-        text=f"{len(found)} open incident{'' if len(found) == 1 else 's'}",
-        blocks=(_section(f"*Open incidents ({len(found)})*"), _section(_fit_lines(lines))),
+        text=f"{len(found)} open incident{'' if len(found) == 1 else 's'}", blocks=tuple(blocks)
     )
+
+
+def _chunk_lines(lines: Sequence[str], *, most: int) -> list[list[str]]:
+    """`lines` in order, as many as fit in `most` sections of at most SECTION_LIMIT each."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for line in lines:
+        if chunks[-1] and size + len(line) + 1 > SECTION_LIMIT - 20:
+            if len(chunks) == most:
+                break
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return chunks
 
 
 def closed_elsewhere(reference: str) -> Reply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault
 from bot.models import EntryRevision, FieldChange, Incident, TimelineEntry
 from bot.services import build_services
+from bot.slack import replies
 from bot.slack.channels import channel_name
 from tests.conftest import ALICE, BOB, CHANNEL, Bot, Clock, Database, make_settings
 
@@ -255,6 +257,44 @@ def test_reopen_is_refused_when_something_is_open_or_nothing_was_closed(bot: Bot
     bot.command("start Outage")
     assert "open" in bot.command("reopen why").text
     assert "reopen" in bot.command("reopen").text  # missing reason: the usage
+
+
+def test_list_of_many_incidents_shows_them_all_newest_first(bot: Bot) -> None:
+    for n in range(1, 31):  # each line about 200 characters: more than one section holds
+        bot.command(f"start Outage {n} " + "x" * 150, channel=f"C0LIST{n:04d}")
+
+    reply = bot.command("list", channel="C0LIST0001")
+
+    sections = [block["text"]["text"] for block in reply.body["blocks"][1:]]
+    assert len(sections) > 1 and all(len(text) <= 3000 for text in sections)
+    shown = re.findall(r"\*INC-(\d+)\*", "\n".join(sections))
+    assert shown == [str(n) for n in range(30, 0, -1)]
+
+
+def test_list_says_how_many_it_leaves_out() -> None:
+    started = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    many = [
+        Incident(
+            number=n,
+            team_id="T1",
+            channel_id=f"C{n:09d}",
+            title="x" * 200,
+            timezone="UTC",
+            started_at=started,
+        )
+        for n in range(1000, 0, -1)
+    ]
+
+    reply = replies.incident_list(many, now=started)
+
+    blocks = reply.as_ack()["blocks"]
+    assert len(blocks) <= 50
+    assert blocks[-1]["text"]["text"].startswith("…and ")
+    said = re.search(r"and (\d+) older", blocks[-1]["text"]["text"])
+    assert said is not None
+    hidden = int(said.group(1))
+    shown = re.findall(r"\*INC-(\d+)\*", "\n".join(b["text"]["text"] for b in blocks[1:-1]))
+    assert shown == [str(n) for n in range(1000, hidden, -1)]
 
 
 def test_list_shows_the_workspaces_open_incidents_only(bot: Bot) -> None:

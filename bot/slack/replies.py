@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +40,7 @@ class Reply:
 
     def as_ack(self) -> dict[str, Any]:
         return {
-            "text": self.text,
+            "text": _placeholders(self.text),
             "blocks": [block.to_dict() for block in self.blocks],
             "response_type": "in_channel" if self.in_channel else "ephemeral",
         }
@@ -64,12 +65,24 @@ def local_time(moment: datetime, zone: str, *, now: datetime | None = None) -> s
     return label
 
 
+# A placeholder in our own usage hints (`/incident note <text>`, INC-<n>). Slack reads `<` and
+# `>` as the edges of a link or mention, so they are sent as entities. Mentions (<@U1>),
+# channels (<#C1>) and links (<https://…|…>) never match; typed text is already escaped.
+_PLACEHOLDER = re.compile(r"<([a-z]+)>")
+
+
+def _placeholders(markdown: str) -> str:
+    return _PLACEHOLDER.sub(r"&lt;\1&gt;", markdown)
+
+
 def _section(markdown: str) -> SectionBlock:
-    return SectionBlock(text=MarkdownTextObject(text=shorten(markdown, SECTION_LIMIT)))
+    text = shorten(_placeholders(markdown), SECTION_LIMIT)
+    return SectionBlock(text=MarkdownTextObject(text=text))
 
 
 def _context(markdown: str) -> ContextBlock:
-    return ContextBlock(elements=[MarkdownTextObject(text=shorten(markdown, SECTION_LIMIT))])
+    text = shorten(_placeholders(markdown), SECTION_LIMIT)
+    return ContextBlock(elements=[MarkdownTextObject(text=text)])
 
 
 def simple(message: str) -> Reply:

@@ -457,8 +457,40 @@ def test_help_unknown_and_missing_text_list_every_subcommand(bot: Bot, typed: st
         "status",
         "help",
     ):
-        assert usage in reply.text, usage
+        # As Slack must receive them: < and > as entities, which Slack shows as < and >.
+        assert usage.replace("<", "&lt;").replace(">", "&gt;") in reply.text, usage
     assert count(bot, Incident) == 0
+
+
+# What may stand between < and > in mrkdwn: a mention, a channel, a special, a link.
+SLACK_CONTROL = re.compile(r"<(?:[@#!][^<>]*|https?://[^<>]*)>")
+
+
+def test_no_reply_sends_a_bare_angle_bracket(bot: Bot) -> None:
+    # Slack reads < and > as the edges of a control sequence: its docs say to send &lt; &gt;.
+    typed = [
+        "help",
+        "note",  # missing text: the problem and the help
+        "status",  # no incident: how to start one
+        "start Outage <b>bold</b>",
+        "note a <tag> & more",
+        "timeline",
+        "status",
+        "close",
+        "note after the close",  # closed: how to reopen
+    ]
+    for each in typed:
+        reply = bot.command(each)
+        texts = [reply.body["text"]]
+        for block in reply.body.get("blocks", []):
+            if block["type"] == "section":
+                texts.append(block["text"]["text"])
+            elif block["type"] == "context":
+                texts += [element["text"] for element in block["elements"]]
+        for text in texts:
+            stray = SLACK_CONTROL.sub("", text)
+            assert "<" not in stray and ">" not in stray, (each, stray[:300])
+    bot.wait()
 
 
 def test_unknown_subcommand_is_named_in_the_reply(bot: Bot) -> None:

@@ -475,26 +475,89 @@ def mark_moment(
     user_id: str,
     now: datetime,
 ) -> None:
-    """Record when the impact was detected or mitigated; the moment goes on the timeline."""
+    """Record when the impact was detected or mitigated; the moment goes on the timeline.
+
+    Marking it again moves it: the earlier mark leaves the timeline.
+    """
+    check_moment(session, incident=incident, moment=moment, at=at)
+    earlier = _moment_entry(session, incident=incident, moment=moment)
+    if earlier is not None:
+        earlier.deleted_at, earlier.deleted_by = now, user_id
+    set_moment(session, incident=incident, moment=moment, at=at, user_id=user_id, now=now)
+    label = MOMENT_LABELS[moment]
+    add_event(session, incident=incident, text=label, user_id=user_id, at=at, now=now)
+
+
+MOMENT_LABELS = {Moment.DETECTED: "Impact detected", Moment.MITIGATED: "Impact mitigated"}
+
+
+def check_moment(session: Session, *, incident: Incident, moment: Moment, at: datetime) -> None:
+    """Refuse a moment before the impact began, or a detection after the mitigation."""
     start = impact_start(session, incident=incident)
+    zone = ZoneInfo(incident.timezone)
     if at < start:
-        zone = ZoneInfo(incident.timezone)
         raise IncidentError(
             f"{incident.reference}'s impact began at {_local(start, zone)}; it cannot have been "
             f"{moment.value} before that ({_local(at, zone)})."
         )
+    detected, mitigated = incident.detected_at, incident.mitigated_at
+    if moment is Moment.MITIGATED and detected is not None and at < detected:
+        raise IncidentError(
+            f"{incident.reference}'s impact was detected at {_local(detected, zone)}; it cannot "
+            f"have been mitigated before that ({_local(at, zone)})."
+        )
+    if moment is Moment.DETECTED and mitigated is not None and at > mitigated:
+        raise IncidentError(
+            f"{incident.reference}'s impact was mitigated at {_local(mitigated, zone)}; it "
+            f"cannot have been detected after that ({_local(at, zone)})."
+        )
+
+
+def set_moment(
+    session: Session,
+    *,
+    incident: Incident,
+    moment: Moment,
+    at: datetime | None,
+    user_id: str,
+    now: datetime,
+) -> None:
+    """Set (or, with None, clear) the incident's moment, keeping the earlier values."""
     setattr(incident, f"{moment.value}_at", at)
     session.add(
         FieldChange(
             incident_id=incident.id,
             field=f"{moment.value}_at",
-            value=at.isoformat(),
+            value=at.isoformat() if at is not None else "",
             changed_by=user_id,
             changed_at=now,
         )
     )
-    label = {Moment.DETECTED: "Impact detected", Moment.MITIGATED: "Impact mitigated"}[moment]
-    add_event(session, incident=incident, text=label, user_id=user_id, at=at, now=now)
+
+
+def moment_of(incident: Incident, entry: TimelineEntry) -> Moment | None:
+    """The key moment `entry` marks on the incident, if it is the mark the incident holds."""
+    if entry.kind != EntryKind.EVENT.value or entry.deleted_at is not None:
+        return None
+    for moment, label in MOMENT_LABELS.items():
+        if entry.text == label and getattr(incident, f"{moment.value}_at") == entry.occurred_at:
+            return moment
+    return None
+
+
+def _moment_entry(session: Session, *, incident: Incident, moment: Moment) -> TimelineEntry | None:
+    marked = getattr(incident, f"{moment.value}_at")
+    if marked is None:
+        return None
+    return session.scalars(
+        select(TimelineEntry).where(
+            TimelineEntry.incident_id == incident.id,
+            TimelineEntry.kind == EntryKind.EVENT.value,
+            TimelineEntry.text == MOMENT_LABELS[moment],
+            TimelineEntry.occurred_at == marked,
+            TimelineEntry.deleted_at.is_(None),
+        )
+    ).first()
 
 
 def reopen_incident(

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot import incidents
 from bot.incidents import MAX_TEXT_LENGTH, IncidentError, check_text, next_entry_number
 from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
 
@@ -194,6 +195,18 @@ def edit_entry(
     new_text = check_text(text) if text else None
     if new_text is None and occurred_at is None:
         raise IncidentError("Give a new time (`<when> -`), a new text, or both.")
+    moment = incidents.moment_of(incident, entry)
+    if moment is not None:  # the incident's own mark: it follows its entry
+        if new_text is not None and new_text != entry.text:
+            raise IncidentError(
+                f"Entry {number} marks when the impact was {moment.value}: only its time can "
+                "change."
+            )
+        if occurred_at is not None:
+            incidents.check_moment(session, incident=incident, moment=moment, at=occurred_at)
+            incidents.set_moment(
+                session, incident=incident, moment=moment, at=occurred_at, user_id=user_id, now=now
+            )
     _revise(
         session,
         entry,
@@ -215,9 +228,14 @@ def delete_entry(
 ) -> TimelineEntry:
     """Take an entry off the timeline; who did it and when is kept."""
     entry = entry_by_number(session, incident=incident, number=number)
+    moment = incidents.moment_of(incident, entry)
     _revise(session, entry, action="delete", user_id=user_id, now=now)
     entry.deleted_at = now
     entry.deleted_by = user_id
+    if moment is not None:  # the mark goes with its entry
+        incidents.set_moment(
+            session, incident=incident, moment=moment, at=None, user_id=user_id, now=now
+        )
     return entry
 
 

@@ -165,6 +165,52 @@ def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
     assert incident(bot).detected_at is None and incident(bot).mitigated_at is None
 
 
+def test_marking_a_moment_again_moves_it(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("detected 7:10 AM")
+    bot.command("detected 7:20 AM")  # a correction: it was noticed at 7:20
+    bot.command("close 7:30 AM")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Time to detect: 20 minutes." in markdown
+    assert "* 7:20 AM - Impact detected" in markdown
+    assert markdown.count("Impact detected") == 1
+
+
+def test_deleting_or_moving_a_moments_entry_moves_the_moment(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("detected 7:10 AM")  # entry 1
+    bot.command("mitigated 7:25 AM")  # entry 2
+    bot.command("edit 2 7:40 AM")  # the mitigation's entry, moved
+    assert "only its time" in bot.command("edit 2 7:40 AM - mitigated by a restart").text
+    bot.command("delete 1")  # detection, taken off
+    moments = incident(bot)
+    assert moments.detected_at is None
+    assert moments.mitigated_at == datetime(2026, 11, 20, 4, 40, tzinfo=UTC)  # 7:40 AM EAT
+
+    bot.command("close 7:50 AM")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Impact detected" not in markdown
+    assert "Time to detect: not recorded. Time to mitigate: 40 minutes." in markdown
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [("detected 7:20 AM", "mitigated 7:05 AM"), ("mitigated 7:05 AM", "detected 7:20 AM")],
+)
+def test_detection_after_mitigation_is_refused(bot: Bot, first: str, then: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command(first)
+    before = incident(bot)
+
+    reply = bot.command(then)
+
+    assert "cannot have been" in reply.text
+    after = incident(bot)
+    assert (after.detected_at, after.mitigated_at) == (before.detected_at, before.mitigated_at)
+
+
 # --- severity, roles, status ------------------------------------------------------------------
 
 

@@ -8,12 +8,12 @@ import unicodedata
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
-from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.errors import SlackApiError
 
 from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
-from bot.slack.publish import tell
+from bot.slack.publish import UNREACHABLE, tell
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def open_incident_channel(
                 continue
             log.warning("conversations.create %s failed: %s", name, error)
             break
-        except (SlackClientError, OSError) as error:
+        except UNREACHABLE as error:
             log.warning("conversations.create %s failed: %s", name, error)
             break
     if created is None:
@@ -78,13 +78,13 @@ def open_incident_channel(
     # channel gets its header either way.
     try:
         client.conversations_invite(channel=created, users=starter)
-    except (SlackClientError, OSError) as error:
+    except UNREACHABLE as error:
         log.warning("inviting %s to the channel of %s failed: %s", starter, reference, error)
     try:
         client.chat_postMessage(
             channel=created, text=header.text, blocks=[b.to_dict() for b in header.blocks]
         )
-    except (SlackClientError, OSError) as error:
+    except UNREACHABLE as error:
         log.warning("posting in the channel of %s failed: %s", reference, error)
     tell(
         response_url,

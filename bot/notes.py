@@ -13,23 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Update,
-    bindparam,
-    insert,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import ClauseElement, Connection, Dialect, Engine, bindparam, insert, update
+from sqlalchemy.exc import SQLAlchemyError, StatementError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from bot import db
 from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry, incident_reference
@@ -37,43 +28,49 @@ from bot.models import EntryKind, Incident, IncidentStatus, TimelineEntry, incid
 log = logging.getLogger(__name__)
 
 
-def _take_numbers(*where: ColumnElement[bool]) -> Update:
-    """Take `taken` entry numbers on the open incidents `where` selects, returning them."""
-    return (
-        update(Incident)
-        .where(*where)
-        .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
-        .returning(
-            Incident.team_id,
-            Incident.channel_id,
-            Incident.id,
-            Incident.number,
-            Incident.timezone,
-            Incident.last_entry_number,
-        )
+# Taking `taken` entry numbers on a channel's open incident finds the incident too.
+_TAKE_NUMBERS = (
+    update(Incident)
+    .where(
+        Incident.team_id == bindparam("in_team"),
+        Incident.channel_id == bindparam("in_channel"),
+        Incident.status == IncidentStatus.OPEN.value,
     )
+    .values(last_entry_number=Incident.last_entry_number + bindparam("taken"))
+    .returning(Incident.id, Incident.number, Incident.timezone, Incident.last_entry_number)
+)
+_ENTRY_COLUMNS = (
+    "incident_id",
+    "number",
+    "occurred_at",
+    "recorded_at",
+    "author_id",
+    "kind",
+    "text",
+)
+_ADD_ENTRY = insert(TimelineEntry).values({name: bindparam(name) for name in _ENTRY_COLUMNS})
 
 
-# One channel: its open incident (the usual batch, during an incident).
-_TAKE_NUMBERS_IN_CHANNEL = _take_numbers(
-    Incident.team_id == bindparam("in_team"),
-    Incident.channel_id == bindparam("in_channel"),
-    Incident.status == IncidentStatus.OPEN.value,
-)
-# The open incidents of the `channels`, each a (team_id, channel_id) pair.
-_OPEN_IN_CHANNELS = (
-    tuple_(Incident.team_id, Incident.channel_id).in_(bindparam("channels", expanding=True)),
-    Incident.status == IncidentStatus.OPEN.value,
-)
-# Several channels at once (one UPDATE for all the channels with the same count).
-_TAKE_NUMBERS_IN_CHANNELS = _take_numbers(*_OPEN_IN_CHANNELS)
-# Before a batch of several channels changes their incidents, it locks them all, in the
-# order of their ids: two processes' batches then never hold one row each while waiting
-# for the other's (PostgreSQL would end one of them as a deadlock).
-_LOCK_OPEN_IN_CHANNELS = (
-    select(Incident.id).where(*_OPEN_IN_CHANNELS).order_by(Incident.id).with_for_update()
-)
-_ADD_ENTRIES = insert(TimelineEntry)
+class _DriverStatement:
+    """A statement compiled once for one dialect, run on the driver's own cursor.
+
+    SQLAlchemy's execution path (cache lookup, execution context, result wrapping) costs
+    several times the driver's own work for these small statements, and a note pays it on
+    every write (BENCHMARKS.md, "The writer on the driver's cursor"). The transaction stays
+    SQLAlchemy's: its events, the SQLite write lock and the deadline still apply.
+    """
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self._compiled = compiled
+        self._order = tuple(compiled.positiontup or ()) if compiled.positional else None
+
+    def params(self, values: dict[str, Any]) -> Any:
+        """`values`, with the statement's own literals, in the form the driver takes."""
+        every = self._compiled.construct_params(values) or {}
+        return tuple(every[name] for name in self._order) if self._order is not None else every
 
 
 @dataclass(frozen=True)
@@ -134,6 +131,13 @@ class NoteWriter:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._statements = _Statements(engine.dialect)
+        # What the driver raises: the statements run on its cursor, outside SQLAlchemy's
+        # wrapping of errors (which still covers the connection, BEGIN and COMMIT).
+        self._errors: tuple[type[Exception], ...] = (
+            SQLAlchemyError,
+            engine.dialect.loaded_dbapi.Error,
+        )
         self._changed = threading.Condition()
         self._queue: list[_Waiting] = []
         self._writing = False
@@ -200,12 +204,12 @@ class NoteWriter:
         try:
             with self._engine.connect() as connection:
                 with connection.begin():
-                    added = _insert(connection, batch)
+                    added = self._statements.insert(connection, batch)
                     committing = True
             for each, result in zip(batch, added, strict=True):
                 _finish(each, added=result)
             return True
-        except SQLAlchemyError as error:
+        except self._errors as error:
             log.warning(
                 "could not write %d note(s): %s",
                 len(batch),
@@ -226,52 +230,69 @@ def _finish(
     waiting.added, waiting.error, waiting.done = added, error, True
 
 
-def _insert(connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded | None]:
-    """Number and insert the batch's notes; per note, where it went (None: no incident)."""
-    by_channel: dict[tuple[str, str], list[int]] = {}
-    for index, each in enumerate(batch):
-        by_channel.setdefault((each.note.team_id, each.note.channel_id), []).append(index)
-    # One UPDATE for all the channels that have the same number of notes in the batch: in a
-    # busy channel that is one channel, and across channels it is one note each.
-    by_count: dict[int, list[tuple[str, str]]] = {}
-    for channel, indexes in by_channel.items():
-        by_count.setdefault(len(indexes), []).append(channel)
-    added: list[NoteAdded | None] = [None] * len(batch)
-    rows: list[dict[str, Any]] = []
-    # SQLite has no row locks: its writers hold the whole database, one at a time.
-    if len(by_channel) > 1 and connection.dialect.name != "sqlite":
-        connection.execute(_LOCK_OPEN_IN_CHANNELS, {"channels": sorted(by_channel)})
-    for taken, channels in sorted(by_count.items()):
-        if len(channels) == 1:
-            ((team_id, channel_id),) = channels
-            values = {"in_team": team_id, "in_channel": channel_id, "taken": taken}
-            found = connection.execute(_TAKE_NUMBERS_IN_CHANNEL, values)
-        else:
-            values = {"channels": channels, "taken": taken}
-            found = connection.execute(_TAKE_NUMBERS_IN_CHANNELS, values)
-        for incident in found:
-            first = incident.last_entry_number - taken + 1
-            for number, index in enumerate(
-                by_channel[incident.team_id, incident.channel_id], first
-            ):
-                note = batch[index].note
-                added[index] = NoteAdded(
-                    incident_id=incident.id,
-                    incident_number=incident.number,
-                    timezone=incident.timezone,
-                    number=number,
-                )
-                rows.append(
-                    {
-                        "incident_id": incident.id,
+class _Statements:
+    """The writer's statements for one database, and how they number and insert a batch."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._take_numbers = _DriverStatement(_TAKE_NUMBERS, dialect)
+        self._add_entry = _DriverStatement(_ADD_ENTRY, dialect)
+        # How the driver is given a timestamp (UTC, and as text on SQLite): the column's own
+        # conversion, as SQLAlchemy would apply it.
+        column_type = TimelineEntry.__table__.c.occurred_at.type
+        convert = column_type.dialect_impl(dialect).bind_processor(dialect)
+        self._convert: Callable[[datetime], Any] = convert or (lambda value: value)
+
+    def _stamp(self, value: datetime) -> Any:
+        try:
+            return self._convert(value)
+        except (TypeError, ValueError) as error:  # a naive datetime, say: as SQLAlchemy says it
+            raise StatementError(str(error), self._add_entry.sql, None, error) from error
+
+    def insert(self, connection: Connection, batch: Sequence[_Waiting]) -> list[NoteAdded | None]:
+        """Number and insert the batch's notes; per note, where it went (None: no incident).
+
+        One UPDATE per channel takes that channel's numbers and finds its open incident. The
+        channels go in a fixed order, so two processes' batches lock their incidents in the
+        same order and cannot deadlock (PostgreSQL would end one of them). Then one INSERT
+        (one executemany) writes every entry.
+        """
+        by_channel: dict[tuple[str, str], list[int]] = {}
+        for index, each in enumerate(batch):
+            by_channel.setdefault((each.note.team_id, each.note.channel_id), []).append(index)
+        added: list[NoteAdded | None] = [None] * len(batch)
+        rows: list[Any] = []
+        cursor = connection.connection.cursor()
+        try:
+            for (team_id, channel_id), indexes in sorted(by_channel.items()):
+                values = {"in_team": team_id, "in_channel": channel_id, "taken": len(indexes)}
+                cursor.execute(self._take_numbers.sql, self._take_numbers.params(values))
+                found = cursor.fetchone()
+                if found is None:  # no open incident there: those notes store nothing
+                    continue
+                incident_id, incident_number, timezone, last_number = found
+                first = last_number - len(indexes) + 1
+                for number, index in enumerate(indexes, first):
+                    note = batch[index].note
+                    added[index] = NoteAdded(
+                        incident_id=incident_id,
+                        incident_number=incident_number,
+                        timezone=timezone,
+                        number=number,
+                    )
+                    entry = {
+                        "incident_id": incident_id,
                         "number": number,
-                        "occurred_at": note.occurred_at,
-                        "recorded_at": note.recorded_at,
+                        "occurred_at": self._stamp(note.occurred_at),
+                        "recorded_at": self._stamp(note.recorded_at),
                         "author_id": note.author_id,
                         "kind": EntryKind.NOTE.value,
                         "text": note.text,
                     }
-                )
-    if rows:
-        connection.execute(_ADD_ENTRIES, rows if len(rows) > 1 else rows[0])
-    return added
+                    rows.append(self._add_entry.params(entry))
+            if len(rows) == 1:
+                cursor.execute(self._add_entry.sql, rows[0])
+            elif rows:
+                cursor.executemany(self._add_entry.sql, rows)
+        finally:
+            cursor.close()
+        return added

@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Connection, event, select, text
@@ -316,3 +317,38 @@ def test_two_processes_writers_share_the_numbering_without_conflict(
         stored = [number for number, _ in _stored(database, incident.id)]
         assert stored == list(range(1, len(mine) + 1))
         assert sorted(added.number for added in mine if added) == stored
+
+
+def test_a_note_is_stored_exactly_as_the_orm_stores_an_entry(database: Database) -> None:
+    """The writer runs its statements on the driver's cursor: its rows must not differ from
+    the ORM's (timestamps in UTC, stored as SQLAlchemy stores them on each database)."""
+    incident = _start(database, "C1")
+    in_lagos = datetime(2026, 11, 20, 7, 5, 30, tzinfo=ZoneInfo("Africa/Lagos"))
+    written = NoteWriter(database.engine).add(
+        _note("C1", "via the writer", at=in_lagos), timeout=LONG
+    )
+    assert written is not None
+    with make_session_factory(database.engine)() as session:
+        found = session.get(Incident, incident.id)
+        assert found is not None
+        incidents.add_entry(
+            session,
+            incident=found,
+            text="via the ORM",
+            occurred_at=in_lagos,
+            author_id=BOB,
+            now=NOW,
+        )
+        session.commit()
+    columns = "occurred_at, recorded_at, author_id, kind, deleted_at, source_ts, number"
+    with database.engine.connect() as conn:  # the columns as stored, not as the ORM reads them
+        rows = conn.execute(
+            text(f"SELECT {columns} FROM timeline_entries WHERE incident_id = :id ORDER BY number"),
+            {"id": incident.id},
+        ).all()
+    assert [row[:-1] for row in rows[:1]] == [row[:-1] for row in rows[1:]]
+    assert [row[-1] for row in rows] == [1, 2]
+    with make_session_factory(database.engine)() as session:
+        stored = session.scalars(select(TimelineEntry).order_by(TimelineEntry.number)).all()
+    assert [entry.occurred_at for entry in stored] == [in_lagos, in_lagos]
+    assert stored[0].occurred_at.utcoffset() == timedelta(0)

@@ -6,6 +6,7 @@ import heapq
 import itertools
 import os
 import socket
+import sqlite3
 import threading
 import time
 import weakref
@@ -34,6 +35,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -136,20 +138,18 @@ def _track_holders(engine: Engine) -> None:
 
 
 @contextmanager
-def deadline(engine: Engine, seconds: float) -> Iterator[threading.Event]:
+def deadline(engine: Engine, seconds: float) -> Iterator[None]:
     """Database calls made by this thread in the block fail, rather than wait, after `seconds`.
 
     A database that stops answering (a partition, a hung server) would otherwise hold the
     request until TCP gives up, long after Slack's 3 seconds. When the time is up, the
     sockets of the connections this thread holds are shut down (SQLite's statement is
     interrupted), so the blocked call raises at once and the caller can say "could not
-    record". The returned event is set if the deadline passed.
+    record".
     """
     thread = threading.get_ident()
-    expired = threading.Event()
 
     def expire() -> None:
-        expired.set()
         with _holders_lock:
             connections = list(_holders.get(engine, {}).get(thread, []))
         for connection in connections:
@@ -157,7 +157,7 @@ def deadline(engine: Engine, seconds: float) -> Iterator[threading.Event]:
 
     alarm = _WATCHDOG.schedule(time.monotonic() + seconds, expire)
     try:
-        yield expired
+        yield
     finally:
         alarm.cancelled = True
 
@@ -252,7 +252,12 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         conn.info["holds_writer_lock"] = writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # On the driver's own cursor: SQLAlchemy's execution path would cost a note more
+            # than the BEGIN itself. Its errors are raised as SQLAlchemy's, as they were.
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            _release_writer(conn)
+            raise DBAPIError.instance("BEGIN IMMEDIATE", None, error, sqlite3.Error) from error
         except BaseException:
             _release_writer(conn)
             raise

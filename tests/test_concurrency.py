@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,3 +94,25 @@ def test_many_starts_through_the_app_for_one_channel_open_exactly_one(
     assert sum("already open" in text and "INC-1" in text for text in texts) == attempts - 1
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Incident)) == 1
+
+
+def test_a_sqlite_file_another_process_holds_too_long_is_answered_and_nothing_stored(
+    bot: Bot,
+) -> None:
+    """Another process (here a plain sqlite3 connection) keeps SQLite's write lock past the
+    busy timeout: `start` is answered "could not record" instead of failing, stores nothing,
+    and the next command goes through once the lock is free."""
+    if bot.services.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's file lock")
+    other = sqlite3.connect(str(bot.services.engine.url.database), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        answer = bot.command("start Checkout is down")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert answer.status == 200
+    assert answer.text.startswith(":warning: I could not record that")
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 0
+    assert "opened" in bot.command("start Checkout is down").text

@@ -352,3 +352,29 @@ def test_a_note_is_stored_exactly_as_the_orm_stores_an_entry(database: Database)
         stored = session.scalars(select(TimelineEntry).order_by(TimelineEntry.number)).all()
     assert [entry.occurred_at for entry in stored] == [in_lagos, in_lagos]
     assert stored[0].occurred_at.utcoffset() == timedelta(0)
+
+
+def test_a_large_batch_over_several_channels_is_stored_whole(database: Database) -> None:
+    """Over a hundred notes from three channels, queued behind one write: all committed
+    together, each channel numbered without gaps."""
+    channels = ("C1", "C2", "C3")
+    opened = {channel: _start(database, channel) for channel in channels}
+    count = 111
+    writer = NoteWriter(database.engine)
+    commits = _commits(database)
+    queued = [_note(channels[n % 3], f"note {n}") for n in range(count)]
+    futures = _queued_behind_a_held_write(database, opened["C1"], writer, queued)
+    added = [future.result(timeout=LONG) for future in futures]
+
+    assert len(commits) == 2  # the first note's transaction, then one for all the others
+    assert all(each is not None for each in added)
+    for index, channel in enumerate(channels):
+        texts = [f"note {n}" for n in range(count) if n % 3 == index]
+        stored = _stored(database, opened[channel].id)
+        if channel == "C1":
+            assert stored[0] == (1, "first")
+            stored = stored[1:]
+        assert [number for number, _ in stored] == list(
+            range(2 if channel == "C1" else 1, len(texts) + (2 if channel == "C1" else 1))
+        )
+        assert sorted(text for _, text in stored) == sorted(texts)

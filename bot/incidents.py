@@ -20,6 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from bot.models import (
     Action,
     EntryKind,
+    EntryRevision,
     Field,
     FieldChange,
     Incident,
@@ -482,6 +483,7 @@ def mark_moment(
     check_moment(session, incident=incident, moment=moment, at=at)
     earlier = _moment_entry(session, incident=incident, moment=moment)
     if earlier is not None:
+        record_revision(session, earlier, action="delete", user_id=user_id, now=now)
         earlier.deleted_at, earlier.deleted_by = now, user_id
     set_moment(session, incident=incident, moment=moment, at=at, user_id=user_id, now=now)
     label = MOMENT_LABELS[moment]
@@ -615,3 +617,28 @@ def latest_incident(session: Session, *, team_id: str, channel_id: str) -> Incid
         .order_by(Incident.number.desc())
         .limit(1)
     ).first()
+
+
+def record_revision(
+    session: Session,
+    entry: TimelineEntry,
+    *,
+    action: str,
+    user_id: str,
+    now: datetime,
+    new_text: str | None = None,
+    new_occurred_at: datetime | None = None,
+) -> None:
+    """Keep what `entry` was before an edit, deletion, restoration or refresh."""
+    session.add(
+        EntryRevision(
+            entry_id=entry.id,
+            action=action,
+            old_text=entry.text,
+            old_occurred_at=entry.occurred_at,
+            new_text=new_text,
+            new_occurred_at=new_occurred_at,
+            changed_by=user_id,
+            changed_at=now,
+        )
+    )

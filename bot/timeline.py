@@ -88,7 +88,7 @@ def capture_message(
     if existing is not None:
         if existing.deleted_at is None:
             return existing, False
-        _revise(session, existing, action="restore", user_id=captured_by, now=now)
+        incidents.record_revision(session, existing, action="restore", user_id=captured_by, now=now)
         existing.deleted_at = None
         existing.deleted_by = None
         return existing, True
@@ -142,7 +142,7 @@ def uncapture_message(
     entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
     if entry is None or entry.deleted_at is not None:
         return None
-    _revise(session, entry, action="delete", user_id=user_id, now=now)
+    incidents.record_revision(session, entry, action="delete", user_id=user_id, now=now)
     entry.deleted_at = now
     entry.deleted_by = user_id
     return entry
@@ -159,7 +159,9 @@ def refresh_message(
     files = encode_files(message.files)
     if text == entry.text and files == entry.files:
         return entry
-    _revise(session, entry, action="refresh", user_id=message.author_id, now=now, new_text=text)
+    incidents.record_revision(
+        session, entry, action="refresh", user_id=message.author_id, now=now, new_text=text
+    )
     entry.text = text
     entry.files = files
     return entry
@@ -207,7 +209,7 @@ def edit_entry(
             incidents.set_moment(
                 session, incident=incident, moment=moment, at=occurred_at, user_id=user_id, now=now
             )
-    _revise(
+    incidents.record_revision(
         session,
         entry,
         action="edit",
@@ -229,7 +231,7 @@ def delete_entry(
     """Take an entry off the timeline; who did it and when is kept."""
     entry = entry_by_number(session, incident=incident, number=number)
     moment = incidents.moment_of(incident, entry)
-    _revise(session, entry, action="delete", user_id=user_id, now=now)
+    incidents.record_revision(session, entry, action="delete", user_id=user_id, now=now)
     entry.deleted_at = now
     entry.deleted_by = user_id
     if moment is not None:  # the mark goes with its entry
@@ -245,29 +247,5 @@ def revisions(session: Session, *, entry: TimelineEntry) -> list[EntryRevision]:
             select(EntryRevision)
             .where(EntryRevision.entry_id == entry.id)
             .order_by(EntryRevision.id)
-        )
-    )
-
-
-def _revise(
-    session: Session,
-    entry: TimelineEntry,
-    *,
-    action: str,
-    user_id: str,
-    now: datetime,
-    new_text: str | None = None,
-    new_occurred_at: datetime | None = None,
-) -> None:
-    session.add(
-        EntryRevision(
-            entry_id=entry.id,
-            action=action,
-            old_text=entry.text,
-            old_occurred_at=entry.occurred_at,
-            new_text=new_text,
-            new_occurred_at=new_occurred_at,
-            changed_by=user_id,
-            changed_at=now,
         )
     )

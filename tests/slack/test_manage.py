@@ -175,6 +175,13 @@ def test_marking_a_moment_again_moves_it(bot: Bot) -> None:
     assert "Time to detect: 20 minutes." in markdown
     assert "* 7:20 AM - Impact detected" in markdown
     assert markdown.count("Impact detected") == 1
+    # The earlier mark's entry left the timeline as any deleted entry does: with a revision.
+    with bot.services.sessions() as session:
+        first = session.scalars(select(TimelineEntry).where(TimelineEntry.number == 1)).one()
+        kept = session.scalars(select(EntryRevision).where(EntryRevision.entry_id == first.id))
+        revisions = [(r.action, r.old_text, r.changed_by) for r in kept]
+    assert first.deleted_at is not None
+    assert revisions == [("delete", "Impact detected", ALICE)]
 
 
 def test_deleting_or_moving_a_moments_entry_moves_the_moment(bot: Bot) -> None:

@@ -34,7 +34,7 @@ from bot import db, incidents
 from bot.config import Settings
 from bot.demo import FakeSlack, SlashCommand
 from bot.models import Incident
-from bot.notes import NewNote
+from bot.notes import NewNote, _Waiting
 from bot.slack import replies
 
 SECRET = "note-cost-secret"
@@ -179,6 +179,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             writer.add(note, timeout=10)
 
+        # A batch as group commit makes one under load: 8 notes from 8 channels, written in
+        # one transaction (through the writer's own batch method, so no thread has to wait).
+        batch_channels = [f"C0COSTB{n:03d}" for n in range(8)]
+        with sessions() as session:
+            for channel in batch_channels:
+                incidents.start_incident(
+                    session,
+                    team_id=TEAM,
+                    channel_id=channel,
+                    user_id=USER,
+                    title="A batch",
+                    started_at=now,
+                    timezone="UTC",
+                    now=now,
+                )
+            session.commit()
+        batch_notes = [
+            NewNote(
+                team_id=TEAM,
+                channel_id=channel,
+                author_id=USER,
+                text="hello",
+                occurred_at=now,
+                recorded_at=now,
+            )
+            for channel in batch_channels
+        ]
+
+        def writer_batch() -> None:
+            batch = [_Waiting(note, time.monotonic() + 10) for note in batch_notes]
+            assert writer._write_together(batch)
+
         sqlite = engine.dialect.name == "sqlite"
         mark = "?" if sqlite else "%s"
         take_number = (
@@ -272,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bot.notes: NoteWriter.add, one note alone (its own transaction)": cpu_us(
                 writer_alone, count=count
             ),
+            "bot.notes: a batch of 8 notes from 8 channels, per note": cpu_us(
+                writer_batch, count=max(1, count // 8)
+            )
+            / 8,
             "driver only: UPDATE..RETURNING + INSERT + COMMIT, one note per commit": cpu_us(
                 dbapi(1), count=count
             ),

@@ -304,36 +304,37 @@ class _Statements:
         added: list[NoteAdded | None] = [None] * len(batch)
         rows: list[Any] = []
         channels = sorted(by_channel.items())
-        cursor = connection.connection.cursor()
-        try:
-            taken = self._take_numbers_in(connection, channels)
-            for (_channel, indexes), found in zip(channels, taken, strict=True):
-                if found is None:  # no open incident there: those notes store nothing
-                    continue
-                incident_id, incident_number, timezone, last_number = found
-                first = last_number - len(indexes) + 1
-                for number, index in enumerate(indexes, first):
-                    note = batch[index].note
-                    added[index] = NoteAdded(
-                        incident_id=incident_id,
-                        incident_number=incident_number,
-                        timezone=timezone,
-                        number=number,
-                    )
-                    entry = {
-                        "incident_id": incident_id,
-                        "number": number,
-                        "occurred_at": self._stamp(note.occurred_at),
-                        "recorded_at": self._stamp(note.recorded_at),
-                        "author_id": note.author_id,
-                        "kind": EntryKind.NOTE.value,
-                        "text": note.text,
-                    }
-                    rows.append(self._add_entry.params(entry))
-            if len(rows) == 1:
-                cursor.execute(self._add_entry.sql, rows[0])
-            elif rows:
-                cursor.executemany(self._add_entry.sql, rows)
-        finally:
-            cursor.close()
+        taken = self._take_numbers_in(connection, channels)
+        for (_channel, indexes), found in zip(channels, taken, strict=True):
+            if found is None:  # no open incident there: those notes store nothing
+                continue
+            incident_id, incident_number, timezone, last_number = found
+            first = last_number - len(indexes) + 1
+            for number, index in enumerate(indexes, first):
+                note = batch[index].note
+                added[index] = NoteAdded(
+                    incident_id=incident_id,
+                    incident_number=incident_number,
+                    timezone=timezone,
+                    number=number,
+                )
+                entry = {
+                    "incident_id": incident_id,
+                    "number": number,
+                    "occurred_at": self._stamp(note.occurred_at),
+                    "recorded_at": self._stamp(note.recorded_at),
+                    "author_id": note.author_id,
+                    "kind": EntryKind.NOTE.value,
+                    "text": note.text,
+                }
+                rows.append(self._add_entry.params(entry))
+        if rows:
+            cursor = connection.connection.cursor()
+            try:
+                if len(rows) == 1:
+                    cursor.execute(self._add_entry.sql, rows[0])
+                else:
+                    cursor.executemany(self._add_entry.sql, rows)
+            finally:
+                cursor.close()
         return added

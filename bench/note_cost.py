@@ -168,16 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         writer = services.notes
 
-        def writer_alone() -> None:
-            note = NewNote(
+        def new_note(channel: str) -> NewNote:
+            return NewNote(
                 team_id=TEAM,
-                channel_id=CHANNEL,
+                channel_id=channel,
                 author_id=USER,
                 text="hello",
                 occurred_at=now,
                 recorded_at=now,
             )
-            writer.add(note, timeout=10)
+
+        def writer_alone() -> None:
+            writer.add(new_note(CHANNEL), timeout=10)
 
         # A batch as group commit makes one under load: 8 notes from 8 channels, written in
         # one transaction (through the writer's own batch method, so no thread has to wait).
@@ -195,17 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     now=now,
                 )
             session.commit()
-        batch_notes = [
-            NewNote(
-                team_id=TEAM,
-                channel_id=channel,
-                author_id=USER,
-                text="hello",
-                occurred_at=now,
-                recorded_at=now,
-            )
-            for channel in batch_channels
-        ]
+        batch_notes = [new_note(channel) for channel in batch_channels]
 
         def writer_batch() -> None:
             batch = [_Waiting(note, time.monotonic() + 10) for note in batch_notes]

@@ -483,8 +483,7 @@ def mark_moment(
     check_moment(session, incident=incident, moment=moment, at=at)
     earlier = _moment_entry(session, incident=incident, moment=moment)
     if earlier is not None:
-        record_revision(session, earlier, action="delete", user_id=user_id, now=now)
-        earlier.deleted_at, earlier.deleted_by = now, user_id
+        take_off_timeline(session, earlier, user_id=user_id, now=now)
     set_moment(session, incident=incident, moment=moment, at=at, user_id=user_id, now=now)
     label = MOMENT_LABELS[moment]
     add_event(session, incident=incident, text=label, user_id=user_id, at=at, now=now)
@@ -642,3 +641,12 @@ def record_revision(
             changed_at=now,
         )
     )
+
+
+def take_off_timeline(
+    session: Session, entry: TimelineEntry, *, user_id: str, now: datetime
+) -> None:
+    """Delete `entry` softly: what it was, who took it off and when are kept."""
+    record_revision(session, entry, action="delete", user_id=user_id, now=now)
+    entry.deleted_at = now
+    entry.deleted_by = user_id

@@ -142,9 +142,7 @@ def uncapture_message(
     entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
     if entry is None or entry.deleted_at is not None:
         return None
-    incidents.record_revision(session, entry, action="delete", user_id=user_id, now=now)
-    entry.deleted_at = now
-    entry.deleted_by = user_id
+    incidents.take_off_timeline(session, entry, user_id=user_id, now=now)
     return entry
 
 
@@ -231,9 +229,7 @@ def delete_entry(
     """Take an entry off the timeline; who did it and when is kept."""
     entry = entry_by_number(session, incident=incident, number=number)
     moment = incidents.moment_of(incident, entry)
-    incidents.record_revision(session, entry, action="delete", user_id=user_id, now=now)
-    entry.deleted_at = now
-    entry.deleted_by = user_id
+    incidents.take_off_timeline(session, entry, user_id=user_id, now=now)
     if moment is not None:  # the mark goes with its entry
         incidents.set_moment(
             session, incident=incident, moment=moment, at=None, user_id=user_id, now=now

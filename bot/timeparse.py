@@ -13,7 +13,7 @@ Only this module knows python-dateutil. The rules, in short:
   or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
   one that happens twice (clocks going back) is the first of the two, unless the writer
-  named the second by its abbreviation.
+  named the second by its abbreviation (refused while that one is still ahead).
 """
 
 from __future__ import annotations
@@ -230,7 +230,13 @@ def _resolve(
         )
     typed_names = [token for token in cleaned.split() if tzinfos.get(token) is zone]
     named = typed_names[-1] if typed_names else None
-    return _localize(candidate, target_zone, text, named=named).astimezone(UTC)
+    moment = _localize(candidate, target_zone, text, named=named).astimezone(UTC)
+    # The day was chosen by the earlier pass of the wall time; the second pass of an hour the
+    # clocks repeat, named by its abbreviation (`1:50 AM PST` at 1:10 AM PST), can still be
+    # ahead. Yesterday has no such second pass, so it is refused rather than moved.
+    if moment > now.astimezone(UTC) + FUTURE_TOLERANCE:
+        raise TimeParseError(f"“{text}” is in the future.")
+    return moment
 
 
 def _count_clocks(text: str) -> int:

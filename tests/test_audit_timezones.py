@@ -1,0 +1,51 @@
+"""Time zone cases found in an audit: each test failed before the fix it names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from bot.models import TimelineEntry
+from bot.timeparse import TimeParseError, parse_time
+from tests.conftest import BOB, Bot
+
+LOS_ANGELES = ZoneInfo("America/Los_Angeles")  # 1 Nov 2026: 1:00-1:59 AM PDT, then again PST
+NEW_YORK = ZoneInfo("America/New_York")  # 1 Nov 2026: 1:00-1:59 AM EDT, then again EST
+
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+# --- the second pass of a repeated hour, named, must not be in the future ------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "zone", "now"),
+    [
+        ("1:50 AM PST", LOS_ANGELES, utc(2026, 11, 1, 9, 10)),  # at 1:10 AM PST
+        ("1:50 AM EST", NEW_YORK, utc(2026, 11, 1, 6, 10)),  # at 1:10 AM EST
+        ("1:30 AM EST", NEW_YORK, utc(2026, 11, 1, 5, 40)),  # at 1:40 AM EDT, the first pass
+    ],
+)
+def test_a_named_second_pass_still_ahead_is_refused(
+    typed: str, zone: ZoneInfo, now: datetime
+) -> None:
+    # The first pass of the wall time has gone by, so it was "today"; but the writer named
+    # the second pass, and that one has not come yet.
+    with pytest.raises(TimeParseError, match="future"):
+        parse_time(typed, zone=zone, now=now)
+
+
+def test_a_note_at_a_named_second_pass_still_ahead_is_not_stored(bot: Bot) -> None:
+    bot.clock.now = utc(2026, 11, 1, 9, 10)  # 1:10 AM PST, after the clocks went back
+    bot.command("start Outage", user=BOB)
+    reply = bot.command("note 1:50 AM PST - typo for 1:05", user=BOB)
+
+    assert reply.status == 200
+    assert "future" in reply.text
+    with bot.services.sessions() as session:
+        assert list(session.scalars(select(TimelineEntry))) == []

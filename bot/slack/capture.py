@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext, Respond
+from slack_bolt import Ack, App, BoltContext, BoltRequest, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from sqlalchemy.orm import Session
@@ -184,7 +184,11 @@ def register(app: App, services: Services) -> None:
 
     @with_session(services.sessions)
     def handle_reaction_added(
-        event: dict[str, Any], body: dict[str, Any], context: BoltContext, client: WebClient
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        request: BoltRequest,
     ) -> None:
         team_id = team_of(context, body)
         found = pinned(event, context, team_id)
@@ -192,6 +196,11 @@ def register(app: App, services: Services) -> None:
             return
         incident, channel, ts = found
         session: Session = context["db"]
+        # Slack sends a failed event again up to minutes later; the pin may be gone by then,
+        # and its removal, handled meanwhile, found nothing to take off.
+        if is_retry(request) and not _still_pinned(client, channel, ts, pin, unknown=True):
+            log.info("pin on %s/%s was removed before Slack's retry; ignoring it", channel, ts)
+            return
         raw = fetch_message(client, channel, ts)
         if raw is None:
             log.warning("pinned message %s/%s could not be read", channel, ts)
@@ -224,7 +233,7 @@ def register(app: App, services: Services) -> None:
             return
         incident, channel, ts = found
         session: Session = context["db"]
-        if _still_pinned(client, channel, ts, pin):
+        if _still_pinned(client, channel, ts, pin, unknown=False):
             return
         entry = timeline.uncapture_message(
             session,
@@ -315,15 +324,24 @@ def register(app: App, services: Services) -> None:
     app.shortcut(SHORTCUT_CALLBACK_ID)(handle_timeline_shortcut)
 
 
-def _still_pinned(client: WebClient, channel: str, ts: str, pin: str) -> bool:
-    """Whether someone else's pin reaction is still on the message."""
+def is_retry(request: BoltRequest) -> bool:
+    """Whether Slack is sending this event again (it says so in X-Slack-Retry-Num)."""
+    return bool(request.headers.get("x-slack-retry-num"))
+
+
+def _still_pinned(client: WebClient, channel: str, ts: str, pin: str, *, unknown: bool) -> bool:
+    """Whether a pin reaction is still on the message; `unknown` when Slack cannot say."""
     try:
         message = client.reactions_get(channel=channel, timestamp=ts).get("message") or {}
     except (SlackClientError, OSError) as error:
         log.warning(
-            "reactions.get failed for %s/%s: %s; treating the pin as gone", channel, ts, error
+            "reactions.get failed for %s/%s: %s; taking the pin as %s",
+            channel,
+            ts,
+            error,
+            "there" if unknown else "gone",
         )
-        return False
+        return unknown
     return any(
         r.get("name") == pin and r.get("count", 0) > 0 for r in message.get("reactions") or []
     )

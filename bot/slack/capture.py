@@ -253,7 +253,10 @@ def register(app: App, services: Services) -> None:
     ) -> None:
         raw = event.get("message") or {}
         channel = str(event.get("channel", ""))
-        if not raw.get("ts"):
+        # A deleted message that has replies stays as a tombstone ("This message was
+        # deleted."), announced as a change; the timeline keeps what was said, as it does
+        # for any other deleted message.
+        if not raw.get("ts") or raw.get("subtype") == "tombstone":
             return
         session: Session = context["db"]
         team_id = team_of(context, body)

@@ -3,8 +3,8 @@ retries and their order, thread lookups, edits that Slack itself makes."""
 
 from __future__ import annotations
 
-from bot.demo import Fault
-from tests.conftest import ALICE, BOB, CHANNEL, Bot
+from bot.demo import Fault, signed_event
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot
 from tests.slack.test_capture import PIN_TS, entries, reaction
 
 
@@ -23,3 +23,38 @@ def test_a_retried_pin_whose_reaction_is_gone_by_then_records_nothing(bot: Bot) 
 
     assert entries(bot, live=False) == []
     assert bot.fake.calls_to("reactions.add") == []  # no check mark on a message not pinned
+
+
+def test_deleting_a_pinned_thread_parent_keeps_its_entry(bot: Bot) -> None:
+    # A message with replies is not removed when it is deleted: Slack puts a tombstone in
+    # its place and tells apps with `message_changed`, not `message_deleted`.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rolling back deploy 4512", user=ALICE, ts=PIN_TS)
+    bot.fake.post(CHANNEL, "ok", user=BOB, ts="1795154460.000200", thread_ts=ts)
+    reaction(bot, ts)
+    tombstone = {
+        "type": "message",
+        "subtype": "tombstone",
+        "text": "This message was deleted.",
+        "user": "USLACKBOT",
+        "hidden": True,
+        "ts": ts,
+        "thread_ts": ts,
+        "parent_user_id": "USLACKBOT",
+        "reply_count": 1,
+    }
+    event = {
+        "type": "message",
+        "subtype": "message_changed",
+        "hidden": True,
+        "channel": CHANNEL,
+        "message": tombstone,
+        "previous_message": {"type": "message", "user": ALICE, "text": "rolling back", "ts": ts},
+        "event_ts": "1795154500.000100",
+        "ts": "1795154500.000100",
+    }
+    body, headers = signed_event(SECRET, event, team_id=TEAM)
+    assert bot.dispatch(body, headers).status == 200
+
+    [entry] = entries(bot)
+    assert entry.text == "rolling back deploy 4512"

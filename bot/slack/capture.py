@@ -51,10 +51,12 @@ def fetch_message(client: WebClient, channel: str, ts: str) -> dict[str, Any] | 
         or []
     )
     if not any(m.get("ts") == ts for m in found):
-        # A thread reply is not in the channel's history; ask for it by its own ts.
+        # A thread reply is not in the channel's history; ask for it by its own ts. A
+        # thread's first page starts with its parent, whatever the range, and the parent
+        # counts towards `limit`: room for two.
         found = (
             client.conversations_replies(
-                channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=1
+                channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=2
             ).get("messages")
             or []
         )

@@ -3,8 +3,15 @@ retries and their order, thread lookups, edits that Slack itself makes."""
 
 from __future__ import annotations
 
-from bot.demo import Fault, signed_event
-from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bot.app import build_app
+from bot.demo import FakeSlack, Fault, signed_event
+from bot.services import build_services
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Clock, Database, make_settings
 from tests.slack.test_capture import PIN_TS, entries, reaction
 
 
@@ -58,3 +65,42 @@ def test_deleting_a_pinned_thread_parent_keeps_its_entry(bot: Bot) -> None:
 
     [entry] = entries(bot)
     assert entry.text == "rolling back deploy 4512"
+
+
+class ParentFirstSlack(FakeSlack):
+    """conversations.replies as documented: "an entire thread (a message plus all the messages
+    in reply to it)", the parent first on the first page, and counted in `limit`."""
+
+    def _history(self, params: dict[str, Any], *, replies: bool) -> dict[str, Any]:
+        answer = super()._history(params, replies=replies)
+        channel = str(params.get("channel", ""))
+        with self._lock:
+            asked = self.messages.get((channel, str(params.get("ts", "")))) or {}
+            parent = self.messages.get((channel, str(asked.get("thread_ts", ""))))
+        if replies and parent is not None:
+            rest = [m for m in answer["messages"] if m["ts"] != parent["ts"]]
+            answer["messages"] = [dict(parent), *rest][: int(params.get("limit") or 100)]
+        return answer
+
+
+@pytest.fixture
+def parent_first(database: Database, clock: Clock) -> Iterator[Bot]:
+    fake = ParentFirstSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
+    settings = make_settings(database.url, fake.api_url)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
+    fake.stop()
+
+
+def test_a_pinned_thread_reply_is_found_when_replies_lists_the_parent_first(
+    parent_first: Bot,
+) -> None:
+    bot = parent_first
+    bot.command("start Outage")
+    parent = bot.fake.post(CHANNEL, "thread start", user=ALICE, ts=PIN_TS)
+    reply_ts = bot.fake.post(
+        CHANNEL, "found it: bad deploy", user=BOB, ts="1795154460.000200", thread_ts=parent
+    )
+    reaction(bot, reply_ts)
+    bot.wait()
+    assert [entry.text for entry in entries(bot)] == ["found it: bad deploy"]

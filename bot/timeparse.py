@@ -26,6 +26,8 @@ from zoneinfo import ZoneInfo
 from dateutil import parser as dateutil_parser
 
 SEPARATOR = " - "
+# Slack trims a command's text, so `10:00 - ` with nothing after it arrives as `10:00 -`.
+_TRIMMED_SEPARATOR = SEPARATOR.rstrip()
 
 # A few seconds of disagreement between a person's clock and ours is not "the future".
 FUTURE_TOLERANCE = timedelta(minutes=2)
@@ -86,9 +88,17 @@ class Leading:
     rest: str
 
 
+def partition(text: str) -> tuple[str, str, str]:
+    """`text.partition(SEPARATOR)`, also finding a separator that ends the text (`10:00 -`)."""
+    head, separator, tail = text.partition(SEPARATOR)
+    if not separator and text.endswith(_TRIMMED_SEPARATOR):
+        return text.removesuffix(_TRIMMED_SEPARATOR), SEPARATOR, ""
+    return head, separator, tail
+
+
 def split_leading_time(text: str, *, zone: ZoneInfo, now: datetime) -> Leading:
     """Split `"<when> - rest"` into an aware datetime and the rest; plain text has no time."""
-    head, separator, tail = text.partition(SEPARATOR)
+    head, separator, tail = partition(text)
     if not separator or not looks_like_time(head):
         return Leading(when=None, rest=text.strip())
     return Leading(when=parse_time(head, zone=zone, now=now), rest=tail.strip())

@@ -76,7 +76,7 @@ class Call:
 
     def leading_time(self) -> timeparse.Leading:
         """The text split into its optional `<when> - ` and the rest."""
-        head, separator, _ = self.text.partition(timeparse.SEPARATOR)
+        head, separator, _ = timeparse.partition(self.text)
         if not separator or not timeparse.looks_like_time(head):
             return timeparse.Leading(when=None, rest=self.text)
         return timeparse.split_leading_time(self.text, zone=self.zone(), now=self.now)
@@ -198,10 +198,16 @@ def handle_action(call: Call, incident: Incident | None) -> Outcome:
     return Outcome(replies.action_added(incident, text=action.text, count=count))
 
 
+def _time_only(text: str) -> bool:
+    """A time with no separator after it. `1:10 AM -` already has one (Slack trimmed its
+    last space), and a second would make the `-` the text."""
+    return not timeparse.partition(text)[1] and timeparse.looks_like_time(text)
+
+
 def handle_close(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     text = call.text
-    if text and timeparse.looks_like_time(text):  # `/incident close 2:46 AM` with no text after it
+    if text and _time_only(text):  # `/incident close 2:46 AM` with no text after it
         text = text + timeparse.SEPARATOR
     leading = timeparse.split_leading_time(text, zone=call.zone(), now=call.now) if text else None
     when = leading.when if leading and leading.when else call.now
@@ -262,9 +268,9 @@ def _entry_number(text: str) -> tuple[int, str]:
 def handle_edit(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     number, rest = _entry_number(call.text)
-    if rest and timeparse.looks_like_time(rest):  # `edit 3 1:10 AM`: a new time only
+    if rest and _time_only(rest):  # `edit 3 1:10 AM`: a new time only
         rest = rest + timeparse.SEPARATOR
-    head, separator, _ = rest.partition(timeparse.SEPARATOR)
+    head, separator, _ = timeparse.partition(rest)
     if separator and timeparse.looks_like_time(head):
         leading = timeparse.split_leading_time(rest, zone=call.zone(), now=call.now)
     else:

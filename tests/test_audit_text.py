@@ -1,0 +1,59 @@
+"""Text people type, at its edges: what the audit of typed text found, end to end."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.models import Incident, TimelineEntry
+from tests.conftest import Bot
+
+
+def entry_texts(bot: Bot) -> list[str]:
+    with bot.services.sessions() as session:
+        return list(session.scalars(select(TimelineEntry.text).order_by(TimelineEntry.id)))
+
+
+def incident_count(bot: Bot) -> int:
+    with bot.services.sessions() as session:
+        return session.scalar(select(func.count()).select_from(Incident)) or 0
+
+
+# --- a time with nothing after it --------------------------------------------------------
+# Slack trims the command's text, so `note 10:00 - ` arrives as `note 10:00 -`.
+
+
+@pytest.mark.parametrize("typed", ["note 10:00 - ", "note 8:00 AM -"])
+def test_a_note_with_a_time_and_no_text_is_refused_and_stores_nothing(bot: Bot, typed: str) -> None:
+    bot.command("start Outage")
+    reply = bot.command(typed)
+
+    assert "empty" in reply.text
+    assert entry_texts(bot) == []
+
+
+def test_a_start_with_a_time_and_no_title_is_refused_and_stores_nothing(bot: Bot) -> None:
+    reply = bot.command("start 8:00 AM - ")
+
+    assert "empty" in reply.text
+    assert incident_count(bot) == 0
+
+
+def test_an_edit_with_a_time_and_no_text_moves_the_entry_and_keeps_its_text(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note hello")
+
+    reply = bot.command("edit 1 8:00 AM - ")
+
+    assert "8:00 AM EAT - hello" in reply.text
+    assert entry_texts(bot) == ["hello"]
+
+
+def test_a_close_with_a_time_and_no_text_adds_no_entry(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+
+    reply = bot.command("close 8:00 AM - ")
+    bot.wait()
+
+    assert "closed" in reply.text
+    assert entry_texts(bot) == []

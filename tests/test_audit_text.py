@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import Incident, TimelineEntry
 from tests.conftest import Bot
 
@@ -57,3 +58,27 @@ def test_a_close_with_a_time_and_no_text_adds_no_entry(bot: Bot) -> None:
 
     assert "closed" in reply.text
     assert entry_texts(bot) == []
+
+
+# --- the length limit counts the text, not the time or number before it -------------------
+
+
+def test_a_note_at_the_limit_after_a_time_is_kept(bot: Bot) -> None:
+    bot.command("start Outage")
+    text = "x" * MAX_TEXT_LENGTH
+
+    bot.command(f"note 8:00 AM - {text}")
+    reply = bot.command(f"note 8:00 AM - {text}y")
+
+    assert entry_texts(bot) == [text]
+    assert "4,001" in reply.text
+
+
+def test_an_edit_to_text_at_the_limit_is_kept(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note hello")
+    text = "z" * MAX_TEXT_LENGTH
+
+    bot.command(f"edit 1 {text}")
+
+    assert entry_texts(bot) == [text]

@@ -394,6 +394,9 @@ def handle_help(_call: Call, _incident: Incident | None) -> Outcome:
 
 
 STATUS_ENTRIES = 20
+# What may come before the text and is not counted in its limit (check_text counts the text
+# itself): an entry number `#123456789 ` and a `<when> - ` (a time is at most 64 characters).
+PREFIX_ROOM = 80
 
 SUBCOMMANDS: Sequence[Subcommand] = (
     Subcommand(
@@ -583,7 +586,7 @@ def _run(
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
         return Outcome(help_reply(problem), result="missing_text")
     call = replace(build_call(slack_text.decode(rest)), raw=rest)
-    if len(call.text) > incidents.MAX_TEXT_LENGTH:
+    if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
     incident = None

@@ -82,3 +82,14 @@ def test_an_edit_to_text_at_the_limit_is_kept(bot: Bot) -> None:
     bot.command(f"edit 1 {text}")
 
     assert entry_texts(bot) == [text]
+
+
+# --- an unknown subcommand is named as it was typed -----------------------------------------
+
+
+def test_an_unknown_subcommand_is_named_as_typed_not_as_slack_escaped_it(bot: Bot) -> None:
+    reply = bot.command("r&d <b>")
+
+    # Escaped once for Slack, which shows `r&d`; escaped twice it would show `r&amp;d`.
+    assert "I don't know `r&amp;d`" in reply.text
+    assert "&amp;amp;" not in reply.visible

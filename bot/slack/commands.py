@@ -580,7 +580,9 @@ def _run(
     if not name:
         return Outcome(help_reply(), result="help")
     if subcommand is None:
-        problem = f"I don't know `{shorten_name(name)}`. Here is what I can do:"
+        # The name as typed: help_text escapes it again for Slack.
+        typed = shorten_name(slack_text.decode(name))
+        problem = f"I don't know `{typed}`. Here is what I can do:"
         return Outcome(help_reply(problem), result="unknown_subcommand")
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"

@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 # answer cut off mid-body (http.client.IncompleteRead), the SDK's own errors.
 UNREACHABLE = (SlackClientError, OSError, HTTPException)
 # Errors that mean the bot cannot post in this channel until someone invites it.
-NOT_A_MEMBER = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
+NOT_A_MEMBER = {"not_in_channel", "channel_not_found"}
+# Errors that mean no one's invitation would let the bot post there, and why.
+CANNOT_POST = {
+    "is_archived": "this channel is archived",
+    "restricted_action": "only some people may post in this channel",
+}
 
 
 def publish_postmortem(
@@ -81,6 +86,17 @@ def publish_postmortem(
                     f"I am not a member of this channel, so I could not post there ({code}). "
                     f"Invite me with /invite; `incident-bot export {reference}` prints the "
                     "postmortem meanwhile."
+                ),
+            )
+            return
+        if code in CANNOT_POST:
+            # The response URL still speaks for the person who closed it.
+            tell(response_url, summary)
+            tell(
+                response_url,
+                replies.refusal(
+                    f"I could not post in this channel: {CANNOT_POST[code]} ({code}). "
+                    f"`incident-bot export {reference}` prints the postmortem."
                 ),
             )
             return

@@ -104,3 +104,17 @@ def test_a_pinned_thread_reply_is_found_when_replies_lists_the_parent_first(
     reaction(bot, reply_ts)
     bot.wait()
     assert [entry.text for entry in entries(bot)] == ["found it: bad deploy"]
+
+
+def test_a_channel_where_posting_is_restricted_is_not_blamed_on_membership(bot: Bot) -> None:
+    # restricted_action: the workspace lets only some people post there (#general set to
+    # admins only, an announcement channel). The bot is a member; an invitation changes nothing.
+    bot.fake.fail("chat.postMessage", Fault(error="restricted_action"))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    told = " ".join(r["text"] for r in responses)
+    assert "restricted_action" in told
+    assert "not a member" not in told and "/invite" not in told

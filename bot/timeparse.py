@@ -7,8 +7,9 @@ Only this module knows python-dateutil. The rules, in short:
   `500 errors - checkout` or `Deploy at 10:30 failed - rollback` stay plain text.
 * A bare time of day is read in the writer's zone and is today, or yesterday if that
   would lie in the future. A weekday (`Wed 23:50`) is the latest such day likewise;
-  `today`/`yesterday` are taken as said. A date without a year is this year, or last year
-  likewise. A full date in the future is refused, and so is part of a date (`Nov 1:06`).
+  `today`/`yesterday` are taken as said, as days of the writer's calendar even when the
+  time names another zone. A date without a year is this year, or last year likewise.
+  A full date in the future is refused, and so is part of a date (`Nov 1:06`).
 * A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`/`Z`,
   or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
@@ -206,6 +207,9 @@ def _resolve(
     has_year, has_date = parts
     target_zone: tzinfo = first.tzinfo or zone
     local_now = now.astimezone(target_zone)
+    # "today" and "yesterday" are the writer's days, even when the clock time is given in
+    # another zone (`today 23:00 UTC` at 5 PM in Los Angeles, when UTC is already tomorrow).
+    writers_today = now.astimezone(zone).date()
     clock = first.time().replace(tzinfo=None)
     if has_date:
         year = first.year if has_year else local_now.year
@@ -221,7 +225,7 @@ def _resolve(
             except ValueError:
                 raise TimeParseError(f"“{text}” is in the future.") from None
     elif relative_day is not None:
-        candidate = datetime.combine(local_now.date() - timedelta(days=relative_day), clock)
+        candidate = datetime.combine(writers_today - timedelta(days=relative_day), clock)
         if _is_future(candidate, target_zone, now):
             raise TimeParseError(f"“{text}” is in the future.")
     elif weekday is not None:

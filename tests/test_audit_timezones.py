@@ -8,10 +8,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from bot.models import TimelineEntry
+from bot.models import Incident, TimelineEntry
 from bot.timeparse import TimeParseError, parse_time
-from tests.conftest import BOB, Bot
+from tests.conftest import BOB, CHANNEL, Bot
 
+NAIROBI = ZoneInfo("Africa/Nairobi")
 LOS_ANGELES = ZoneInfo("America/Los_Angeles")  # 1 Nov 2026: 1:00-1:59 AM PDT, then again PST
 NEW_YORK = ZoneInfo("America/New_York")  # 1 Nov 2026: 1:00-1:59 AM EDT, then again EST
 
@@ -49,3 +50,35 @@ def test_a_note_at_a_named_second_pass_still_ahead_is_not_stored(bot: Bot) -> No
     assert "future" in reply.text
     with bot.services.sessions() as session:
         assert list(session.scalars(select(TimelineEntry))) == []
+
+
+# --- today / yesterday are the writer's days, also with a zone named -----------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "zone", "now", "expected"),
+    [
+        # 5:00 PM PST on Thursday 19 November is 01:00 UTC on the 20th: "today 23:00 UTC" is
+        # Bob's Thursday, two hours ago.
+        ("today 23:00 UTC", LOS_ANGELES, utc(2026, 11, 20, 1, 0), utc(2026, 11, 19, 23, 0)),
+        ("yesterday 23:00 UTC", LOS_ANGELES, utc(2026, 11, 20, 1, 0), utc(2026, 11, 18, 23, 0)),
+        # 1:00 AM EAT on Friday 20 November is 22:00 UTC on the 19th: Alice's yesterday is
+        # Thursday 19th, not Wednesday.
+        ("yesterday 14:05 UTC", NAIROBI, utc(2026, 11, 19, 22, 0), utc(2026, 11, 19, 14, 5)),
+        ("yesterday 14:05 +00:00", NAIROBI, utc(2026, 11, 19, 22, 0), utc(2026, 11, 19, 14, 5)),
+    ],
+)
+def test_today_and_yesterday_are_the_writers_days_when_a_zone_is_named(
+    typed: str, zone: ZoneInfo, now: datetime, expected: datetime
+) -> None:
+    assert parse_time(typed, zone=zone, now=now) == expected
+
+
+def test_start_today_at_a_utc_time_in_the_evening_in_los_angeles(bot: Bot) -> None:
+    bot.clock.now = utc(2026, 11, 20, 1, 0)  # 5:00 PM PST on Thursday 19 November
+    reply = bot.command("start today 23:00 UTC - Outage", user=BOB)
+
+    assert reply.status == 200 and reply.in_channel, reply.text
+    with bot.services.sessions() as session:
+        incident = session.scalars(select(Incident).where(Incident.channel_id == CHANNEL)).one()
+    assert incident.started_at == utc(2026, 11, 19, 23, 0)

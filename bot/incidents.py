@@ -6,6 +6,7 @@ commits once per command. Nothing here knows about Slack.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,10 +71,20 @@ class EmptyTextError(IncidentError):
     pass
 
 
+# What shows nothing on screen: control and format characters (zero-width spaces and
+# joiners, direction marks) and separators. `str.strip` removes only whitespace.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` shows anything: one character that is not blank, control or format."""
+    return any(unicodedata.category(char) not in _INVISIBLE_CATEGORIES for char in text)
+
+
 def check_text(text: str, *, what: str = "text") -> str:
     """Return `text` stripped, or refuse it when it is empty or over the limit."""
     text = text.strip()
-    if not text:
+    if not has_visible_text(text):
         raise EmptyTextError(f"The {what} is empty.")
     if len(text) > MAX_TEXT_LENGTH:
         raise TextTooLongError(len(text))

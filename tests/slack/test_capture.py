@@ -160,6 +160,16 @@ def test_files_come_with_the_message_and_show_as_links(bot: Bot) -> None:
     assert "trace.txt" in markdown and "javascript:" not in markdown
 
 
+def test_a_file_shared_with_only_invisible_text_is_kept_by_its_name(bot: Bot) -> None:
+    bot.command("start Outage")
+    files = [{"id": "F1", "name": "latency.png", "permalink": "https://demo.slack.com/f/F1"}]
+    ts = bot.fake.post(CHANNEL, "\u200b", user=ALICE, ts=PIN_TS, files=files)
+    reaction(bot, ts)
+
+    [entry] = entries(bot)
+    assert entry.text == "Shared latency.png"
+
+
 def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)

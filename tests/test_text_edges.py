@@ -1,4 +1,4 @@
-"""Text people type, at its edges: what the audit of typed text found, end to end."""
+"""Text people type, at its edges, end to end: a bare time, the limit, names, invisible text."""
 
 from __future__ import annotations
 
@@ -93,3 +93,44 @@ def test_an_unknown_subcommand_is_named_as_typed_not_as_slack_escaped_it(bot: Bo
     # Escaped once for Slack, which shows `r&d`; escaped twice it would show `r&amp;d`.
     assert "I don't know `r&amp;d`" in reply.text
     assert "&amp;amp;" not in reply.visible
+
+
+# --- text with nothing visible is empty ---------------------------------------------------
+# Zero-width spaces and joiners, direction marks and control characters are not whitespace
+# to `str.strip`, but they show nothing: an entry of them would be a blank line.
+
+INVISIBLE = ["\u200b", "\u2060\u200d", "\x01", "\u202e", "\u200b \u00a0\u200e"]
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE)
+def test_a_note_with_nothing_visible_is_refused_and_stores_nothing(
+    bot: Bot, invisible: str
+) -> None:
+    bot.command("start Outage")
+    reply = bot.command(f"note {invisible}")
+
+    assert "empty" in reply.text
+    assert entry_texts(bot) == []
+
+
+@pytest.mark.parametrize("subcommand", ["impact", "action"])
+def test_fields_and_actions_with_nothing_visible_are_refused(bot: Bot, subcommand: str) -> None:
+    bot.command("start Outage")
+    reply = bot.command(f"{subcommand} \u200b\u2060")
+
+    assert "empty" in reply.text
+    assert bot.command("status").text.count("\u200b") == 0
+
+
+def test_a_start_with_nothing_visible_opens_no_incident(bot: Bot) -> None:
+    reply = bot.command("start \u200b\u202e")
+
+    assert "empty" in reply.text
+    assert incident_count(bot) == 0
+
+
+def test_invisible_characters_beside_visible_text_are_kept_as_typed(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note \u200bcheckout\u200d is \u202edown")
+
+    assert entry_texts(bot) == ["\u200bcheckout\u200d is \u202edown"]

@@ -1,4 +1,4 @@
-"""Time zone cases found in an audit: each test failed before the fix it names."""
+"""Time zone edges: the repeated hour still ahead, and today or yesterday in another zone."""
 
 from __future__ import annotations
 

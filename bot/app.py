@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import parse_qsl
 
 from slack_bolt import App, BoltRequest, BoltResponse
@@ -31,6 +32,7 @@ BOT_SCOPES = (
     "channels:manage",
 )
 OAUTH_STATE_EXPIRATION_S = 600
+log = logging.getLogger(__name__)
 
 
 class IncidentApp(App):
@@ -109,5 +111,22 @@ def build_app(
             logger=logger,
             token_verification_enabled=token_verification_enabled,
         )
+        _acknowledge_uninstalls(app)
     register(app, services)
     return app
+
+
+def _acknowledge_uninstalls(app: App) -> None:
+    """On SLACK_BOT_TOKEN alone there are no stored tokens to forget, but Slack still sends
+    these events (manifest.yaml subscribes to them in either mode). Unanswered, they would be
+    404s that Slack sends again and counts against the app's event delivery."""
+
+    def handle_uninstall(event: dict[str, Any], body: dict[str, Any]) -> None:
+        log.warning(
+            "Slack says %s for workspace %s: SLACK_BOT_TOKEN no longer works there",
+            event.get("type"),
+            body.get("team_id"),
+        )
+
+    app.event("app_uninstalled")(handle_uninstall)
+    app.event("tokens_revoked")(handle_uninstall)

@@ -118,3 +118,18 @@ def test_a_channel_where_posting_is_restricted_is_not_blamed_on_membership(bot: 
     told = " ".join(r["text"] for r in responses)
     assert "restricted_action" in told
     assert "not a member" not in told and "/invite" not in told
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "app_uninstalled"},
+        {"type": "tokens_revoked", "tokens": {"oauth": [], "bot": ["U0BOT00001"]}},
+    ],
+)
+def test_uninstall_events_are_answered_on_a_single_token(bot: Bot, event: dict[str, Any]) -> None:
+    # manifest.yaml subscribes to both in either mode; a 404 would be sent again by Slack.
+    body, headers = signed_event(SECRET, {**event, "event_ts": "1795154500.000100"}, team_id=TEAM)
+
+    assert bot.dispatch(body, headers).status == 200
+    assert [call.method for call in bot.fake.calls if call.method != "auth.test"] == []

@@ -77,28 +77,10 @@ def publish_postmortem(
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
         log.warning("posting the summary of %s failed: %s", reference, code)
-        if code in NOT_A_MEMBER:
-            # The response URL can still speak in the channel; ask for an invitation.
+        if code in NOT_A_MEMBER or code in CANNOT_POST:
+            # The response URL can still speak in the channel for the person who closed it.
             tell(response_url, summary)
-            tell(
-                response_url,
-                replies.refusal(
-                    f"I am not a member of this channel, so I could not post there ({code}). "
-                    f"Invite me with /invite; `incident-bot export {reference}` prints the "
-                    "postmortem meanwhile."
-                ),
-            )
-            return
-        if code in CANNOT_POST:
-            # The response URL still speaks for the person who closed it.
-            tell(response_url, summary)
-            tell(
-                response_url,
-                replies.refusal(
-                    f"I could not post in this channel: {CANNOT_POST[code]} ({code}). "
-                    f"`incident-bot export {reference}` prints the postmortem."
-                ),
-            )
+            tell(response_url, replies.refusal(_not_posted(code, reference)))
             return
         tell(
             response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
@@ -134,6 +116,17 @@ def publish_postmortem(
                 f"`incident-bot export {reference}` prints it."
             ),
         )
+
+
+def _not_posted(code: str, reference: str) -> str:
+    """Why the summary is not in the channel, and what to do about it."""
+    export = f"`incident-bot export {reference}` prints the postmortem"
+    if code in CANNOT_POST:
+        return f"I could not post in this channel: {CANNOT_POST[code]} ({code}). {export}."
+    return (
+        f"I am not a member of this channel, so I could not post there ({code}). "
+        f"Invite me with /invite; {export} meanwhile."
+    )
 
 
 def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> None:

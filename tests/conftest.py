@@ -38,6 +38,7 @@ NOBODY = "U0NOTZ0001"  # users.info says user_not_found -> INCIDENT_TIMEZONE
 NOW = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
+LOCK_TIMEOUT = "60s"
 
 
 class Clock:
@@ -60,7 +61,10 @@ def _postgres_engine(schema: str) -> Engine:
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     admin.dispose()
-    return db.make_engine(TEST_DATABASE_URL, connect_args={"options": f"-csearch_path={schema}"})
+    # A test that fails inside a transaction may leave it open, holding its locks, until
+    # teardown (a hypothesis test runs its next example first): wait a minute, not forever.
+    options = f"-csearch_path={schema} -clock_timeout={LOCK_TIMEOUT}"
+    return db.make_engine(TEST_DATABASE_URL, connect_args={"options": options})
 
 
 def _drop_postgres_schema(schema: str) -> None:

@@ -125,8 +125,8 @@ def capture_message(
 def captured_text(message: Message) -> str:
     """A captured message's text for the timeline. Slack allows 40,000 characters, the
     timeline 4,000: a longer message is cut, marked so, and its permalink has the rest."""
-    text = message.text.strip() if incidents.has_visible_text(message.text or "") else ""
-    text = text or _files_only(message.files)
+    shown = message.text if incidents.has_visible_text(message.text) else ""
+    text = (shown or _files_only(message.files)).strip()
     if len(text) > MAX_TEXT_LENGTH:
         text = text[: MAX_TEXT_LENGTH - len(CUT_MARK)].rstrip() + CUT_MARK
     return check_text(text)

@@ -207,9 +207,6 @@ def _resolve(
     has_year, has_date = parts
     target_zone: tzinfo = first.tzinfo or zone
     local_now = now.astimezone(target_zone)
-    # "today" and "yesterday" are the writer's days, even when the clock time is given in
-    # another zone (`today 23:00 UTC` at 5 PM in Los Angeles, when UTC is already tomorrow).
-    writers_today = now.astimezone(zone).date()
     clock = first.time().replace(tzinfo=None)
     if has_date:
         year = first.year if has_year else local_now.year
@@ -225,6 +222,9 @@ def _resolve(
             except ValueError:
                 raise TimeParseError(f"“{text}” is in the future.") from None
     elif relative_day is not None:
+        # "today" and "yesterday" are the writer's days, even when the clock time is given in
+        # another zone (`today 23:00 UTC` at 5 PM in Los Angeles, when UTC is already tomorrow).
+        writers_today = now.astimezone(zone).date()
         candidate = datetime.combine(writers_today - timedelta(days=relative_day), clock)
         if _is_future(candidate, target_zone, now):
             raise TimeParseError(f"“{text}” is in the future.")

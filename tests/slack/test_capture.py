@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -170,23 +171,29 @@ def test_a_file_shared_with_only_invisible_text_is_kept_by_its_name(bot: Bot) ->
     assert entry.text == "Shared latency.png"
 
 
-def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None:
-    bot.command("start Outage")
-    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
-    reaction(bot, ts)
-    edited = bot.fake.edit(CHANNEL, ts, "DB at 99% CPU")
+def message_changed(bot: Bot, message: dict[str, Any], *, previous_text: str) -> Reply:
+    """Tell the app, as Slack does, that the message with `message`'s ts now reads so."""
+    previous = {"type": "message", "user": ALICE, "text": previous_text, "ts": message["ts"]}
     event = {
         "type": "message",
         "subtype": "message_changed",
         "channel": CHANNEL,
         "hidden": True,
-        "message": edited,
-        "previous_message": {"type": "message", "user": ALICE, "text": "DB at 90% CPU", "ts": ts},
+        "message": message,
+        "previous_message": previous,
         "event_ts": "1795154500.000100",
         "ts": "1795154500.000100",
     }
     body, headers = signed_event(SECRET, event, team_id=TEAM)
-    assert bot.dispatch(body, headers).status == 200
+    return bot.dispatch(body, headers)
+
+
+def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts)
+    edited = bot.fake.edit(CHANNEL, ts, "DB at 99% CPU")
+    assert message_changed(bot, edited, previous_text="DB at 90% CPU").status == 200
 
     [entry] = entries(bot)
     assert entry.text == "DB at 99% CPU"

@@ -12,7 +12,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault, signed_event
 from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Clock, Database, make_settings
-from tests.slack.test_capture import PIN_TS, entries, reaction
+from tests.slack.test_capture import PIN_TS, entries, message_changed, reaction
 
 
 def test_a_retried_pin_whose_reaction_is_gone_by_then_records_nothing(bot: Bot) -> None:
@@ -50,18 +50,7 @@ def test_deleting_a_pinned_thread_parent_keeps_its_entry(bot: Bot) -> None:
         "parent_user_id": "USLACKBOT",
         "reply_count": 1,
     }
-    event = {
-        "type": "message",
-        "subtype": "message_changed",
-        "hidden": True,
-        "channel": CHANNEL,
-        "message": tombstone,
-        "previous_message": {"type": "message", "user": ALICE, "text": "rolling back", "ts": ts},
-        "event_ts": "1795154500.000100",
-        "ts": "1795154500.000100",
-    }
-    body, headers = signed_event(SECRET, event, team_id=TEAM)
-    assert bot.dispatch(body, headers).status == 200
+    assert message_changed(bot, tombstone, previous_text="rolling back").status == 200
 
     [entry] = entries(bot)
     assert entry.text == "rolling back deploy 4512"

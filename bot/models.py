@@ -131,6 +131,8 @@ class TimelineEntry(Base):
     permalink: Mapped[str | None] = mapped_column(Text, default=None)
     files: Mapped[str | None] = mapped_column(Text, default=None)
     captured_by: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
+    # The `edited.ts` of the version of the message the entry holds (None: never edited).
+    source_edited_ts: Mapped[str | None] = mapped_column(String(32), default=None)
 
     incident: Mapped[Incident] = relationship(back_populates="entries")
 

@@ -47,6 +47,8 @@ class Message:
     occurred_at: datetime
     permalink: str | None = None
     files: Sequence[Attachment] = ()
+    # Slack's `edited.ts`: which edit of the message this is (None: never edited).
+    edited_ts: str | None = None
 
 
 def encode_files(files: Sequence[Attachment]) -> str | None:
@@ -62,15 +64,16 @@ def decode_files(stored: str | None) -> list[Attachment]:
 
 
 def find_captured(
-    session: Session, *, incident: Incident, channel_id: str, ts: str
+    session: Session, *, incident: Incident, channel_id: str, ts: str, for_update: bool = False
 ) -> TimelineEntry | None:
-    return session.scalars(
-        select(TimelineEntry).where(
-            TimelineEntry.incident_id == incident.id,
-            TimelineEntry.source_channel == channel_id,
-            TimelineEntry.source_ts == ts,
-        )
-    ).first()
+    query = select(TimelineEntry).where(
+        TimelineEntry.incident_id == incident.id,
+        TimelineEntry.source_channel == channel_id,
+        TimelineEntry.source_ts == ts,
+    )
+    if for_update:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(query).first()
 
 
 def capture_message(
@@ -105,6 +108,7 @@ def capture_message(
                 text=text,
                 source_channel=message.channel_id,
                 source_ts=message.ts,
+                source_edited_ts=message.edited_ts,
                 permalink=message.permalink,
                 files=encode_files(message.files),
                 captured_by=captured_by,
@@ -150,10 +154,20 @@ def uncapture_message(
 def refresh_message(
     session: Session, *, incident: Incident, message: Message, now: datetime
 ) -> TimelineEntry | None:
-    """Bring a captured entry up to date with its message after an edit in Slack."""
-    entry = find_captured(session, incident=incident, channel_id=message.channel_id, ts=message.ts)
+    """Bring a captured entry up to date with its message after an edit in Slack.
+
+    Slack does not promise to deliver events in order: an edit older than the one the
+    entry holds changes nothing.
+    """
+    entry = find_captured(
+        session, incident=incident, channel_id=message.channel_id, ts=message.ts, for_update=True
+    )
     if entry is None:
         return None
+    if message.edited_ts is not None:
+        if _slack_ts(message.edited_ts) < _slack_ts(entry.source_edited_ts):
+            return entry
+        entry.source_edited_ts = message.edited_ts
     text = captured_text(message)
     files = encode_files(message.files)
     if text == entry.text and files == entry.files:
@@ -164,6 +178,15 @@ def refresh_message(
     entry.text = text
     entry.files = files
     return entry
+
+
+def _slack_ts(ts: str | None) -> tuple[int, int]:
+    """A Slack timestamp ("1795154500.000100") in an order that compares; None first."""
+    seconds, _, micros = (ts or "").partition(".")
+    try:
+        return (int(seconds), int(micros.ljust(6, "0")[:6]))
+    except ValueError:
+        return (-1, -1)
 
 
 def entry_by_number(session: Session, *, incident: Incident, number: int) -> TimelineEntry:

@@ -95,7 +95,14 @@ def to_message(
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,
+        edited_ts=_edited_ts(raw),
     )
+
+
+def _edited_ts(raw: dict[str, Any]) -> str | None:
+    edited = raw.get("edited")
+    ts = edited.get("ts") if isinstance(edited, dict) else None
+    return str(ts) if ts else None
 
 
 def message_text(raw: dict[str, Any]) -> str:

@@ -202,6 +202,46 @@ def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None
     assert (revision.action, revision.old_text) == ("refresh", "DB at 90% CPU")
 
 
+def test_an_older_edit_delivered_late_does_not_replace_a_newer_one(bot: Bot) -> None:
+    # Slack does not promise to deliver events in the order they happened.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts)
+    first = {
+        **bot.fake.edit(CHANNEL, ts, "DB at 95% CPU"),
+        "edited": {"user": ALICE, "ts": "1795154401.000100"},
+    }
+    second = {
+        **bot.fake.edit(CHANNEL, ts, "DB at 99% CPU"),
+        "edited": {"user": ALICE, "ts": "1795154402.000001"},
+    }
+
+    assert message_changed(bot, second, previous_text="DB at 95% CPU").status == 200
+    assert message_changed(bot, first, previous_text="DB at 90% CPU").status == 200
+
+    [entry] = entries(bot)
+    assert entry.text == "DB at 99% CPU"
+    with bot.services.sessions() as session:
+        [revision] = session.scalars(select(EntryRevision)).all()
+    assert (revision.old_text, revision.new_text) == ("DB at 90% CPU", "DB at 99% CPU")
+
+
+def test_an_edit_older_than_the_pinned_message_changes_nothing(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    first = {
+        **bot.fake.edit(CHANNEL, ts, "DB at 95% CPU"),
+        "edited": {"user": ALICE, "ts": "1795154401.5"},
+    }
+    bot.fake.edit(CHANNEL, ts, "DB at 99% CPU")  # Slack stamps it with the time now, later
+    reaction(bot, ts)  # the bot reads the message as it is now
+
+    assert message_changed(bot, first, previous_text="DB at 90% CPU").status == 200
+
+    [entry] = entries(bot)
+    assert entry.text == "DB at 99% CPU"
+
+
 def test_ordinary_messages_are_acknowledged_and_ignored(bot: Bot) -> None:
     bot.command("start Outage")
     event = {"type": "message", "channel": CHANNEL, "user": ALICE, "text": "hi", "ts": PIN_TS}

@@ -9,7 +9,8 @@ Only this module knows python-dateutil. The rules, in short:
   would lie in the future. A weekday (`Wed 23:50`) is the latest such day likewise;
   `today`/`yesterday` are taken as said, as days of the writer's calendar even when the
   time names another zone. A date without a year is this year, or last year likewise.
-  A full date in the future is refused, and so is part of a date (`Nov 1:06`).
+  A full date in the future is refused, and so is part of a date (`Nov 1:06`) and a date
+  of numbers that reads two ways (`03/11`: March or November?).
 * A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`/`Z`,
   or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
@@ -19,6 +20,7 @@ Only this module knows python-dateutil. The rules, in short:
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -70,6 +72,10 @@ _OTHER_OFFSET = re.compile(
     r"(?:(?<=\s)|^)[+-]\d{1,2}(?::?\d{2})?(?!\S)|(?<=\d)\+\d{1,2}(?::?\d{2})?(?![\d:])"
 )
 _RELATIVE_DAYS = {"today": 0, "yesterday": 1}
+# A date of numbers alone (`03/11/2026`, `3.11.`, `03-11`), but not year-first (`2026-11-03`).
+_NUMERIC_DATE = re.compile(
+    r"(?<![\d/.:-])(\d{1,2})([/.-])(\d{1,2})(?:\2\d{2}(?:\d{2})?)?(?![\d/:-])"
+)
 # People mean "UTC+3" as three hours ahead of UTC; dateutil reads it the POSIX way (behind),
 # so it is rewritten as a plain offset first.
 _UTC_OFFSET = re.compile(
@@ -136,6 +142,7 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
         )
     if _count_clocks(text) > 1 or len(_MERIDIEM.findall(text)) > 1:
         raise TimeParseError(f"“{text}” holds more than one time; give just one.")
+    _refuse_ambiguous_date(text)
     # dateutil would take a weekday as the *next* such day and "today" not at all, so the
     # words that name a day are read here and the rest is left to dateutil.
     relative_day: int | None = None
@@ -251,6 +258,18 @@ def _resolve(
     if moment > now.astimezone(UTC) + FUTURE_TOLERANCE:
         raise TimeParseError(f"“{text}” is in the future.")
     return moment
+
+
+def _refuse_ambiguous_date(text: str) -> None:
+    """`03/11` is 11 March to some and 3 November to others: the writer must say which."""
+    for match in _NUMERIC_DATE.finditer(text):
+        first, second = int(match.group(1)), int(match.group(3))
+        if first != second and 1 <= first <= 12 and 1 <= second <= 12:
+            raise TimeParseError(
+                f"“{match.group()}” could be {calendar.month_abbr[first]} {second} or "
+                f"{calendar.month_abbr[second]} {first}; write the month as a word, as in "
+                f"`{calendar.month_abbr[first]} {second}`, or the date as year-month-day."
+            )
 
 
 def _count_clocks(text: str) -> int:

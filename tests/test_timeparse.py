@@ -295,6 +295,36 @@ def test_part_of_a_date_is_refused_rather_than_dropped(typed: str) -> None:
         parse(typed)
 
 
+@pytest.mark.parametrize(
+    ("typed", "readings"),
+    [
+        ("03/11/2026 1:06", "Mar 11 or Nov 3"),
+        ("11/03 1:06 AM", "Nov 3 or Mar 11"),
+        ("3.11. 01:06", "Mar 11 or Nov 3"),
+        ("1:06 AM 11-3-26", "Nov 3 or Mar 11"),
+    ],
+)
+def test_a_numeric_date_that_reads_two_ways_is_refused(typed: str, readings: str) -> None:
+    # Month first in the United States, day first in most of the world: never guess.
+    with pytest.raises(TimeParseError, match=f"could be {readings}; write the month as a word"):
+        parse(typed)
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("20/11/2026 1:06", utc(2026, 11, 19, 22, 6)),
+        ("11/20 1:06", utc(2026, 11, 19, 22, 6)),
+        ("20.11.2026 01:06", utc(2026, 11, 19, 22, 6)),
+        ("11/11 1:06", utc(2026, 11, 10, 22, 6)),
+        ("2026-11-03 1:06", utc(2026, 11, 2, 22, 6)),
+        ("13:06:05.10", utc(2026, 11, 19, 10, 6, 5) + timedelta(milliseconds=100)),
+    ],
+)
+def test_a_numeric_date_that_reads_one_way_is_read(typed: str, expected: datetime) -> None:
+    assert parse(typed) == expected
+
+
 @pytest.mark.parametrize("typed", ["NOV 20 1:06 AM", "DEC 25 1:00", "SEPT 5 1:06"])
 def test_upper_case_month_names_are_not_taken_for_zones(typed: str) -> None:
     expected = {"NOV": utc(2026, 11, 19, 22, 6), "DEC": utc(2025, 12, 24, 22, 0)}

@@ -260,7 +260,9 @@ def close_incident(
     now: datetime,
 ) -> Incident:
     """Close an incident, the optional text becoming its last timeline entry."""
-    if not incident.is_open:
+    # Two closes at once (PostgreSQL): the second waits here for the first to commit, then
+    # finds the incident closed, instead of closing it again and publishing a second time.
+    if locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
         raise IncidentError(f"{incident.reference} is already closed.")
     if text is not None and text.strip():
         text = check_text(text)
@@ -286,6 +288,13 @@ def close_incident(
     incident.closed_by = user_id
     session.flush()
     return incident
+
+
+def locked_status(session: Session, *, incident: Incident) -> str:
+    """The incident's status in the database, its row locked until the transaction ends."""
+    return session.execute(
+        select(Incident.status).where(Incident.id == incident.id).with_for_update()
+    ).scalar_one()
 
 
 def _local(moment: datetime, zone: ZoneInfo) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from sqlalchemy import func, select
 
 from bot import incidents
 from bot.db import make_session_factory
-from bot.models import Incident
+from bot.models import Incident, Postmortem, TimelineEntry
 from tests.conftest import NOW, TEAM, Bot, Database
 
 
@@ -116,3 +117,27 @@ def test_a_sqlite_file_another_process_holds_too_long_is_answered_and_nothing_st
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Incident)) == 0
     assert "opened" in bot.command("start Checkout is down").text
+
+
+@pytest.mark.parametrize("attempts", [8])
+def test_closes_racing_for_one_incident_close_it_once_and_publish_once(
+    bot: Bot, attempts: int
+) -> None:
+    bot.command("start Checkout is down")
+    barrier = threading.Barrier(attempts)
+
+    def close(n: int) -> str:
+        barrier.wait()
+        return bot.command(f"close fixed by {n}").text
+
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        texts = list(pool.map(close, range(attempts)))
+    bot.wait()
+
+    closed_here = [text for text in texts if "Posting the summary" in text]
+    told_closed = [text for text in texts if re.fullmatch(r"INC-1 is (already )?closed\.", text)]
+    assert (len(closed_here), len(told_closed)) == (1, attempts - 1), texts
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1

@@ -594,6 +594,9 @@ def reopen_incident(
     incident = latest_incident(session, team_id=team_id, channel_id=channel_id)
     if incident is None:
         raise NoOpenIncidentError()
+    # Two reopens at once (PostgreSQL): the second waits for the first, then finds it open.
+    if locked_status(session, incident=incident) == IncidentStatus.OPEN.value:
+        raise IncidentError(f"{incident.reference} is open already; there is nothing to reopen.")
     try:
         with session.begin_nested():
             incident.status = IncidentStatus.OPEN.value

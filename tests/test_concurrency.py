@@ -141,3 +141,22 @@ def test_closes_racing_for_one_incident_close_it_once_and_publish_once(
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Postmortem)) == 1
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1
+
+
+@pytest.mark.parametrize("attempts", [8])
+def test_reopens_racing_for_one_incident_reopen_it_once(bot: Bot, attempts: int) -> None:
+    bot.command("start Checkout is down")
+    bot.command("close")
+    bot.wait()
+    barrier = threading.Barrier(attempts)
+
+    def reopen(n: int) -> str:
+        barrier.wait()
+        return bot.command(f"reopen errors are back, says {n}").text
+
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        texts = list(pool.map(reopen, range(attempts)))
+
+    assert sum(text == "INC-1 reopened" for text in texts) == 1, texts
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1

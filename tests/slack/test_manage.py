@@ -218,6 +218,21 @@ def test_detection_after_mitigation_is_refused(bot: Bot, first: str, then: str) 
     assert (after.detected_at, after.mitigated_at) == (before.detected_at, before.mitigated_at)
 
 
+@pytest.mark.parametrize("moment", ["detected", "mitigated"])
+def test_a_close_before_a_key_moment_is_refused_and_nothing_changes(bot: Bot, moment: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command(f"{moment} 7:50 AM")
+    before = live(bot)
+
+    reply = bot.command("close 7:30 AM - fixed")
+
+    assert reply.status == 200 and not reply.in_channel
+    assert f"{moment} at" in reply.text and "cannot close before" in reply.text
+    assert incident(bot).status == "open"
+    assert live(bot) == before
+    assert bot.fake.calls_to("chat.postMessage") == []
+
+
 # --- severity, roles, status ------------------------------------------------------------------
 
 

@@ -463,6 +463,9 @@ def assign_role(
     now: datetime,
 ) -> RoleAssignment:
     """Give a role (commander, ...) to a person; the change goes on the timeline."""
+    holder = current_roles(session, incident=incident).get(role)
+    if holder is not None and holder.user_id == user_id:
+        raise IncidentError(f"{holder.user_name} is already the {role} of {incident.reference}.")
     assignment = RoleAssignment(
         incident_id=incident.id,
         role=role,

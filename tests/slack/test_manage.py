@@ -274,6 +274,22 @@ def test_roles_are_announced_recorded_and_shown_in_status(bot: Bot) -> None:
     assert "Commander:* Bob" in status and "Scribe:* alice" in status
 
 
+def test_giving_someone_the_role_they_hold_is_refused_and_announces_nothing(bot: Bot) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    bot.command("commander <@U0BOB00001>", escaped=True)
+
+    reply = bot.command("role Commander <@U0BOB00001|bob>", escaped=True)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "already the commander" in reply.text
+    assert [text for _, text, _ in live(bot)] == ["Bob is now the commander"]
+    bot.command("commander <@U0ALICE001>", escaped=True)
+    bot.command("commander <@U0BOB00001>", escaped=True)  # back to Bob: that is a change
+    assert [text for _, text, _ in live(bot)][-1] == "Bob is now the commander"
+    assert len(live(bot)) == 3
+
+
 @pytest.mark.parametrize("typed", ["commander bob", "role janitor <@U0BOB00001>", "role scribe"])
 def test_bad_role_assignments_are_refused(bot: Bot, typed: str) -> None:
     bot.command("start Outage")

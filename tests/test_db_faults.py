@@ -24,7 +24,7 @@ from bot import db
 from bot.app import build_app
 from bot.demo import FakeSlack
 from bot.models import TimelineEntry
-from bot.services import build_services
+from bot.services import FollowUps, build_services
 from bot.web import build_wsgi
 from tests.conftest import (
     TEST_DATABASE_URL,
@@ -203,3 +203,25 @@ def test_a_link_that_hangs_during_the_commit_is_not_called_a_failure(faulty: Fau
     assert "Added to" not in reply.visible and "Nothing was saved" not in reply.visible
     faulty.proxy.heal()
     resumes(faulty, "after")
+
+
+def test_a_database_lost_after_a_close_is_reported_to_the_person_who_closed(
+    faulty: Faulty,
+) -> None:
+    """The close is committed and acknowledged; the database goes away before the postmortem
+    is written. The channel gets no summary, and the person who closed is told why."""
+    bot = faulty.bot
+    bot.services.followups = FollowUps(max_workers=1)
+    assert "INC-1" in bot.command("start Outage").text
+    gate = threading.Event()
+    bot.services.followups.submit(gate.wait)  # the close's publishing queues behind this
+
+    reply, _ = timed(lambda: bot.command("close fixed"))
+    assert "is closed" in reply.text
+    faulty.proxy.refuse()
+    gate.set()
+    bot.wait()
+
+    [told] = bot.fake.wait_for_responses(1)
+    assert "INC-1 is closed" in told["text"] and "export INC-1" in told["text"]
+    assert bot.fake.calls_to("chat.postMessage") == []

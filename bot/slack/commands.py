@@ -220,12 +220,13 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
         now=call.now,
     )
     services, incident_id, token = call.services, incident.id, call.token
-    channel_id, response_url = call.channel_id, call.response_url
+    channel_id, response_url, reference = call.channel_id, call.response_url, incident.reference
 
     def followup() -> None:
         publish.publish_postmortem(
             services,
             incident_id=incident_id,
+            reference=reference,
             channel_id=channel_id,
             token=token,
             response_url=response_url,

@@ -9,6 +9,7 @@ from http.client import HTTPException
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot import incidents, postmortem
 from bot.models import Incident
@@ -34,33 +35,47 @@ def publish_postmortem(
     services: Services,
     *,
     incident_id: int,
+    reference: str,
     channel_id: str,
     token: str | None,
     response_url: str | None,
 ) -> None:
     """Render and keep the postmortem, then post the summary and the Markdown file."""
-    with services.sessions() as session:
-        incident = session.get_one(Incident, incident_id)
-        context = postmortem.build_context(session, incident=incident, now=services.clock())
-        summary = replies.close_summary(
-            incident,
-            window=context.window.phrase,
-            duration=context.window.duration,
-            entries=len(context.timeline),
-            actions=len(context.actions),
-        )
-        try:
-            markdown = postmortem.render(services.templates, context)
-        except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
-            log.exception("rendering the postmortem of %s failed", incident.reference)
-            tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
-            markdown = None
-        if markdown is not None:
-            incidents.record_postmortem(
-                session, incident=incident, markdown=markdown, now=services.clock()
+    try:
+        with services.sessions() as session:
+            incident = session.get_one(Incident, incident_id)
+            context = postmortem.build_context(session, incident=incident, now=services.clock())
+            summary = replies.close_summary(
+                incident,
+                window=context.window.phrase,
+                duration=context.window.duration,
+                entries=len(context.timeline),
+                actions=len(context.actions),
             )
-            session.commit()
-        reference, title = incident.reference, incident.title
+            try:
+                markdown = postmortem.render(services.templates, context)
+            except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
+                log.exception("rendering the postmortem of %s failed", incident.reference)
+                tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
+                markdown = None
+            if markdown is not None:
+                incidents.record_postmortem(
+                    session, incident=incident, markdown=markdown, now=services.clock()
+                )
+                session.commit()
+            title = incident.title
+    except SQLAlchemyError:
+        # The close is committed: the postmortem can be rendered from it again.
+        log.warning("could not write the postmortem of %s", reference, exc_info=True)
+        tell(
+            response_url,
+            replies.refusal(
+                f"{reference} is closed, but the database stopped answering before I could "
+                "write its postmortem, so nothing was posted. Once it answers again, "
+                f"`incident-bot export {reference}` prints the postmortem."
+            ),
+        )
+        return
 
     client = web_client(services.settings, token)
 

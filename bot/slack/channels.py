@@ -48,6 +48,7 @@ def open_incident_channel(
         names = [channel_name(incident, attempt) for attempt in range(1, MAX_ATTEMPTS + 1)]
     client = web_client(services.settings, token)
     created: str | None = None
+    why = "every name was taken"
     for name in names:
         try:
             created = str(client.conversations_create(name=name)["channel"]["id"])
@@ -55,15 +56,21 @@ def open_incident_channel(
         except SlackApiError as error:
             if error.response.get("error") == "name_taken":
                 continue
+            why = str(error.response.get("error", ""))
             log.warning("conversations.create %s failed: %s", name, error)
             break
         except UNREACHABLE as error:
+            why = "Slack could not be reached"
             log.warning("conversations.create %s failed: %s", name, error)
             break
     if created is None:
+        # Said with Slack's reason: `missing_scope` (installed before channels:manage was
+        # asked for) or `restricted_action` (a workspace policy) each need someone to act.
         tell(
             response_url,
-            replies.simple("I could not create a channel for the incident; it stays here."),
+            replies.simple(
+                f"I could not create a channel for the incident ({why}); it stays here."
+            ),
         )
         return
     with services.sessions() as session:

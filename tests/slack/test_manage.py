@@ -460,6 +460,24 @@ def test_start_can_open_a_dedicated_channel(
     assert "no open incident" in bot.command("note old room", channel=CHANNEL).text.lower()
 
 
+@pytest.mark.parametrize("error", ["missing_scope", "restricted_action", "account_inactive"])
+def test_a_channel_slack_refuses_to_create_is_explained_and_the_incident_stays(
+    database: Database, fake_slack: FakeSlack, clock: Clock, error: str
+) -> None:
+    settings = replace(make_settings(database.url, fake_slack.api_url), incident_channels=True)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    fake_slack.fail("conversations.create", Fault(error=error))
+
+    bot.command("start Checkout down")
+    bot.wait()
+
+    [told] = fake_slack.wait_for_responses(1)
+    assert "could not create a channel" in told["text"] and f"({error})" in told["text"]
+    assert incident(bot).channel_id == CHANNEL
+    assert "INC-1" in bot.command("note still here").text
+
+
 def test_a_refused_invite_still_leaves_the_header_in_the_new_channel(
     database: Database, fake_slack: FakeSlack, clock: Clock
 ) -> None:

@@ -118,6 +118,10 @@ def _database_url(value: str) -> str:
             f"DATABASE_URL is not a database URL: {_without_password(value)!r} "
             "(expected e.g. sqlite:///incidents.db or postgresql+psycopg://user@host/db)."
         ) from None
+    except ValueError:  # make_url reads the port with int()
+        raise ConfigError(_bad_port(value)) from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ConfigError(_bad_port(value))
     backend = url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         hint = " (write postgresql://, not postgres://)" if backend == "postgres" else ""
@@ -145,6 +149,13 @@ def _database_url(value: str) -> str:
             "use postgresql+psycopg:// with pip install 'incident-bot[postgres]'."
         ) from None
     return value
+
+
+def _bad_port(value: str) -> str:
+    return (
+        "DATABASE_URL names a port that is not a number from 1 to 65535: "
+        f"{_without_password(value)!r}."
+    )
 
 
 def _without_password(value: str) -> str:

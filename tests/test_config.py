@@ -169,6 +169,9 @@ def _pg8000_missing() -> bool:
         ("DATABASE_URL", "postgresql+nosuchdriver://bot@db/incidents", "unknown driver"),
         ("DATABASE_URL", "sqlite+nosuchdriver:///incidents.db", "unknown driver"),
         ("DATABASE_URL", "postgresql+asyncpg://bot@db/incidents", "async driver"),
+        ("DATABASE_URL", "postgresql+psycopg://bot@db:54x32/incidents", "not a number"),
+        ("DATABASE_URL", "postgresql+psycopg://bot@db:/incidents", "port that is not a number"),
+        ("DATABASE_URL", "postgresql+psycopg://bot@db:99999/incidents", "not a number"),
         ("SLACK_API_URL", "slack.com/api", "must be an http(s) URL"),
         ("SLACK_API_URL", "ftp://slack.com/api/", "must be an http(s) URL"),
         ("SLACK_API_URL", "https://", "must be an http(s) URL"),
@@ -203,6 +206,7 @@ def test_a_token_is_not_echoed_in_its_error() -> None:
         "postgres://bot:hunter2@db/incidents",
         "postgresql+nosuchdriver://bot:hunter2@db/incidents",
         "postgresql+asyncpg://bot:hunter2@db/incidents",
+        "postgresql+psycopg://bot:hunter2@db:54x32/incidents",
     ],
 )
 def test_a_database_password_is_not_echoed_in_its_error(url: str) -> None:

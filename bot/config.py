@@ -167,6 +167,14 @@ def _api_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"SLACK_API_URL must be an http(s) URL, got {value!r}.")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ConfigError(
+            f"SLACK_API_URL names a port that is not a number from 1 to 65535, got {value!r}."
+        )
     if parts.query or parts.fragment:
         # Method names are appended to it (".../api/chat.postMessage").
         raise ConfigError(f"SLACK_API_URL must not have a query or fragment, got {value!r}.")

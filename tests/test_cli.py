@@ -13,7 +13,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from bot import db, incidents
+from bot import db, incidents, postmortem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -256,3 +256,52 @@ def test_export_of_a_file_that_is_not_a_database_says_so(tmp_path: Path) -> None
     assert exported.returncode == 1
     assert exported.stderr.startswith("incident-bot: cannot read the database at ")
     assert "Traceback" not in exported.stderr
+
+
+# --- templates are checked at start-up --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{% if %}broken\n", "line 1: Expected an expression"),
+        ("# {{ pm.title }}\n\n{{ pm.titel }}\n", "line 3: 'bot.postmortem.PostmortemContext"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("mode", "env"),
+    [
+        ("serve", {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_SIGNING_SECRET": "s"}),
+        ("socket", {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-x"}),
+    ],
+)
+def test_serving_refuses_a_template_that_fails_before_the_first_close(
+    tmp_path: Path, mode: str, env: dict[str, str], template: str, says: str
+) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "postmortem.md.j2").write_text(template)
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0  # nothing else stops it
+    env = {**env, "TEMPLATES_DIR": str(folder), "SLACK_API_URL": "http://127.0.0.1:9/api/"}
+
+    result = bot_cli(mode, cwd=tmp_path, env=env)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"incident-bot: configuration error: TEMPLATES_DIR holds a template that fails: "
+        f"{folder / 'postmortem.md.j2'}, {says}"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_copies_of_the_built_in_templates_pass_the_start_up_check(tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    for template in postmortem.builtin_templates_dir().glob("*.j2"):
+        (folder / template.name).write_text(template.read_text())
+    env = {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-x", "TEMPLATES_DIR": str(folder)}
+
+    result = bot_cli("socket", cwd=tmp_path, env=env)  # no database: the next thing it checks
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("incident-bot: there is no database at "), result.stderr

@@ -172,6 +172,15 @@ def test_serve_refuses_a_count_that_is_not_positive(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("value", ["99999", "65536", "-5"])
+def test_serve_refuses_a_port_that_does_not_exist(tmp_path: Path, value: str) -> None:
+    env = {"SLACK_SIGNING_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-x"}
+    result = bot_cli("serve", "--port", value, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert f"argument --port: '{value}' is not a port number (0 to 65535)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_warns_that_several_workers_share_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     env = {"SLACK_SIGNING_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-x", "DATABASE_URL": url}

@@ -123,6 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
             "PostgreSQL for several workers.",
             args.workers,
         )
+    if not settings.multi_workspace:
+        refused = _refuse_unless_slack_accepts_the_token(settings)
+        if refused:
+            return refused
     web.serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
@@ -135,11 +139,47 @@ def _socket(_args: argparse.Namespace) -> int:
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
     _check_templates(settings)
-    refused = _refuse_unless_schema_current(settings)
+    refused = _refuse_unless_schema_current(settings) or (
+        _refuse_unless_slack_accepts_the_token(settings)
+    )
     if refused:
         return refused
     app = build_app(settings, build_services(settings, create_schema=False))
     SocketModeHandler(app, settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+    return 0
+
+
+def _refuse_unless_slack_accepts_the_token(settings: Settings) -> int:
+    """0 when Slack accepts SLACK_BOT_TOKEN; else say why not and return non-zero.
+
+    Bolt asks Slack the same (auth.test) as it builds the app, in every worker, and a token
+    that was mistyped or revoked would end each of them with a traceback.
+    """
+    from slack_sdk.errors import SlackApiError
+
+    from bot.services import web_client
+
+    try:
+        web_client(settings, settings.slack_bot_token).auth_test()
+    except SlackApiError as error:
+        if error.response.status_code != 200:  # not Slack's answer to a token (a 404, a 5xx)
+            print(
+                f"incident-bot: {settings.slack_api_url} (SLACK_API_URL) did not answer as "
+                f"Slack's Web API does: HTTP {error.response.status_code}",
+                file=sys.stderr,
+            )
+            return 1
+        raise ConfigError(
+            f"SLACK_BOT_TOKEN was refused by Slack ({error.response.get('error')}); copy the "
+            "Bot User OAuth Token from the app's OAuth & Permissions page again."
+        ) from None
+    except OSError as error:  # connection refused, a name that does not resolve, a timeout
+        print(
+            f"incident-bot: cannot reach Slack at {settings.slack_api_url} (SLACK_API_URL): "
+            f"{error}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -14,6 +14,7 @@ from alembic import command
 from sqlalchemy import text
 
 from bot import db, incidents, postmortem
+from bot.demo import FakeSlack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -314,3 +315,46 @@ def test_copies_of_the_built_in_templates_pass_the_start_up_check(tmp_path: Path
 
     assert result.returncode == 2
     assert result.stderr.startswith("incident-bot: there is no database at "), result.stderr
+
+
+# --- the bot token is tried before serving ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "env"),
+    [("serve", {"SLACK_SIGNING_SECRET": "s"}), ("socket", {"SLACK_APP_TOKEN": "xapp-x"})],
+)
+def test_serving_on_a_token_slack_refuses_names_the_token(
+    tmp_path: Path, mode: str, env: dict[str, str]
+) -> None:
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0
+    slack = FakeSlack(tokens={"xoxb-the-right-one": "T0DEMO0001"}).start()
+    try:
+        result = bot_cli(
+            mode,
+            cwd=tmp_path,
+            env={**env, "SLACK_BOT_TOKEN": "xoxb-revoked", "SLACK_API_URL": slack.api_url},
+        )
+    finally:
+        slack.stop()
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "incident-bot: configuration error: SLACK_BOT_TOKEN was refused by Slack (invalid_auth)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serving_on_an_api_url_that_is_not_slacks_says_so(tmp_path: Path) -> None:
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0
+    slack = FakeSlack().start()
+    try:
+        env = {"SLACK_SIGNING_SECRET": "s", "SLACK_BOT_TOKEN": "xoxb-x"}
+        result = bot_cli("serve", cwd=tmp_path, env={**env, "SLACK_API_URL": slack.base})
+    finally:
+        slack.stop()
+
+    assert result.returncode == 1
+    said = f"{slack.base}/ (SLACK_API_URL) did not answer as Slack's Web API does: HTTP 404"
+    assert said in result.stderr, result.stderr
+    assert "SLACK_BOT_TOKEN" not in result.stderr and "Traceback" not in result.stderr

@@ -593,13 +593,16 @@ def run() -> int:
     from slack_bolt.request import BoltRequest
 
     from bot.app import build_app
-    from bot.config import Settings
+    from bot.config import DEFAULT_DATABASE_URL, Settings
     from bot.services import build_services
 
     fake = FakeSlack(users={DEMO_USER: DEMO_ZONE}).start()
     try:
         settings = dataclasses.replace(
             Settings.load(),
+            # Always incidents.db here: DATABASE_URL (or .env) may name production's database,
+            # which the demo must neither migrate nor write a sample incident into.
+            database_url=DEFAULT_DATABASE_URL,
             slack_bot_token=DEMO_BOT_TOKEN,
             slack_signing_secret=DEMO_SIGNING_SECRET,
             slack_api_url=fake.api_url,

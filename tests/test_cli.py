@@ -58,6 +58,19 @@ def test_demo_prints_the_postmortem_and_leaves_the_database(
     assert "INC-1 opened" in demo_run.stderr  # the commands and their answers, on stderr
 
 
+def test_demo_writes_to_incidents_db_here_never_to_the_configured_database(tmp_path: Path) -> None:
+    # README step 2 has the operator's .env name the production database; the demo, run
+    # beside it, must neither migrate that database nor write a sample incident into it.
+    production = "postgresql+psycopg://bot:hunter2@127.0.0.1:9/production"
+    (tmp_path / ".env").write_text(f"DATABASE_URL={production}\n")
+
+    result = bot_cli("demo", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "incidents.db").is_file()
+    assert "hunter2" not in result.stderr
+
+
 def test_export_prints_the_same_postmortem_from_the_database(
     demo_run: subprocess.CompletedProcess[str], demo_dir: Path
 ) -> None:

@@ -358,7 +358,8 @@ def _export(args: argparse.Namespace) -> int:
     from bot import db, incidents, postmortem
     from bot.services import utc_now
 
-    match = re.fullmatch(r"(?:INC-)?(\d+)", args.reference.strip(), re.IGNORECASE)
+    # ASCII digits, and few enough for the database's integer column (numbers count per workspace).
+    match = re.fullmatch(r"(?:INC-)?0*(\d{1,9})", args.reference.strip(), re.IGNORECASE | re.ASCII)
     if match is None:
         print(
             f"incident-bot: {args.reference!r} is not an incident reference like INC-7",

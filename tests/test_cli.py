@@ -86,7 +86,12 @@ def test_export_prints_the_same_postmortem_from_the_database(
 
 @pytest.mark.parametrize(
     ("reference", "code", "says"),
-    [("INC-99", 1, "There is no INC-99"), ("yesterday", 2, "not an incident reference")],
+    [
+        ("INC-99", 1, "There is no INC-99"),
+        ("yesterday", 2, "not an incident reference"),
+        ("INC-99999999999999999999", 2, "not an incident reference"),  # no database holds it
+        ("INC-\u0661", 2, "not an incident reference"),  # an Arabic-Indic 1 is not INC-1
+    ],
 )
 def test_export_refuses_what_it_cannot_find(
     demo_run: subprocess.CompletedProcess[str], demo_dir: Path, reference: str, code: int, says: str

@@ -133,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _socket(_args: argparse.Namespace) -> int:
     from slack_bolt.adapter.socket_mode import SocketModeHandler
+    from slack_sdk.errors import SlackApiError
 
     from bot.app import build_app
     from bot.services import build_services
@@ -145,7 +146,15 @@ def _socket(_args: argparse.Namespace) -> int:
     if refused:
         return refused
     app = build_app(settings, build_services(settings, create_schema=False))
-    SocketModeHandler(app, settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+    try:
+        SocketModeHandler(app, settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+    except SlackApiError as error:  # apps.connections.open, the one call made before serving
+        if error.response.status_code != 200:
+            raise
+        raise ConfigError(
+            f"SLACK_APP_TOKEN was refused by Slack ({error.response.get('error')}); it must be "
+            "an app-level token with connections:write, from the app's Basic Information page."
+        ) from None
     return 0
 
 

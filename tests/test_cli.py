@@ -14,7 +14,7 @@ from alembic import command
 from sqlalchemy import text
 
 from bot import db, incidents, postmortem
-from bot.demo import FakeSlack
+from bot.demo import FakeSlack, Fault
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -376,3 +376,20 @@ def test_serving_on_an_api_url_that_is_not_slacks_says_so(tmp_path: Path) -> Non
     said = f"{slack.base}/ (SLACK_API_URL) did not answer as Slack's Web API does: HTTP 404"
     assert said in result.stderr, result.stderr
     assert "SLACK_BOT_TOKEN" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_socket_mode_on_an_app_token_slack_refuses_names_the_token(tmp_path: Path) -> None:
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0
+    slack = FakeSlack().start()
+    slack.fail("apps.connections.open", Fault(error="invalid_auth"))
+    try:
+        env = {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-revoked"}
+        result = bot_cli("socket", cwd=tmp_path, env={**env, "SLACK_API_URL": slack.api_url})
+    finally:
+        slack.stop()
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "incident-bot: configuration error: SLACK_APP_TOKEN was refused by Slack (invalid_auth)"
+    ), result.stderr
+    assert "Traceback" not in result.stderr

@@ -608,6 +608,9 @@ def _run(
 
 def no_incident(call: Call) -> Outcome:
     """The answer to a command that needs an open incident where there is none."""
+    if call.in_conversation():
+        refusal = "Incidents are run in channels: use `/incident` in the incident's channel."
+        return Outcome(replies.refusal(refusal), result="no_incident")
     latest = incidents.latest_incident(
         call.session, team_id=call.team_id, channel_id=call.channel_id
     )

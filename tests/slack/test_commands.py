@@ -98,6 +98,26 @@ def test_start_in_a_direct_message_is_refused_and_nothing_is_stored(
     assert count(bot, Incident) == 0
 
 
+@pytest.mark.parametrize("typed", ["note the db is down", "status", "close"])
+def test_a_command_for_an_incident_in_a_direct_message_points_to_the_channel(
+    bot: Bot, typed: str
+) -> None:
+    # Not "start one": start is refused here too.
+    slash = SlashCommand(
+        secret=SECRET,
+        team_id=TEAM,
+        channel_id="D0DM000001",
+        user_id=ALICE,
+        response_url=bot.fake.response_url("D0DM000001"),
+        channel_name="directmessage",
+    )
+    reply = bot.dispatch(*slash.signed(typed))
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "in the incident's channel" in reply.text and "/incident start" not in reply.visible
+    assert count(bot, Incident) == 0
+
+
 def test_start_in_a_private_channel_is_accepted(bot: Bot) -> None:
     slash = SlashCommand(
         secret=SECRET,

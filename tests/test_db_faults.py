@@ -22,11 +22,16 @@ from sqlalchemy.engine import make_url
 
 from bot import db
 from bot.app import build_app
-from bot.demo import FakeSlack
+from bot.demo import FakeSlack, signed_shortcut
 from bot.models import TimelineEntry
 from bot.services import FollowUps, build_services
 from bot.web import build_wsgi
 from tests.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    SECRET,
+    TEAM,
     TEST_DATABASE_URL,
     Bot,
     Clock,
@@ -225,3 +230,31 @@ def test_a_database_lost_after_a_close_is_reported_to_the_person_who_closed(
     [told] = bot.fake.wait_for_responses(1)
     assert "INC-1 is closed" in told["text"] and "export INC-1" in told["text"]
     assert bot.fake.calls_to("chat.postMessage") == []
+
+
+@pytest.mark.parametrize("fault", ["refuse", "hang"])
+def test_the_message_shortcut_with_the_database_gone_says_so_and_stores_nothing(
+    faulty: Faulty, fault: str
+) -> None:
+    bot = faulty.bot
+    assert "INC-1" in bot.command("start Outage").text
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts="1795154400.000100")
+    body, headers = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message={"type": "message", "user": ALICE, "text": "rolled back", "ts": ts},
+        team_id=TEAM,
+        channel_id=CHANNEL,
+        user_id=BOB,
+        response_url=bot.fake.response_url("shortcut"),
+    )
+
+    getattr(faulty.proxy, fault)()
+    reply, took = timed(lambda: bot.dispatch(body, headers))
+    print(f"shortcut while the database is gone ({fault}): {reply.status} in {took:.2f} s")
+
+    assert reply.status == 200  # acknowledged: Slack shows no error of its own
+    [told] = bot.fake.wait_for_responses(1)
+    assert "could not record" in told["text"] and "try again" in told["text"]
+    faulty.proxy.heal()
+    assert faulty.direct_count() == 0

@@ -15,15 +15,16 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, BoltRequest, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import incidents, timeline
+from bot import db, incidents, timeline
 from bot.incidents import IncidentError
 from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
 from bot.slack import text as slack_text
-from bot.slack.middleware import with_session
+from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
 
 log = logging.getLogger(__name__)
 
@@ -304,24 +305,44 @@ def register(app: App, services: Services) -> None:
         channel = str((body.get("channel") or {}).get("id", ""))
         user = str((body.get("user") or {}).get("id", ""))
         raw = body.get("message") or {}
-        incident = incidents.find_open_incident(session, team_id=team_id, channel_id=channel)
-        if incident is None:
-            ack()
-            respond(**replies.no_open_incident().as_ack(), replace_original=False)
-            return
-        message = to_message(
-            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
-        )
+        committing = False
         try:
-            entry, created = timeline.capture_message(
-                session, incident=incident, message=message, captured_by=user, now=services.clock()
-            )
-            reference, number = incident.reference, entry.number
-            session.commit()
+            # As for a command: a database that does not answer gets a clear answer in time.
+            with db.deadline(services.engine, COMMAND_DEADLINE_S):
+                incident = incidents.find_open_incident(
+                    session, team_id=team_id, channel_id=channel
+                )
+                if incident is None:
+                    ack()
+                    respond(**replies.no_open_incident().as_ack(), replace_original=False)
+                    return
+                message = to_message(
+                    raw,
+                    channel=channel,
+                    client=client,
+                    author_name=names(team_id, context.bot_token),
+                )
+                entry, created = timeline.capture_message(
+                    session,
+                    incident=incident,
+                    message=message,
+                    captured_by=user,
+                    now=services.clock(),
+                )
+                reference, number = incident.reference, entry.number
+                committing = True
+                session.commit()
         except IncidentError as error:
             session.rollback()
             ack()
             respond(**replies.refusal(str(error)).as_ack(), replace_original=False)
+            return
+        except SQLAlchemyError:
+            log.warning("could not add a message to the timeline", exc_info=True)
+            rollback_quietly(session)
+            ack()
+            trouble = replies.could_not_confirm() if committing else replies.could_not_record()
+            respond(**trouble.as_ack(), replace_original=False)
             return
         ack()
         reply = replies.captured(reference=reference, number=number, created=created)

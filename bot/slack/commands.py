@@ -26,13 +26,10 @@ from bot.models import Field, Incident
 from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
-from bot.slack.middleware import with_session
+from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
-# The database work of a command must be done by then, or the command is answered "could
-# not record": Slack shows an error after 3 seconds, and the answer needs time to travel.
-COMMAND_DEADLINE_S = 2.2
 # One JSON line per command: workspace, subcommand, outcome, latency. Never a token or secret.
 request_log = logging.getLogger("bot.requests")
 
@@ -656,7 +653,7 @@ def handle_incident_command(
                 session.commit()
     except (SQLAlchemyError, notes.NoteWriteError) as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
-        _rollback_quietly(session)
+        rollback_quietly(session)
         subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
         # A commit that failed on its way back may have reached the database.
         maybe_stored = committing or (
@@ -683,14 +680,6 @@ def handle_incident_command(
             }
         )
     )
-
-
-def _rollback_quietly(session: Session) -> None:
-    # The connection may be gone; the session is discarded either way.
-    try:
-        session.rollback()
-    except SQLAlchemyError:
-        log.debug("rollback failed", exc_info=True)
 
 
 def register(app: App, services: Services) -> None:

@@ -7,14 +7,21 @@ instead: `with_session` wraps a listener and owns the session's whole lifetime.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from slack_bolt import BoltContext
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
+
 Listener = Callable[..., None]
+# The database work of a command or shortcut must be done by then, or it is answered "could
+# not record": Slack shows an error after 3 seconds, and the answer needs time to travel.
+COMMAND_DEADLINE_S = 2.2
 
 
 def with_session(sessions: sessionmaker[Session]) -> Callable[[Listener], Listener]:
@@ -33,3 +40,12 @@ def with_session(sessions: sessionmaker[Session]) -> Callable[[Listener], Listen
         return run
 
     return wrap
+
+
+def rollback_quietly(session: Session) -> None:
+    """Roll back after a database error; the connection may be gone, and the session is
+    discarded either way."""
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.debug("rollback failed", exc_info=True)

@@ -229,7 +229,8 @@ def status(
         blocks.append(_section("*Timeline*\n" + _fit_lines(lines)))
     else:
         blocks.append(_section("*Timeline*\nNothing noted yet: `/incident note <text>`"))
-    return Reply(text=f"{incident.reference}: {total} timeline entries so far", blocks=blocks)
+    word = "entry" if total == 1 else "entries"
+    return Reply(text=f"{incident.reference}: {total} timeline {word} so far", blocks=blocks)
 
 
 def _fit_lines(lines: list[str]) -> str:
@@ -300,12 +301,13 @@ def timeline_list(incident: Incident, *, entries: Sequence[EntryRow], now: datet
         current.append(line)
     sections.append("\n".join(current))
     shown = sections[:45]
-    blocks: list[Block] = [_section(f"*{incident.reference} timeline* ({len(entries)} entries)")]
+    word = "entry" if len(entries) == 1 else "entries"
+    blocks: list[Block] = [_section(f"*{incident.reference} timeline* ({len(entries)} {word})")]
     blocks.extend(_section(part) for part in shown)
     if len(sections) > len(shown):
         blocks.append(_context("Too long to show here; `incident-bot export` prints all of it."))
     blocks.append(_context("`/incident edit <n> [<when> -] <text>` · `/incident delete <n>`"))
-    return Reply(text=f"{incident.reference}: {len(entries)} timeline entries", blocks=blocks)
+    return Reply(text=f"{incident.reference}: {len(entries)} timeline {word}", blocks=blocks)
 
 
 def entry_edited(incident: Incident, *, entry: TimelineEntry, now: datetime) -> Reply:

@@ -450,6 +450,21 @@ def test_status_shows_the_incident_and_its_timeline(bot: Bot) -> None:
         assert expected in reply.visible
 
 
+def test_status_and_timeline_count_a_single_entry_in_the_singular(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("note first")
+
+    status = bot.command("status")
+    timeline = bot.command("timeline")
+
+    assert status.text == "INC-1: 1 timeline entry so far"
+    assert timeline.text == "INC-1: 1 timeline entry"
+    assert "*INC-1 timeline* (1 entry)" in timeline.visible
+    assert "entries" not in status.visible + timeline.visible
+    bot.command("note second")
+    assert bot.command("status").text == "INC-1: 2 timeline entries so far"
+
+
 def test_status_of_a_long_incident_shows_the_latest_entries(bot: Bot) -> None:
     bot.command("start Outage")
     for n in range(30):

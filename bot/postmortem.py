@@ -153,7 +153,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         e.occurred_at.astimezone(zone).date() for e in entries
     }
     spans_days = len(days) > 1
-    zone_name = _zone_abbreviation(local_start)
+    zone_name = zone_abbreviation(local_start)
 
     lines = []
     previous_day: date | None = None
@@ -254,7 +254,8 @@ def format_duration(span: timedelta) -> str:
     return " ".join(parts)
 
 
-def _zone_abbreviation(moment: datetime) -> str:
+def zone_abbreviation(moment: datetime) -> str:
+    """`EAT`, `PDT`; `UTC+0545` for a zone that has no letter abbreviation."""
     name = moment.tzname() or "UTC"
     if name[0] in "+-":  # zones without a letter abbreviation report "+0530" or "-03"
         return f"UTC{name}"
@@ -269,7 +270,7 @@ def _clock(local: datetime, zone_name: str, *, with_date: bool) -> str:
     text = _time_of_day(local)
     if with_date:
         text = f"{local.day} {local:%b} {text}"
-    own_zone = _zone_abbreviation(local)
+    own_zone = zone_abbreviation(local)
     if own_zone != zone_name:  # daylight saving changed during the incident
         text = f"{text} {own_zone}"
     return text
@@ -285,12 +286,12 @@ def _window_phrase(
     def point(moment: datetime, *, named: bool) -> str:
         text = _time_of_day(moment)
         if named:
-            text = f"{text} {_zone_abbreviation(moment)}"
+            text = f"{text} {zone_abbreviation(moment)}"
         return f"{text} on {moment.day} {moment:%B %Y}" if spans_days else text
 
     if ongoing:
         return f"Since {point(start, named=False)} {zone_name}"
-    if _zone_abbreviation(start) != _zone_abbreviation(end):
+    if zone_abbreviation(start) != zone_abbreviation(end):
         # Daylight saving began or ended in between: each end is named by its own zone.
         return f"From {point(start, named=True)} to {point(end, named=True)}"
     return f"From {point(start, named=False)} to {point(end, named=False)} {zone_name}"

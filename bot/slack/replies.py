@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import (
 
 from bot.incidents import EntryRow
 from bot.models import Incident, TimelineEntry
+from bot.postmortem import zone_abbreviation
 from bot.slack import text as slack_text
 
 # Slack's limit on a section's text; longer typed text is shortened in replies only.
@@ -59,7 +60,7 @@ def local_time(moment: datetime, zone: str, *, now: datetime | None = None) -> s
     """`1:06 AM EAT`, with the date when it is not today in that zone."""
     local = moment.astimezone(ZoneInfo(zone))
     clock = f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
-    label = f"{clock} {local.tzname()}"
+    label = f"{clock} {zone_abbreviation(local)}"
     if now is None or now.astimezone(ZoneInfo(zone)).date() != local.date():
         label = f"{label}, {local:%a} {local.day} {local:%b %Y}"
     return label

@@ -465,6 +465,26 @@ def test_status_and_timeline_count_a_single_entry_in_the_singular(bot: Bot) -> N
     assert bot.command("status").text == "INC-1: 2 timeline entries so far"
 
 
+def test_replies_name_a_zone_without_letters_as_the_postmortem_does(bot: Bot) -> None:
+    kathmandu = "U0KTM00001"
+    bot.fake.users[kathmandu] = "Asia/Kathmandu"  # UTC+05:45: tzdata's abbreviation is "+0545"
+    bot.command("start 11:00 AM - Outage", user=kathmandu)  # now is 11:45 AM there
+
+    noted = bot.command("note 11:10 AM - restarting", user=kathmandu)
+    status = bot.command("status", user=kathmandu)
+    timeline = bot.command("timeline", user=kathmandu)
+    bot.command("close 11:40 AM", user=kathmandu)
+    bot.wait()
+
+    [summary] = bot.fake.calls_to("chat.postMessage")
+    assert "From 11:00 AM to 11:40 AM UTC+0545" in str(summary.params)
+    assert "at 11:10 AM UTC+0545: restarting" in noted.text
+    assert "Open since 11:00 AM UTC+0545" in status.visible
+    assert "11:10 AM UTC+0545 - restarting" in status.visible
+    assert "11:10 AM UTC+0545 - restarting" in timeline.visible
+    assert "M +0545" not in noted.visible + status.visible + timeline.visible
+
+
 def test_status_of_a_long_incident_shows_the_latest_entries(bot: Bot) -> None:
     bot.command("start Outage")
     for n in range(30):

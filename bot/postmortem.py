@@ -153,6 +153,8 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         e.occurred_at.astimezone(zone).date() for e in entries
     }
     spans_days = len(days) > 1
+    # Across New Year, or a year apart (a year typed wrong), a date needs its year.
+    spans_years = len({day.year for day in days}) > 1
     zone_name = zone_abbreviation(local_start)
 
     lines = []
@@ -162,7 +164,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         show_date = spans_days and local.date() != previous_day
         lines.append(
             Line(
-                when=_clock(local, zone_name, with_date=show_date),
+                when=_clock(local, zone_name, with_date=show_date, with_year=spans_years),
                 text=entry.text,
                 author=entry.author_name,
                 link=_web_link(entry.permalink),
@@ -181,7 +183,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         if moment is None:
             return None
         local = moment.astimezone(zone)
-        return _clock(local, zone_name, with_date=spans_days)
+        return _clock(local, zone_name, with_date=spans_days, with_year=spans_years)
 
     moments = Moments(
         detected=clock_of(incident.detected_at),
@@ -204,8 +206,8 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         date=_long_date(local_start.date()),
         window=Window(
             phrase=_window_phrase(local_start, local_end, zone_name, spans_days, ongoing),
-            start=_clock(local_start, zone_name, with_date=spans_days),
-            end=_clock(local_end, zone_name, with_date=spans_days),
+            start=_clock(local_start, zone_name, with_date=spans_days, with_year=spans_years),
+            end=_clock(local_end, zone_name, with_date=spans_days, with_year=spans_years),
             zone=zone_name,
             duration=format_duration(_minute(end) - _minute(start)),
             ongoing=ongoing,
@@ -266,10 +268,11 @@ def _time_of_day(local: datetime) -> str:
     return f"{local.hour % 12 or 12}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
 
 
-def _clock(local: datetime, zone_name: str, *, with_date: bool) -> str:
+def _clock(local: datetime, zone_name: str, *, with_date: bool, with_year: bool) -> str:
     text = _time_of_day(local)
     if with_date:
-        text = f"{local.day} {local:%b} {text}"
+        year = f" {local.year}" if with_year else ""
+        text = f"{local.day} {local:%b}{year} {text}"
     own_zone = zone_abbreviation(local)
     if own_zone != zone_name:  # daylight saving changed during the incident
         text = f"{text} {own_zone}"

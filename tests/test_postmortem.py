@@ -530,6 +530,42 @@ def test_a_window_across_midnight_shows_dates(stories: Stories) -> None:
     assert rendered.context.window.duration == "1 hour 40 minutes"
 
 
+def test_a_timeline_across_years_dates_its_entries_with_the_year(stories: Stories) -> None:
+    # A year typed wrong (2025 for 2026) makes the window a year long; the timeline must
+    # show why, not two entries both at "20 Nov 1:10 AM".
+    zone = "Africa/Nairobi"
+    story = stories.start("Year typo", zone=zone, when=at(zone, "2026-11-20 01:00"))
+    story.note(at(zone, "2025-11-20 01:10"), "Alerts fire")
+    story.note(at(zone, "2026-11-20 01:10"), "Failover done")
+    rendered = story.close(at(zone, "2026-11-20 01:20"), "Recovered").render()
+
+    expected = [
+        "20 Nov 2025 1:10 AM - Alerts fire",
+        "20 Nov 2026 1:10 AM - Failover done",
+        "1:20 AM - Recovered",
+    ]
+    assert rendered.md_timeline() == expected
+    assert rendered.html_timeline() == expected
+    assert rendered.md_summary().startswith(
+        "From 1:10 AM on 20 November 2025 to 1:20 AM on 20 November 2026 EAT, "
+    )
+    assert rendered.context.window.duration == "365 days 10 minutes"
+
+
+def test_a_window_across_new_year_dates_its_entries_with_the_year(stories: Stories) -> None:
+    zone = "Pacific/Kiritimati"  # UTC+14, the first to see the new year
+    story = stories.start("New Year", zone=zone, when=at(zone, "2026-12-31 23:30"))
+    story.note(at(zone, "2026-12-31 23:50"), "Traffic spike")
+    rendered = story.close(at(zone, "2027-01-01 00:10"), "Recovered").render()
+
+    assert rendered.md_timeline() == [
+        "31 Dec 2026 11:50 PM - Traffic spike",
+        "1 Jan 2027 12:10 AM - Recovered",
+    ]
+    assert rendered.context.window.start == "31 Dec 2026 11:30 PM"
+    assert rendered.context.window.end == "1 Jan 2027 12:10 AM"
+
+
 def test_a_window_within_one_day_shows_no_dates(stories: Stories) -> None:
     rendered = tell_hum(stories).render()
 

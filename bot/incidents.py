@@ -267,7 +267,7 @@ def close_incident(
     if text is not None and text.strip():
         text = check_text(text)
     start = impact_start(session, incident=incident)
-    if closed_at < start:
+    if _before(closed_at, start):
         zone = ZoneInfo(incident.timezone)
         raise CloseBeforeStartError(
             f"{incident.reference} started at {_local(start, zone)}; it cannot close before "
@@ -275,7 +275,7 @@ def close_incident(
         )
     for moment in Moment:  # resolved comes after detected and mitigated, as those are ordered
         marked = getattr(incident, f"{moment.value}_at")
-        if marked is not None and closed_at < marked:
+        if marked is not None and _before(closed_at, marked):
             zone = ZoneInfo(incident.timezone)
             raise CloseBeforeStartError(
                 f"{incident.reference}'s impact was {moment.value} at {_local(marked, zone)}; "
@@ -303,6 +303,12 @@ def locked_status(session: Session, *, incident: Incident) -> str:
     return session.execute(
         select(Incident.status).where(Incident.id == incident.id).with_for_update()
     ).scalar_one()
+
+
+def _before(moment: datetime, limit: datetime) -> bool:
+    """Whether `moment` is in an earlier minute than `limit`: people type times to the
+    minute, and a moment stamped "now" has seconds (7:30 AM is not before 7:30:45)."""
+    return moment.replace(second=0, microsecond=0) < limit.replace(second=0, microsecond=0)
 
 
 def _local(moment: datetime, zone: ZoneInfo) -> str:
@@ -527,18 +533,18 @@ def check_moment(session: Session, *, incident: Incident, moment: Moment, at: da
     """Refuse a moment before the impact began, or a detection after the mitigation."""
     start = impact_start(session, incident=incident)
     zone = ZoneInfo(incident.timezone)
-    if at < start:
+    if _before(at, start):
         raise IncidentError(
             f"{incident.reference}'s impact began at {_local(start, zone)}; it cannot have been "
             f"{moment.value} before that ({_local(at, zone)})."
         )
     detected, mitigated = incident.detected_at, incident.mitigated_at
-    if moment is Moment.MITIGATED and detected is not None and at < detected:
+    if moment is Moment.MITIGATED and detected is not None and _before(at, detected):
         raise IncidentError(
             f"{incident.reference}'s impact was detected at {_local(detected, zone)}; it cannot "
             f"have been mitigated before that ({_local(at, zone)})."
         )
-    if moment is Moment.DETECTED and mitigated is not None and at > mitigated:
+    if moment is Moment.DETECTED and mitigated is not None and _before(mitigated, at):
         raise IncidentError(
             f"{incident.reference}'s impact was mitigated at {_local(mitigated, zone)}; it "
             f"cannot have been detected after that ({_local(at, zone)})."

@@ -218,6 +218,35 @@ def test_detection_after_mitigation_is_refused(bot: Bot, first: str, then: str) 
     assert (after.detected_at, after.mitigated_at) == (before.detected_at, before.mitigated_at)
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        ["detected 7:30 AM"],  # the start was stamped 7:30:45
+        ["mitigated 7:30 AM"],
+        ["detected", "mitigated 7:30 AM"],  # detected at 7:30:45
+        ["mitigated", "detected 7:30 AM"],  # mitigated at 7:30:45: detected before, not after
+        ["close 7:30 AM - a false alarm"],
+        ["detected", "close 7:30 AM"],
+        ["mitigated", "close 7:30 AM"],
+    ],
+)
+def test_a_time_typed_in_the_minute_of_an_earlier_moment_is_not_before_it(
+    bot: Bot, typed: list[str]
+) -> None:
+    # People type minutes; a moment stamped "now" has seconds. 7:30 AM is not before 7:30:45.
+    bot.clock.now = datetime(2026, 11, 20, 4, 30, 45, tzinfo=UTC)  # 7:30:45 AM in Nairobi
+    bot.command("start Outage")
+
+    for command in typed:
+        reply = bot.command(command)
+        assert "cannot" not in reply.text, (command, reply.text)
+    bot.wait()
+
+    if typed[-1].startswith("close"):
+        assert incident(bot).status == "closed"
+        assert "From 7:30 AM to 7:30 AM EAT" in bot.fake.uploaded_text()
+
+
 @pytest.mark.parametrize("moment", ["detected", "mitigated"])
 def test_a_close_before_a_key_moment_is_refused_and_nothing_changes(bot: Bot, moment: str) -> None:
     bot.command("start 7:00 AM - Outage")

@@ -273,14 +273,15 @@ def close_incident(
             f"{incident.reference} started at {_local(start, zone)}; it cannot close before "
             f"that ({_local(closed_at, zone)}). Nothing was recorded."
         )
-    for moment in Moment:  # resolved comes after detected and mitigated, as those are ordered
-        marked = getattr(incident, f"{moment.value}_at")
-        if marked is not None and _before(closed_at, marked):
-            zone = ZoneInfo(incident.timezone)
-            raise CloseBeforeStartError(
-                f"{incident.reference}'s impact was {moment.value} at {_local(marked, zone)}; "
-                f"it cannot close before that ({_local(closed_at, zone)}). Nothing was recorded."
-            )
+    # Resolved comes after mitigated. Not necessarily after detected: an impact may end by
+    # itself before anyone notices it.
+    mitigated = incident.mitigated_at
+    if mitigated is not None and _before(closed_at, mitigated):
+        zone = ZoneInfo(incident.timezone)
+        raise CloseBeforeStartError(
+            f"{incident.reference}'s impact was mitigated at {_local(mitigated, zone)}; "
+            f"it cannot close before that ({_local(closed_at, zone)}). Nothing was recorded."
+        )
     if text:
         add_entry(
             session,

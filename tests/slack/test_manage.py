@@ -247,19 +247,32 @@ def test_a_time_typed_in_the_minute_of_an_earlier_moment_is_not_before_it(
         assert "From 7:30 AM to 7:30 AM EAT" in bot.fake.uploaded_text()
 
 
-@pytest.mark.parametrize("moment", ["detected", "mitigated"])
-def test_a_close_before_a_key_moment_is_refused_and_nothing_changes(bot: Bot, moment: str) -> None:
+def test_a_close_before_the_mitigation_is_refused_and_nothing_changes(bot: Bot) -> None:
     bot.command("start 7:00 AM - Outage")
-    bot.command(f"{moment} 7:50 AM")
+    bot.command("mitigated 7:50 AM")
     before = live(bot)
 
     reply = bot.command("close 7:30 AM - fixed")
 
     assert reply.status == 200 and not reply.in_channel
-    assert f"{moment} at" in reply.text and "cannot close before" in reply.text
+    assert "mitigated at" in reply.text and "cannot close before" in reply.text
     assert incident(bot).status == "open"
     assert live(bot) == before
     assert bot.fake.calls_to("chat.postMessage") == []
+
+
+def test_an_impact_that_ended_before_anyone_noticed_can_close_before_its_detection(
+    bot: Bot,
+) -> None:
+    bot.command("start 7:00 AM - Checkout errors")
+    bot.command("detected 7:50 AM")
+
+    reply = bot.command("close 7:30 AM - recovered by itself before the alert")
+
+    assert "cannot" not in reply.text and incident(bot).status == "closed"
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "From 7:00 AM to 7:30 AM EAT" in markdown and "50 minutes" in markdown
 
 
 # --- severity, roles, status ------------------------------------------------------------------

@@ -7,13 +7,9 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from bot.config import ConfigError, Settings
 from bot.db import SchemaError
-
-if TYPE_CHECKING:
-    from bot import postmortem
 
 log = logging.getLogger("bot")
 
@@ -193,79 +189,16 @@ def _refuse_unless_slack_accepts_the_token(settings: Settings) -> int:
 
 
 def _check_templates(settings: Settings) -> None:
-    """Render the postmortem templates once with sample content, so that one in TEMPLATES_DIR
-    that cannot render (bad syntax, a name `pm` does not have) stops start-up instead of
-    failing the first close."""
-    import traceback
-
-    from jinja2 import TemplateError
-
+    """A template in TEMPLATES_DIR that cannot render (bad syntax, a name `pm` does not have)
+    stops start-up, instead of failing the first close."""
     from bot import postmortem
 
     if settings.templates_dir is None:
         return
-    env = postmortem.build_environment(settings.templates_dir)
-    for fmt in postmortem.Format:
-        try:
-            postmortem.render(env, _sample_postmortem(), fmt)
-        except TemplateError as error:
-            name = getattr(error, "filename", None)
-            line = getattr(error, "lineno", None)
-            if name is None:  # a runtime error: Jinja puts the template's lines in the traceback
-                frames = traceback.extract_tb(error.__traceback__)
-                where = [(f.filename, f.lineno) for f in frames if f.filename.endswith(".j2")]
-                name, line = where[-1] if where else (postmortem.TEMPLATE_NAMES[fmt], None)
-            raise ConfigError(
-                f"TEMPLATES_DIR holds a template that fails: {name}, line {line}: {error}"
-            ) from None
-
-
-def _sample_postmortem() -> postmortem.PostmortemContext:
-    """A postmortem with every field filled in, to try the templates on."""
-    from bot import postmortem
-
-    return postmortem.PostmortemContext(
-        reference="INC-1",
-        title="Checkout is failing",
-        channel_id="C0SAMPLE01",
-        status="resolved",
-        timezone="UTC",
-        date="Friday 20 November 2026",
-        window=postmortem.Window(
-            phrase="From 1:06 AM to 2:46 AM UTC",
-            start="1:06 AM",
-            end="2:46 AM",
-            zone="UTC",
-            duration="1 hour 40 minutes",
-            ongoing=False,
-            spans_days=False,
-        ),
-        impact="Requests to checkout returned 503 errors",
-        cause="A deploy exhausted the connection pool",
-        resolution="Rolled the deploy back",
-        summary="Checkout was down for 1 hour 40 minutes",
-        timeline=[
-            postmortem.Line(
-                when="1:06 AM",
-                text="Alert: 503s on checkout",
-                author="ann",
-                link="https://example.slack.com/archives/C0SAMPLE01/p1",
-                files=[postmortem.FileLink(name="graph.png", url="https://example.com/g.png")],
-            ),
-            postmortem.Line(when="2:46 AM", text="Resolved"),
-        ],
-        actions=["Alert on the pool's size"],
-        generated_on="2026-11-20 03:00 UTC",
-        severity="SEV1",
-        roles=[postmortem.Role(role="commander", name="ann")],
-        moments=postmortem.Moments(
-            detected="1:10 AM",
-            mitigated="2:30 AM",
-            time_to_detect="4 minutes",
-            time_to_mitigate="1 hour 24 minutes",
-            time_to_resolve="1 hour 40 minutes",
-        ),
-    )
+    try:
+        postmortem.check_templates(postmortem.build_environment(settings.templates_dir))
+    except postmortem.TemplateCheckError as error:
+        raise ConfigError(f"TEMPLATES_DIR holds a template that fails: {error}") from None
 
 
 def _refuse_unless_schema_current(settings: Settings, *, doing: str = "start") -> int:

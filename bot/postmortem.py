@@ -8,6 +8,7 @@ dataclasses below, never an ORM object, and typed text is only ever template *da
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -235,6 +236,72 @@ def _web_link(url: str | None) -> str | None:
 
 def render(env: Environment, context: PostmortemContext, fmt: Format = Format.MARKDOWN) -> str:
     return env.get_template(TEMPLATE_NAMES[fmt]).render(pm=context)
+
+
+class TemplateCheckError(ValueError):
+    """A template that cannot render a postmortem: its file, its line and the error."""
+
+
+def check_templates(env: Environment) -> None:
+    """Render every format once with a sample that fills every field, so that a template
+    that cannot render (bad syntax, a name `pm` does not have) is found before a close."""
+    for fmt in Format:
+        try:
+            render(env, sample_context(), fmt)
+        except Exception as error:
+            name = getattr(error, "filename", None)
+            line = getattr(error, "lineno", None)
+            if name is None:  # a runtime error: Jinja puts the template's lines in the traceback
+                frames = traceback.extract_tb(error.__traceback__)
+                where = [(f.filename, f.lineno) for f in frames if f.filename.endswith(".j2")]
+                name, line = where[-1] if where else (TEMPLATE_NAMES[fmt], None)
+            raise TemplateCheckError(f"{name}, line {line}: {error}") from None
+
+
+def sample_context() -> PostmortemContext:
+    """A postmortem with every field filled in, to try templates on."""
+    return PostmortemContext(
+        reference="INC-1",
+        title="Checkout is failing",
+        channel_id="C0SAMPLE01",
+        status="resolved",
+        timezone="UTC",
+        date="Friday 20 November 2026",
+        window=Window(
+            phrase="From 1:06 AM to 2:46 AM UTC",
+            start="1:06 AM",
+            end="2:46 AM",
+            zone="UTC",
+            duration="1 hour 40 minutes",
+            ongoing=False,
+            spans_days=False,
+        ),
+        impact="Requests to checkout returned 503 errors",
+        cause="A deploy exhausted the connection pool",
+        resolution="Rolled the deploy back",
+        summary="Checkout was down for 1 hour 40 minutes",
+        timeline=[
+            Line(
+                when="1:06 AM",
+                text="Alert: 503s on checkout",
+                author="ann",
+                link="https://example.slack.com/archives/C0SAMPLE01/p1",
+                files=[FileLink(name="graph.png", url="https://example.com/g.png")],
+            ),
+            Line(when="2:46 AM", text="Resolved"),
+        ],
+        actions=["Alert on the pool's size"],
+        generated_on="2026-11-20 03:00 UTC",
+        severity="SEV1",
+        roles=[Role(role="commander", name="ann")],
+        moments=Moments(
+            detected="1:10 AM",
+            mitigated="2:30 AM",
+            time_to_detect="4 minutes",
+            time_to_mitigate="1 hour 24 minutes",
+            time_to_resolve="1 hour 40 minutes",
+        ),
+    )
 
 
 def _minute(moment: datetime) -> datetime:

@@ -1032,3 +1032,15 @@ def test_template_syntax_in_a_user_template_runs_but_typed_text_never_does(
     rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
 
     assert rendered.markdown == "42 {{ 7*7 }}\n"
+
+
+def test_a_template_that_fails_only_at_render_time_is_named_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "postmortem.md.j2").write_text("# {{ pm.title }}\n{{ pm.timeline | length / 0 }}\n")
+    env = postmortem.build_environment(tmp_path)
+
+    with pytest.raises(postmortem.TemplateCheckError, match=r"postmortem\.md\.j2, line 2: .*zero"):
+        postmortem.check_templates(env)
+
+
+def test_the_built_in_templates_pass_the_check() -> None:
+    postmortem.check_templates(postmortem.build_environment())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, BoltRequest, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.web import SlackResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -32,6 +34,8 @@ SHORTCUT_CALLBACK_ID = "add_to_timeline"
 # The bot's own reaction that says "this message is on the timeline".
 CONFIRMATION = "white_check_mark"
 CONFIRMATION_FALLBACK = "memo"  # used when people pin with white_check_mark themselves
+# Pages read to find one message: the range is that message alone (and a thread's parent).
+MAX_PAGES = 5
 
 
 def confirmation_emoji(pin: str) -> str:
@@ -45,23 +49,34 @@ def slack_time(ts: str) -> datetime:
 
 def fetch_message(client: WebClient, channel: str, ts: str) -> dict[str, Any] | None:
     """A message by channel and ts, whether it is in the channel or in a thread."""
-    found = (
+    found = _find(
         client.conversations_history(
             channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1
-        ).get("messages")
-        or []
+        ),
+        ts,
     )
-    if not any(m.get("ts") == ts for m in found):
+    if found is None:
         # A thread reply is not in the channel's history; ask for it by its own ts. A
         # thread's first page starts with its parent, whatever the range, and the parent
         # counts towards `limit`: room for two.
-        found = (
+        found = _find(
             client.conversations_replies(
                 channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=2
-            ).get("messages")
-            or []
+            ),
+            ts,
         )
-    return next((m for m in found if m.get("ts") == ts), None)
+    return found
+
+
+def _find(pages: SlackResponse, ts: str) -> dict[str, Any] | None:
+    """The message `ts` in a listing, read on through `next_cursor`: Slack may put fewer
+    messages on a page than `limit` asks for, even when more follow. A few pages at most."""
+    for page in islice(pages, MAX_PAGES):
+        messages: list[dict[str, Any]] = page.get("messages") or []
+        found = next((m for m in messages if m.get("ts") == ts), None)
+        if found is not None:
+            return found
+    return None
 
 
 def to_message(

@@ -122,3 +122,46 @@ def test_uninstall_events_are_answered_on_a_single_token(bot: Bot, event: dict[s
 
     assert bot.dispatch(body, headers).status == 200
     assert [call.method for call in bot.fake.calls if call.method != "auth.test"] == []
+
+
+class ShortPagesSlack(ParentFirstSlack):
+    """conversations.history and .replies paged as Slack's pagination guide allows: "fewer
+    than the requested number of items may be returned, even if the end of the list hasn't
+    been reached"; `response_metadata.next_cursor` says where the next page starts."""
+
+    def _history(self, params: dict[str, Any], *, replies: bool) -> dict[str, Any]:
+        answer = super()._history({**params, "limit": "1000"}, replies=replies)
+        start = int(params.get("cursor") or 0)
+        more = start + 1 < len(answer["messages"])
+        return {
+            **answer,
+            "messages": answer["messages"][start : start + 1],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + 1) if more else ""},
+        }
+
+
+@pytest.fixture
+def short_pages(database: Database, clock: Clock) -> Iterator[Bot]:
+    fake = ShortPagesSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
+    settings = make_settings(database.url, fake.api_url)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
+    fake.stop()
+
+
+def test_a_pinned_thread_reply_on_the_second_page_of_replies_is_found(short_pages: Bot) -> None:
+    bot = short_pages
+    bot.command("start Outage")
+    parent = bot.fake.post(CHANNEL, "thread start", user=ALICE, ts=PIN_TS)
+    reply_ts = bot.fake.post(
+        CHANNEL, "found it: bad deploy", user=BOB, ts="1795154460.000200", thread_ts=parent
+    )
+
+    assert reaction(bot, reply_ts).status == 200
+    bot.wait()
+
+    assert [entry.text for entry in entries(bot)] == ["found it: bad deploy"]
+    pages = [call.params.get("cursor") for call in bot.fake.calls_to("conversations.replies")]
+    assert pages == [None, "1"]  # the second page, asked for by its cursor
+    assert [c.params["timestamp"] for c in bot.fake.calls_to("reactions.add")] == [reply_ts]

@@ -29,6 +29,8 @@ DEMO_USER = "U0DEMO0001"
 DEMO_SIGNING_SECRET = "demo-signing-secret"
 DEMO_BOT_TOKEN = "xoxb-demo-token"
 DEMO_ZONE = "Africa/Nairobi"
+# What `FakeSlack.fail` calls the commands' response URLs, which are not Web API methods.
+RESPONSE_URL = "response_url"
 
 
 @dataclass
@@ -153,6 +155,14 @@ class FakeSlack:
             _send(request, 200, b"OK", "text/plain")
             return
         if path.startswith("/response/"):
+            fault = self._take_fault(RESPONSE_URL)
+            if fault is not None and fault.status != 200:
+                # Slack answers a response URL in plain text: `expired_url`, `used_url`, ...
+                headers = (
+                    {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                )
+                _send(request, fault.status, (fault.error or "").encode(), "text/plain", headers)
+                return
             with self._lock:
                 self.responses.append(json.loads(raw or b"{}"))
                 self._lock.notify_all()
@@ -168,12 +178,7 @@ class FakeSlack:
         with self._lock:
             self.calls.append(ApiCall(method=method, params=params, token=token))
             self._lock.notify_all()
-            queue = self.faults.get(method) or []
-            fault = queue[0] if queue else None
-            if fault is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    queue.pop(0)
+            fault = self._take_fault(method)  # the lock is reentrant
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -202,6 +207,17 @@ class FakeSlack:
             return
         answer = self._answer(method, params, token)
         _send(request, 200, json.dumps(answer).encode(), "application/json")
+
+    def _take_fault(self, method: str) -> Fault | None:
+        """The fault to answer this call to `method` with, if one is queued."""
+        with self._lock:
+            queue = self.faults.get(method) or []
+            fault = queue[0] if queue else None
+            if fault is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    queue.pop(0)
+            return fault
 
     def _answer(self, method: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
         number = next(self._ids)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from jinja2 import Environment
 from slack_sdk import WebClient
+from slack_sdk.http_retry import RetryHandler
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
@@ -106,9 +107,14 @@ def web_client(settings: Settings, token: str | None) -> WebClient:
         token=token,
         base_url=settings.slack_api_url,
         timeout=settings.slack_timeout,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=2),
-            ServerErrorRetryHandler(max_retry_count=2),
-        ],
+        retry_handlers=retry_handlers(),
     )
+
+
+def retry_handlers() -> list[RetryHandler]:
+    """Connection errors, 429 (after its Retry-After) and 5xx: each tried again twice at most."""
+    return [
+        ConnectionErrorRetryHandler(max_retry_count=2),
+        RateLimitErrorRetryHandler(max_retry_count=2),
+        ServerErrorRetryHandler(max_retry_count=2),
+    ]

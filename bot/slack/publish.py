@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot import incidents, postmortem
 from bot.models import Incident
-from bot.services import Services, web_client
+from bot.services import Services, retry_handlers, web_client
 from bot.slack import replies
 from bot.slack.replies import Reply
 
@@ -167,6 +167,13 @@ def tell(response_url: str | None, reply: Reply) -> None:
     if not response_url:
         return
     try:
-        WebhookClient(response_url, timeout=10).send(**reply.as_ack())
+        client = WebhookClient(response_url, timeout=10, retry_handlers=retry_handlers())
+        response = client.send(**reply.as_ack())
     except Exception:
         log.exception("could not answer through the response URL")
+        return
+    if response.status_code != 200:
+        # Slack answers in the body: `expired_url`, `used_url` (five answers in 30 minutes).
+        log.warning(
+            "the response URL refused an answer: %s %s", response.status_code, response.body
+        )

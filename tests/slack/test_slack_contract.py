@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.app import build_app
-from bot.demo import FakeSlack, Fault, signed_event
+from bot.demo import RESPONSE_URL, FakeSlack, Fault, signed_event
 from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Clock, Database, make_settings
 from tests.slack.test_capture import PIN_TS, entries, message_changed, reaction
@@ -165,3 +165,18 @@ def test_a_pinned_thread_reply_on_the_second_page_of_replies_is_found(short_page
     pages = [call.params.get("cursor") for call in bot.fake.calls_to("conversations.replies")]
     assert pages == [None, "1"]  # the second page, asked for by its cursor
     assert [c.params["timestamp"] for c in bot.fake.calls_to("reactions.add")] == [reply_ts]
+
+
+def test_a_rate_limited_response_url_is_tried_again_as_slack_asks(bot: Bot) -> None:
+    # Slack limits how fast one may post to a response URL (429 with Retry-After), and the
+    # close in a channel the bot is not in sends two answers back to back through it.
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.private.add(CHANNEL)
+    bot.fake.fail(RESPONSE_URL, Fault(status=429, error="rate_limited", retry_after=1))
+    bot.command("start Outage")
+    bot.command("close")
+    bot.wait()
+
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    assert any("Invite me with /invite" in r["text"] for r in responses)

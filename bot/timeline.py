@@ -164,9 +164,10 @@ def refresh_message(
     )
     if entry is None:
         return None
+    # A version with no `edited` (Slack's own change, an unfurl) is older than any edit.
+    if _slack_ts(message.edited_ts) < _slack_ts(entry.source_edited_ts):
+        return entry
     if message.edited_ts is not None:
-        if _slack_ts(message.edited_ts) < _slack_ts(entry.source_edited_ts):
-            return entry
         entry.source_edited_ts = message.edited_ts
     text = captured_text(message)
     files = encode_files(message.files)

@@ -180,3 +180,22 @@ def test_a_rate_limited_response_url_is_tried_again_as_slack_asks(bot: Bot) -> N
     responses = bot.fake.wait_for_responses(2)
     assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
     assert any("Invite me with /invite" in r["text"] for r in responses)
+
+
+def test_an_unfurl_delivered_after_an_edit_does_not_bring_back_the_old_text(bot: Bot) -> None:
+    # Slack announces its own changes to a message (a link unfurled, a reply counted) as
+    # `message_changed` too, carrying the message as it was then: before an edit, no `edited`.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rollback: https://ci.example/4512", user=ALICE, ts=PIN_TS)
+    unfurled = {
+        **bot.fake.messages[(CHANNEL, ts)],
+        "attachments": [{"title": "Build 4512", "from_url": "https://ci.example/4512"}],
+    }
+    reaction(bot, ts)
+    edited = bot.fake.edit(CHANNEL, ts, "rollback of 4512 failed: https://ci.example/4512")
+    assert message_changed(bot, edited, previous_text="rollback").status == 200
+
+    assert message_changed(bot, unfurled, previous_text="rollback").status == 200
+
+    [entry] = entries(bot)
+    assert entry.text == "rollback of 4512 failed: https://ci.example/4512"

@@ -106,13 +106,20 @@ def to_message(
         channel_id=channel,
         ts=ts,
         author_id=author,
-        author_name=author_name(author) if author.startswith(("U", "W")) else raw.get("username"),
+        author_name=author_name(author) if author.startswith(("U", "W")) else _bot_name(raw),
         text=slack_text.decode(message_text(raw)),
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,
         edited_ts=_edited_ts(raw),
     )
+
+
+def _bot_name(raw: dict[str, Any]) -> str | None:
+    """Who an integration posted as: the name its payload gave, or else its app's name."""
+    profile = raw.get("bot_profile")
+    name = raw.get("username") or (profile.get("name") if isinstance(profile, dict) else None)
+    return str(name) if name else None
 
 
 def _edited_ts(raw: dict[str, Any]) -> str | None:

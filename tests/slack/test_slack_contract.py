@@ -199,3 +199,24 @@ def test_an_unfurl_delivered_after_an_edit_does_not_bring_back_the_old_text(bot:
 
     [entry] = entries(bot)
     assert entry.text == "rollback of 4512 failed: https://ci.example/4512"
+
+
+def test_a_pinned_alert_from_an_app_is_credited_to_the_app(bot: Bot) -> None:
+    # An app's incoming webhook posts with no `user`, and `username` only when the payload
+    # overrides it; Slack names the poster in `bot_profile`.
+    bot.command("start Checkout slow")
+    bot.fake.messages[(CHANNEL, PIN_TS)] = {
+        "type": "message",
+        "subtype": "bot_message",
+        "text": "[FIRING:1] HighLatency checkout p99 4.2s",
+        "ts": PIN_TS,
+        "bot_id": "B0GRAFANA1",
+        "app_id": "A0GRAFANA1",
+        "bot_profile": {"id": "B0GRAFANA1", "app_id": "A0GRAFANA1", "name": "Grafana"},
+    }
+
+    reaction(bot, PIN_TS)
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert (entry.author_id, entry.author_name) == ("B0GRAFANA1", "Grafana")

@@ -387,7 +387,10 @@ def is_retry(request: BoltRequest) -> bool:
 def _still_pinned(client: WebClient, channel: str, ts: str, pin: str, *, unknown: bool) -> bool:
     """Whether a pin reaction is still on the message; `unknown` when Slack cannot say."""
     try:
-        message = client.reactions_get(channel=channel, timestamp=ts).get("message") or {}
+        # Without `full`, Slack does not promise every reaction on the message.
+        message = (
+            client.reactions_get(channel=channel, timestamp=ts, full=True).get("message") or {}
+        )
     except (SlackClientError, OSError) as error:
         log.warning(
             "reactions.get failed for %s/%s: %s; taking the pin as %s",

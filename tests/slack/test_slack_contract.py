@@ -220,3 +220,35 @@ def test_a_pinned_alert_from_an_app_is_credited_to_the_app(bot: Bot) -> None:
 
     [entry] = entries(bot)
     assert (entry.author_id, entry.author_name) == ("B0GRAFANA1", "Grafana")
+
+
+class FewReactionsSlack(FakeSlack):
+    """reactions.get as documented: only `full` promises "the complete reaction list"."""
+
+    def _answer(self, method: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
+        answer = super()._answer(method, params, token)
+        full = str(params.get("full", "")).lower() in ("1", "true")
+        if method == "reactions.get" and answer.get("ok") and not full:
+            answer["message"]["reactions"] = answer["message"].get("reactions", [])[:1]
+        return answer
+
+
+@pytest.fixture
+def few_reactions(database: Database, clock: Clock) -> Iterator[Bot]:
+    fake = FewReactionsSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
+    settings = make_settings(database.url, fake.api_url)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
+    fake.stop()
+
+
+def test_the_entry_stays_while_pinned_among_other_reactions(few_reactions: Bot) -> None:
+    bot = few_reactions
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "important", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "eyes", ALICE)
+    reaction(bot, ts, user=BOB)
+    reaction(bot, ts, user=ALICE)
+    reaction(bot, ts, user=BOB, added=False)  # Alice's pin is still there
+
+    assert [entry.text for entry in entries(bot)] == ["important"]

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from bot import incidents
 from bot.incidents import MAX_TEXT_LENGTH, IncidentError, check_text, next_entry_number
-from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
+from bot.models import EntryKind, EntryRevision, Incident, IncidentStatus, TimelineEntry
 
 # Ends the text of a captured message that was longer than the timeline keeps.
 CUT_MARK = " … (cut: the whole message is in Slack)"
@@ -85,6 +85,10 @@ def capture_message(
     was removed brings that entry back.
     """
     text = captured_text(message)
+    # The incident was found before Slack was asked for the message, and a close may have
+    # committed since: the entry would miss the postmortem that close publishes.
+    if incidents.locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
+        raise IncidentError(f"{incident.reference} is closed.")
     existing = find_captured(
         session, incident=incident, channel_id=message.channel_id, ts=message.ts
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -317,6 +318,27 @@ def test_a_slack_failure_while_reading_the_message_stores_nothing_and_is_retried
     reaction(bot, ts, retry_num=1)  # Slack's retry, once Slack answers again
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1
+
+
+def test_a_pin_overtaken_by_the_close_is_in_the_postmortem_or_not_confirmed(bot: Bot) -> None:
+    """The close commits while the pin waits on Slack for the message: a pin confirmed with
+    the check mark must be in the postmortem the close publishes."""
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned while closing", user=ALICE, ts=PIN_TS)
+    bot.fake.fail("conversations.history", Fault(delay=1.5))
+    pin = threading.Thread(target=reaction, args=(bot, ts))
+    pin.start()
+    bot.fake.wait_for("conversations.history")
+    closed = bot.command("close")
+    pin.join(timeout=30)
+    bot.wait()
+
+    assert not pin.is_alive()
+    assert "is closed" in closed.text
+    confirmed = bool(bot.fake.calls_to("reactions.add"))
+    in_postmortem = "pinned while closing" in bot.fake.uploaded_text()
+    assert confirmed == in_postmortem, (confirmed, in_postmortem)
+    assert len(entries(bot)) == int(in_postmortem)
 
 
 def test_an_org_wide_install_captures_pins_and_their_edits(bot: Bot) -> None:

@@ -148,6 +148,8 @@ def uncapture_message(
     session: Session, *, incident: Incident, channel_id: str, ts: str, user_id: str, now: datetime
 ) -> TimelineEntry | None:
     """Take a captured message off the timeline (the record of it stays)."""
+    if incidents.locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
+        return None  # closed since it was found: its postmortem is written
     entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
     if entry is None or entry.deleted_at is not None:
         return None

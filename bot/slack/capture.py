@@ -182,6 +182,13 @@ def team_of(context: BoltContext, body: dict[str, Any]) -> str:
     return str(team or "")
 
 
+def end_lookup(session: Session) -> None:
+    """End the transaction that finding the incident began, before Slack is asked anything:
+    on SQLite it holds the write lock (BEGIN IMMEDIATE), and every command and note of the
+    process would wait for Slack's answer."""
+    session.commit()
+
+
 def register(app: App, services: Services) -> None:
     pin = services.settings.timeline_emoji
     confirm = confirmation_emoji(pin)
@@ -212,6 +219,7 @@ def register(app: App, services: Services) -> None:
             return None
         channel, ts = str(item.get("channel")), str(item.get("ts"))
         incident = incidents.find_open_incident(context["db"], team_id=team_id, channel_id=channel)
+        end_lookup(context["db"])
         return (incident, channel, ts) if incident is not None else None
 
     @with_session(services.sessions)
@@ -301,6 +309,7 @@ def register(app: App, services: Services) -> None:
             is None
         ):
             return
+        end_lookup(session)
         message = to_message(
             raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
         )
@@ -338,6 +347,7 @@ def register(app: App, services: Services) -> None:
                     ack()
                     respond(**replies.no_open_incident().as_ack(), replace_original=False)
                     return
+                end_lookup(session)
                 message = to_message(
                     raw,
                     channel=channel,

@@ -341,6 +341,48 @@ def test_a_pin_overtaken_by_the_close_is_in_the_postmortem_or_not_confirmed(bot:
     assert len(entries(bot)) == int(in_postmortem)
 
 
+def test_a_note_is_recorded_at_once_while_a_pin_waits_on_a_slow_slack(bot: Bot) -> None:
+    """The pin asks Slack for the message; the note must not wait for that answer, or it is
+    acknowledged after Slack's 3 seconds (Slack tells the person it failed) or not at all."""
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned while Slack is slow", user=ALICE, ts=PIN_TS)
+    bot.fake.fail("conversations.history", Fault(delay=5))
+    pin = threading.Thread(target=reaction, args=(bot, ts))
+    pin.start()
+    bot.fake.wait_for("conversations.history")
+    noted = bot.command("note payments recovered")
+    pin_still_waiting = pin.is_alive()
+    pin.join(timeout=30)
+
+    assert noted.text.startswith("Added to *INC-1*"), noted.text
+    assert pin_still_waiting
+    assert not pin.is_alive()
+    assert sorted(e.text for e in entries(bot)) == [
+        "payments recovered",
+        "pinned while Slack is slow",
+    ]
+
+
+def test_a_pin_removed_while_the_incident_closes_stays_as_the_postmortem_shows_it(
+    bot: Bot,
+) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned before closing", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts)
+    bot.fake.fail("reactions.get", Fault(delay=1.5))
+    unpin = threading.Thread(target=reaction, args=(bot, ts), kwargs={"added": False})
+    unpin.start()
+    bot.fake.wait_for("reactions.get")
+    bot.command("close")
+    unpin.join(timeout=30)
+    bot.wait()
+
+    assert not unpin.is_alive()
+    assert "pinned before closing" in bot.fake.uploaded_text()
+    assert [e.text for e in entries(bot)] == ["pinned before closing"]
+    assert bot.fake.calls_to("reactions.remove") == []
+
+
 def test_an_org_wide_install_captures_pins_and_their_edits(bot: Bot) -> None:
     # Enterprise Grid: the event's authorization names the organization, not the workspace.
     bot.command("start Outage")

@@ -93,15 +93,19 @@ def check_text(text: str, *, what: str = "text") -> str:
     return text
 
 
-def find_open_incident(session: Session, *, team_id: str, channel_id: str) -> Incident | None:
-    """The open incident bound to a channel of a workspace, if any."""
-    return session.scalars(
-        select(Incident).where(
-            Incident.team_id == team_id,
-            Incident.channel_id == channel_id,
-            Incident.status == IncidentStatus.OPEN.value,
-        )
-    ).first()
+def find_open_incident(
+    session: Session, *, team_id: str, channel_id: str, for_update: bool = False
+) -> Incident | None:
+    """The open incident bound to a channel of a workspace, if any; `for_update` locks it
+    until the transaction ends."""
+    query = select(Incident).where(
+        Incident.team_id == team_id,
+        Incident.channel_id == channel_id,
+        Incident.status == IncidentStatus.OPEN.value,
+    )
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).first()
 
 
 def require_open_incident(session: Session, *, team_id: str, channel_id: str) -> Incident:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from bot import incidents
 from bot.db import make_session_factory
 from bot.models import Incident, Postmortem, TimelineEntry
-from tests.conftest import NOW, TEAM, Bot, Database
+from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database
 
 
 def _start(database: Database, channel: str, title: str) -> Incident:
@@ -160,3 +160,30 @@ def test_reopens_racing_for_one_incident_reopen_it_once(bot: Bot, attempts: int)
     assert sum(text == "INC-1 reopened" for text in texts) == 1, texts
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 1
+
+
+@pytest.mark.parametrize("typed", ["impact checkout returned 503", "severity SEV1"])
+def test_a_command_racing_an_uncommitted_close_is_told_it_is_closed(bot: Bot, typed: str) -> None:
+    """The close holds the incident until it commits; a command that found the incident
+    open meanwhile must not then be recorded on the closed incident, after the postmortem
+    was written, and be answered as set."""
+    bot.command("start Checkout is down")
+    closing = bot.services.sessions()
+    incident = incidents.require_open_incident(closing, team_id=TEAM, channel_id=CHANNEL)
+    incidents.close_incident(
+        closing, incident=incident, closed_at=NOW, user_id="U1", text=None, now=NOW
+    )  # flushed, not committed
+    answers: list[str] = []
+    command = threading.Thread(target=lambda: answers.append(bot.command(typed).text))
+    command.start()
+    command.join(timeout=0.5)  # it is waiting on the close's lock (PostgreSQL)
+    closing.commit()
+    closing.close()
+    command.join(timeout=30)
+
+    assert not command.is_alive()
+    assert answers == ["INC-1 is closed."]
+    with bot.services.sessions() as session:
+        closed = session.get_one(Incident, incident.id)
+        assert (closed.impact, closed.severity) == (None, None)
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 0

@@ -591,8 +591,11 @@ def _run(
         return Outcome(refusal, result="refused")
     incident = None
     if subcommand.needs_incident:
+        # Locked until the command commits (PostgreSQL): a close waits for it, and one that
+        # waited for a close finds the incident closed, so what is answered as set is in the
+        # postmortem that close publishes.
         incident = incidents.find_open_incident(
-            call.session, team_id=call.team_id, channel_id=call.channel_id
+            call.session, team_id=call.team_id, channel_id=call.channel_id, for_update=True
         )
         if incident is None:
             return no_incident(call)

@@ -37,10 +37,10 @@ class FollowUps:
 
     def __init__(self, max_workers: int = 4) -> None:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="followup")
-        self._futures: set[Future[None]] = set()
+        self._futures: dict[Future[None], str] = {}  # what each still running or queued does
         self._lock = threading.Lock()
 
-    def submit(self, work: Callable[[], None]) -> None:
+    def submit(self, work: Callable[[], None], *, what: str = "follow-up work") -> None:
         def run() -> None:
             try:
                 work()
@@ -49,12 +49,12 @@ class FollowUps:
 
         future = self._executor.submit(run)
         with self._lock:
-            self._futures.add(future)
+            self._futures[future] = what
         future.add_done_callback(self._forget)
 
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
-            self._futures.discard(future)
+            self._futures.pop(future, None)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the work submitted so far; True when all of it finished."""
@@ -62,6 +62,17 @@ class FollowUps:
             pending = set(self._futures)
         done, not_done = wait(pending, timeout=timeout)
         return not not_done
+
+    def finish(self, timeout: float) -> None:
+        """At shutdown: wait up to `timeout` seconds for the work submitted, then name in the
+        log what is left (the process may be stopped before it ends) and start no more."""
+        if self.wait(timeout):
+            return
+        with self._lock:
+            left = sorted(self._futures.values())
+        for what in left:
+            log.error("stopping before this was done: %s", what)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass

@@ -24,10 +24,10 @@ from sqlalchemy import text
 
 from bot import db
 from bot.app import build_app
-from bot.demo import FakeSlack
+from bot.demo import FakeSlack, Fault, SlashCommand
 from bot.services import build_services
 from bot.web import WsgiApp, build_wsgi
-from tests.conftest import Bot, Database, make_settings
+from tests.conftest import ALICE, TEAM, Bot, Database, make_settings
 from tests.test_migrations import HEAD, cli_env, run_cli
 
 Answer = tuple[int, dict[str, Any]]
@@ -220,6 +220,64 @@ def test_served_health_checks_follow_the_database(database: Database, serving: s
     set_revision(database, HEAD[0])
 
     assert http_get(f"{serving}/readyz")[0] == 200
+
+
+def test_a_postmortem_still_posting_when_the_server_stops_is_named_in_its_log(
+    serve_env: dict[str, str], fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """A restart right after a close, while Slack is slow: the worker cannot wait for ever,
+    but what it leaves unpublished is said, with the incident's name."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=serve_env,
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    slash = SlashCommand(
+        secret="s",
+        team_id=TEAM,
+        channel_id="C0TEST0001",
+        user_id=ALICE,
+        response_url=fake_slack.response_url(),
+    )
+
+    def command(typed: str) -> str:
+        body, headers = slash.signed(typed)
+        request = urllib.request.Request(f"{base}/slack/events", body.encode(), headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.loads(response.read())["text"])
+
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(f"{base}/healthz"):
+            assert process.poll() is None, f"serve exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"serve did not answer:\n{log.read_text()}"
+            time.sleep(0.1)
+        fake_slack.fail("chat.postMessage", Fault(delay=60))  # Slack hangs
+        assert "opened" in command("start Checkout is down")
+        assert "is closed" in command("close")
+        assert fake_slack.wait_for("chat.postMessage"), "the close was not being published"
+        process.terminate()
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    said = log.read_text()
+    assert "publishing the postmortem of INC-1" in said, said
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http_get(url)[0] == 200
+    except OSError:
+        return False
 
 
 # --- what is not a Slack request ---------------------------------------------------------

@@ -262,7 +262,10 @@ def register(app: App, services: Services) -> None:
             return
         session.commit()
         if created:
-            services.followups.submit(react(context.bot_token, channel, ts, add=True))
+            services.followups.submit(
+                react(context.bot_token, channel, ts, add=True),
+                what=f"confirming the pin on {channel}/{ts}",
+            )
 
     @with_session(services.sessions)
     def handle_reaction_removed(
@@ -285,7 +288,10 @@ def register(app: App, services: Services) -> None:
         )
         session.commit()
         if entry is not None:
-            services.followups.submit(react(context.bot_token, channel, ts, add=False))
+            services.followups.submit(
+                react(context.bot_token, channel, ts, add=False),
+                what=f"taking the confirmation off {channel}/{ts}",
+            )
 
     @with_session(services.sessions)
     def handle_message_changed(
@@ -380,7 +386,10 @@ def register(app: App, services: Services) -> None:
         reply = replies.captured(reference=reference, number=number, created=created)
         respond(**reply.as_ack(), replace_original=False)
         if created:
-            services.followups.submit(react(context.bot_token, channel, message.ts, add=True))
+            services.followups.submit(
+                react(context.bot_token, channel, message.ts, add=True),
+                what=f"confirming the pin on {channel}/{message.ts}",
+            )
 
     app.event("reaction_added")(handle_reaction_added)
     app.event("reaction_removed")(handle_reaction_removed)

@@ -91,6 +91,7 @@ class Outcome:
     followup: Callable[[], None] | None = None
     result: str = "ok"
     subcommand: str = ""
+    doing: str = "follow-up work"  # what the followup does, for the log should it not finish
 
 
 Handler = Callable[[Call, Incident | None], Outcome]
@@ -141,7 +142,11 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
                 response_url=response_url,
             )
 
-    return Outcome(replies.started(incident, now=call.now), followup=followup)
+    return Outcome(
+        replies.started(incident, now=call.now),
+        followup=followup,
+        doing=f"opening a channel for {incident.reference}",
+    )
 
 
 def handle_note(call: Call, _incident: Incident | None) -> Outcome:
@@ -229,7 +234,14 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
             response_url=response_url,
         )
 
-    return Outcome(replies.closed(incident), followup=followup)
+    return Outcome(
+        replies.closed(incident),
+        followup=followup,
+        doing=(
+            f"publishing the postmortem of {reference} to {channel_id} "
+            f"(`incident-bot export {reference}` prints it)"
+        ),
+    )
 
 
 def handle_status(call: Call, incident: Incident | None) -> Outcome:
@@ -669,7 +681,7 @@ def handle_incident_command(
         )
     ack(**outcome.reply.as_ack())
     if outcome.followup is not None:
-        services.followups.submit(outcome.followup)
+        services.followups.submit(outcome.followup, what=outcome.doing)
     request_log.info(
         json.dumps(
             {

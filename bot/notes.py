@@ -192,9 +192,17 @@ class NoteWriter:
         if not batch:
             return
         with db.deadline(self._engine, min(each.deadline for each in batch) - now):
-            if not self._write_together(batch):
-                # One bad note must not fail the rest: each is tried again on its own.
-                for each in batch:
+            written = self._write_together(batch)
+        if not written:
+            # One bad note must not fail the rest: each is tried again on its own, within its
+            # own deadline. The batch's may have cut it; a note past it is refused, not written
+            # to be acknowledged after Slack has given up on it.
+            for each in batch:
+                remaining = each.deadline - time.monotonic()
+                if remaining <= 0:
+                    _finish(each, error=NoteWriteError("no turn to write before the deadline"))
+                    continue
+                with db.deadline(self._engine, remaining):
                     self._write_together([each])
 
     def _write_together(self, batch: Sequence[_Waiting]) -> bool:

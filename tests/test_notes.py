@@ -86,7 +86,12 @@ def _database_held(database: Database, incident_id: int) -> Iterator[Connection]
 
 
 def _first_write(
-    pool: ThreadPoolExecutor, database: Database, writer: NoteWriter, channel: str
+    pool: ThreadPoolExecutor,
+    database: Database,
+    writer: NoteWriter,
+    channel: str,
+    *,
+    timeout: float = LONG,
 ) -> Future[NoteAdded | None]:
     """Submit a note and return once its write has begun (the writer took it and connected);
     with the database held, that write then waits, and later notes queue behind it."""
@@ -97,7 +102,7 @@ def _first_write(
 
     event.listen(database.engine, "engine_connect", on_connect)
     try:
-        first = pool.submit(writer.add, _note(channel, "first"), timeout=LONG)
+        first = pool.submit(writer.add, _note(channel, "first"), timeout=timeout)
         assert connected.wait(LONG), "the first write did not begin"
     finally:
         event.remove(database.engine, "engine_connect", on_connect)
@@ -247,6 +252,25 @@ def test_a_write_the_database_holds_past_the_deadline_is_cut_and_not_stored(
     # The writer is not stuck: the next note goes through, and takes number 1.
     assert writer.add(_note("C1", "next"), timeout=LONG).number == 1  # type: ignore[union-attr]
     assert _stored(database, incident.id) == [(1, "next")]
+
+
+def test_a_batch_the_database_holds_past_the_deadline_is_refused_not_written_later(
+    database: Database,
+) -> None:
+    """Several notes written together, cut at their deadline: each is not then written again
+    alone with no deadline at all, to be acknowledged after Slack gave up on it (or never)."""
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        with _database_held(database, incident.id):
+            first = _first_write(pool, database, writer, "C1", timeout=0.5)
+            batch = [pool.submit(writer.add, _note("C1", n), timeout=2.0) for n in ("b", "c")]
+            _wait_until(lambda: writer.waiting() == 2 or first.done(), "the notes queued")
+            for future in (first, *batch):
+                with pytest.raises(NoteWriteError) as refused:
+                    future.result(timeout=LONG / 3)
+                assert refused.value.maybe_stored is False
+    assert _stored(database, incident.id) == []
 
 
 def test_notes_typed_at_once_through_the_app_are_all_acknowledged_and_stored(bot: Bot) -> None:

@@ -317,7 +317,16 @@ def _before(moment: datetime, limit: datetime) -> bool:
 
 
 def _local(moment: datetime, zone: ZoneInfo) -> str:
-    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    local = moment.astimezone(zone)
+    return f"{local:%Y-%m-%d %H:%M} {zone_abbreviation(local)}"
+
+
+def zone_abbreviation(moment: datetime) -> str:
+    """`EAT`, `PDT`; `UTC+0545` for a zone that has no letter abbreviation."""
+    name = moment.tzname() or "UTC"
+    if name[0] in "+-":  # zones without a letter abbreviation report "+0530" or "-03"
+        return f"UTC{name}"
+    return name
 
 
 def impact_start(session: Session, *, incident: Incident) -> datetime:

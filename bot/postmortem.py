@@ -28,6 +28,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
 from bot import incidents, timeline
+from bot.incidents import zone_abbreviation
 from bot.models import Incident
 
 
@@ -321,14 +322,6 @@ def format_duration(span: timedelta) -> str:
         if n
     ]
     return " ".join(parts)
-
-
-def zone_abbreviation(moment: datetime) -> str:
-    """`EAT`, `PDT`; `UTC+0545` for a zone that has no letter abbreviation."""
-    name = moment.tzname() or "UTC"
-    if name[0] in "+-":  # zones without a letter abbreviation report "+0530" or "-03"
-        return f"UTC{name}"
-    return name
 
 
 def _time_of_day(local: datetime) -> str:

@@ -18,9 +18,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.incidents import EntryRow
+from bot.incidents import EntryRow, zone_abbreviation
 from bot.models import Incident, TimelineEntry
-from bot.postmortem import zone_abbreviation
 from bot.slack import text as slack_text
 
 # Slack's limit on a section's text; longer typed text is shortened in replies only.

@@ -485,6 +485,17 @@ def test_replies_name_a_zone_without_letters_as_the_postmortem_does(bot: Bot) ->
     assert "M +0545" not in noted.visible + status.visible + timeline.visible
 
 
+def test_refusals_name_a_zone_without_letters_as_the_postmortem_does(bot: Bot) -> None:
+    kathmandu = "U0KTM00001"
+    bot.fake.users[kathmandu] = "Asia/Kathmandu"
+    bot.command("start 11:00 AM - Outage", user=kathmandu)
+
+    refused = bot.command("close 10:30 AM", user=kathmandu)
+
+    assert "started at 2026-11-20 11:00 UTC+0545" in refused.text
+    assert "(2026-11-20 10:30 UTC+0545)" in refused.text
+
+
 def test_status_of_a_long_incident_shows_the_latest_entries(bot: Bot) -> None:
     bot.command("start Outage")
     for n in range(30):

@@ -14,6 +14,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -150,9 +152,16 @@ def serve_env(database: Database, fake_slack: FakeSlack) -> dict[str, str]:
     )
 
 
-@pytest.fixture
-def serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """`incident-bot serve` on a free port, once it answers /healthz; its base URL."""
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+
+@contextmanager
+def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
+    """`incident-bot serve` on a free port, once it answers /healthz; stopped at the end."""
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as output:
@@ -166,23 +175,26 @@ def serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while True:
+        while not _answers(f"{base}/healthz"):
             assert process.poll() is None, f"serve exited:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"serve did not answer:\n{log.read_text()}"
-            try:
-                if http_get(f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
             time.sleep(0.1)
-        yield base
+        yield Served(process=process, base=base, log=log)
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """The base URL of a running `incident-bot serve`."""
+    with served(serve_env, tmp_path) as server:
+        yield server.base
 
 
 def test_serve_refuses_a_database_without_the_schema(
@@ -227,17 +239,6 @@ def test_a_postmortem_still_posting_when_the_server_stops_is_named_in_its_log(
 ) -> None:
     """A restart right after a close, while Slack is slow: the worker cannot wait for ever,
     but what it leaves unpublished is said, with the incident's name."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=serve_env,
-            cwd=tmp_path,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
     slash = SlashCommand(
         secret="s",
         team_id=TEAM,
@@ -246,30 +247,22 @@ def test_a_postmortem_still_posting_when_the_server_stops_is_named_in_its_log(
         response_url=fake_slack.response_url(),
     )
 
-    def command(typed: str) -> str:
-        body, headers = slash.signed(typed)
-        request = urllib.request.Request(f"{base}/slack/events", body.encode(), headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return str(json.loads(response.read())["text"])
+    with served(serve_env, tmp_path) as server:
 
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(f"{base}/healthz"):
-            assert process.poll() is None, f"serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"serve did not answer:\n{log.read_text()}"
-            time.sleep(0.1)
+        def command(typed: str) -> str:
+            body, headers = slash.signed(typed)
+            request = urllib.request.Request(f"{server.base}/slack/events", body.encode(), headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(json.loads(response.read())["text"])
+
         fake_slack.fail("chat.postMessage", Fault(delay=60))  # Slack hangs
         assert "opened" in command("start Checkout is down")
         assert "is closed" in command("close")
         assert fake_slack.wait_for("chat.postMessage"), "the close was not being published"
-        process.terminate()
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.process.terminate()
+        server.process.wait(timeout=30)
 
-    said = log.read_text()
+    said = server.log.read_text()
     assert "publishing the postmortem of INC-1" in said, said
 
 

@@ -72,13 +72,18 @@ class ParentFirstSlack(FakeSlack):
         return answer
 
 
-@pytest.fixture
-def parent_first(database: Database, clock: Clock) -> Iterator[Bot]:
-    fake = ParentFirstSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
+def bot_against(fake_class: type[FakeSlack], database: Database, clock: Clock) -> Iterator[Bot]:
+    """The real app against a stand-in for Slack that answers in its own (documented) way."""
+    fake = fake_class(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
     settings = make_settings(database.url, fake.api_url)
     services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
     yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
     fake.stop()
+
+
+@pytest.fixture
+def parent_first(database: Database, clock: Clock) -> Iterator[Bot]:
+    yield from bot_against(ParentFirstSlack, database, clock)
 
 
 def test_a_pinned_thread_reply_is_found_when_replies_lists_the_parent_first(
@@ -143,11 +148,7 @@ class ShortPagesSlack(ParentFirstSlack):
 
 @pytest.fixture
 def short_pages(database: Database, clock: Clock) -> Iterator[Bot]:
-    fake = ShortPagesSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
-    settings = make_settings(database.url, fake.api_url)
-    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
-    yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
-    fake.stop()
+    yield from bot_against(ShortPagesSlack, database, clock)
 
 
 def test_a_pinned_thread_reply_on_the_second_page_of_replies_is_found(short_pages: Bot) -> None:
@@ -235,11 +236,7 @@ class FewReactionsSlack(FakeSlack):
 
 @pytest.fixture
 def few_reactions(database: Database, clock: Clock) -> Iterator[Bot]:
-    fake = FewReactionsSlack(users={ALICE: "Africa/Nairobi"}, team_id=TEAM).start()
-    settings = make_settings(database.url, fake.api_url)
-    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
-    yield Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
-    fake.stop()
+    yield from bot_against(FewReactionsSlack, database, clock)
 
 
 def test_the_entry_stays_while_pinned_among_other_reactions(few_reactions: Bot) -> None:

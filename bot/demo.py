@@ -59,6 +59,8 @@ class FakeSlack:
     """Slack's Web API on loopback: answers like Slack, remembers what it was asked."""
 
     users: dict[str, str] = field(default_factory=dict)  # user id -> IANA zone
+    bots: set[str] = field(default_factory=set)  # user ids that are apps' bot users
+    deactivated: set[str] = field(default_factory=set)  # user ids Slack marks `deleted`
     names: dict[str, str] = field(default_factory=dict)  # user id -> display name
     team_id: str = DEMO_TEAM
     bot_user_id: str = "U0BOT00001"
@@ -262,6 +264,8 @@ class FakeSlack:
                     "id": user,
                     "team_id": self.team_id,
                     "name": user.lower(),
+                    "is_bot": user in self.bots,
+                    "deleted": user in self.deactivated,
                     "tz": zone,
                     "tz_label": zone,
                     "tz_offset": int(offset.total_seconds()),

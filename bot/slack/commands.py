@@ -351,9 +351,12 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
             f"`/incident role {role} @ann`."
         )
     user_id, label = match.group(1), (match.group(2) or "").strip()
-    name = label or call.services.people.name_for(
-        team_id=call.team_id, user_id=user_id, token=call.token
-    )
+    person = call.services.people.person(team_id=call.team_id, user_id=user_id, token=call.token)
+    name = label or person.name or f"@{user_id}"
+    if person.is_bot:
+        raise incidents.IncidentError(f"{name} is an app; give the {role} role to a person.")
+    if person.deactivated:
+        raise incidents.IncidentError(f"{name} is no longer in this workspace.")
     incidents.assign_role(
         call.session,
         incident=incident,

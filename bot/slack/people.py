@@ -28,6 +28,8 @@ FAILED_TTL_S = 600.0
 class Person:
     zone: str | None  # IANA name, None when unknown
     name: str | None  # display name, None when unknown
+    is_bot: bool = False  # an app's bot user (Slack's `is_bot`)
+    deactivated: bool = False  # Slack's `deleted`: no longer in the workspace
 
 
 class UserDirectory:
@@ -63,6 +65,10 @@ class UserDirectory:
         """The person's display name, or `@<user id>` when Slack does not say."""
         return self._person(team_id, user_id, token).name or f"@{user_id}"
 
+    def person(self, *, team_id: str, user_id: str, token: str | None) -> Person:
+        """What Slack says of the person; all unknown when it does not answer in time."""
+        return self._person(team_id, user_id, token)
+
     def _person(self, team_id: str, user_id: str, token: str | None) -> Person:
         key = (team_id, user_id)
         with self._lock:
@@ -94,7 +100,12 @@ class UserDirectory:
                 retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
             )
             user = client.users_info(user=key[1]).get("user") or {}
-            person = Person(zone=_zone(user.get("tz")), name=_name(user))
+            person = Person(
+                zone=_zone(user.get("tz")),
+                name=_name(user),
+                is_bot=user.get("is_bot") is True,
+                deactivated=user.get("deleted") is True,
+            )
         except Exception as error:  # any Slack or network failure means "use the fallbacks"
             log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
             failed_for = _retry_after(error)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from bot.app import build_app
 from bot.demo import FakeSlack, Fault
-from bot.models import EntryRevision, FieldChange, Incident, TimelineEntry
+from bot.models import EntryRevision, FieldChange, Incident, RoleAssignment, TimelineEntry
 from bot.services import build_services
 from bot.slack import replies
 from bot.slack.channels import channel_name
@@ -330,6 +330,25 @@ def test_giving_someone_the_role_they_hold_is_refused_and_announces_nothing(bot:
     bot.command("commander <@U0BOB00001>", escaped=True)  # back to Bob: that is a change
     assert [text for _, text, _ in live(bot)][-1] == "Bob is now the commander"
     assert len(live(bot)) == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"), [("bots", "is an app"), ("deactivated", "no longer in this workspace")]
+)
+def test_a_role_for_an_app_or_a_deactivated_account_is_refused(
+    bot: Bot, kind: str, said: str
+) -> None:
+    bot.fake.users["U0GRAFANA1"] = "UTC"
+    getattr(bot.fake, kind).add("U0GRAFANA1")
+    bot.command("start Outage")
+
+    reply = bot.command("commander <@U0GRAFANA1|grafana>", escaped=True)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert said in reply.text and "grafana" in reply.text
+    assert live(bot) == []
+    with bot.services.sessions() as session:
+        assert session.scalars(select(RoleAssignment)).all() == []
 
 
 @pytest.mark.parametrize("typed", ["commander bob", "role janitor <@U0BOB00001>", "role scribe"])

@@ -266,7 +266,7 @@ def close_incident(
     """Close an incident, the optional text becoming its last timeline entry."""
     # Two closes at once (PostgreSQL): the second waits here for the first to commit, then
     # finds the incident closed, instead of closing it again and publishing a second time.
-    if locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
+    if not is_open_locked(session, incident=incident):
         raise IncidentError(f"{incident.reference} is already closed.")
     if text is not None and text.strip():
         text = check_text(text)
@@ -303,17 +303,24 @@ def close_incident(
     return incident
 
 
-def locked_status(session: Session, *, incident: Incident) -> str:
-    """The incident's status in the database, its row locked until the transaction ends."""
-    return session.execute(
+def is_open_locked(session: Session, *, incident: Incident) -> bool:
+    """Whether the incident is open in the database (not as this session last saw it), its
+    row locked until the transaction ends."""
+    status = session.execute(
         select(Incident.status).where(Incident.id == incident.id).with_for_update()
     ).scalar_one()
+    return bool(status == IncidentStatus.OPEN.value)
+
+
+def whole_minute(moment: datetime) -> datetime:
+    """`moment` without its seconds: times are typed, and postmortems count, in minutes."""
+    return moment.replace(second=0, microsecond=0)
 
 
 def _before(moment: datetime, limit: datetime) -> bool:
     """Whether `moment` is in an earlier minute than `limit`: people type times to the
     minute, and a moment stamped "now" has seconds (7:30 AM is not before 7:30:45)."""
-    return moment.replace(second=0, microsecond=0) < limit.replace(second=0, microsecond=0)
+    return whole_minute(moment) < whole_minute(limit)
 
 
 def _local(moment: datetime, zone: ZoneInfo) -> str:
@@ -626,7 +633,7 @@ def reopen_incident(
     if incident is None:
         raise NoOpenIncidentError()
     # Two reopens at once (PostgreSQL): the second waits for the first, then finds it open.
-    if locked_status(session, incident=incident) == IncidentStatus.OPEN.value:
+    if is_open_locked(session, incident=incident):
         raise IncidentError(f"{incident.reference} is open already; there is nothing to reopen.")
     try:
         with session.begin_nested():

@@ -28,7 +28,7 @@ from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
 from bot import incidents, timeline
-from bot.incidents import zone_abbreviation
+from bot.incidents import whole_minute, zone_abbreviation
 from bot.models import Incident
 
 
@@ -179,7 +179,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         previous_day = local.date()
 
     def since_start(moment: datetime | None) -> str | None:
-        return format_duration(_minute(moment) - _minute(start)) if moment else None
+        return format_duration(whole_minute(moment) - whole_minute(start)) if moment else None
 
     def clock_of(moment: datetime | None) -> str | None:
         if moment is None:
@@ -211,7 +211,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
             start=_clock(local_start, zone_name, with_date=spans_days, with_year=spans_years),
             end=_clock(local_end, zone_name, with_date=spans_days, with_year=spans_years),
             zone=zone_name,
-            duration=format_duration(_minute(end) - _minute(start)),
+            duration=format_duration(whole_minute(end) - whole_minute(start)),
             ongoing=ongoing,
             spans_days=spans_days,
         ),
@@ -303,10 +303,6 @@ def sample_context() -> PostmortemContext:
             time_to_resolve="1 hour 40 minutes",
         ),
     )
-
-
-def _minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
 
 
 def format_duration(span: timedelta) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from bot import incidents
 from bot.incidents import MAX_TEXT_LENGTH, IncidentError, check_text, next_entry_number
-from bot.models import EntryKind, EntryRevision, Incident, IncidentStatus, TimelineEntry
+from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
 
 # Ends the text of a captured message that was longer than the timeline keeps.
 CUT_MARK = " … (cut: the whole message is in Slack)"
@@ -87,7 +87,7 @@ def capture_message(
     text = captured_text(message)
     # The incident was found before Slack was asked for the message, and a close may have
     # committed since: the entry would miss the postmortem that close publishes.
-    if incidents.locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
+    if not incidents.is_open_locked(session, incident=incident):
         raise IncidentError(f"{incident.reference} is closed.")
     existing = find_captured(
         session, incident=incident, channel_id=message.channel_id, ts=message.ts
@@ -148,7 +148,7 @@ def uncapture_message(
     session: Session, *, incident: Incident, channel_id: str, ts: str, user_id: str, now: datetime
 ) -> TimelineEntry | None:
     """Take a captured message off the timeline (the record of it stays)."""
-    if incidents.locked_status(session, incident=incident) != IncidentStatus.OPEN.value:
+    if not incidents.is_open_locked(session, incident=incident):
         return None  # closed since it was found: its postmortem is written
     entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
     if entry is None or entry.deleted_at is not None:

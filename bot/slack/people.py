@@ -59,17 +59,15 @@ class UserDirectory:
 
     def zone_for(self, *, team_id: str, user_id: str, token: str | None) -> ZoneInfo:
         """The person's zone, or the fallback when Slack does not answer in time."""
-        return ZoneInfo(self._person(team_id, user_id, token).zone or self.fallback)
+        zone = self.person(team_id=team_id, user_id=user_id, token=token).zone
+        return ZoneInfo(zone or self.fallback)
 
     def name_for(self, *, team_id: str, user_id: str, token: str | None) -> str:
         """The person's display name, or `@<user id>` when Slack does not say."""
-        return self._person(team_id, user_id, token).name or f"@{user_id}"
+        return self.person(team_id=team_id, user_id=user_id, token=token).name or f"@{user_id}"
 
     def person(self, *, team_id: str, user_id: str, token: str | None) -> Person:
         """What Slack says of the person; all unknown when it does not answer in time."""
-        return self._person(team_id, user_id, token)
-
-    def _person(self, team_id: str, user_id: str, token: str | None) -> Person:
         key = (team_id, user_id)
         with self._lock:
             cached = self._cache.get(key)

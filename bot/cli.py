@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from bot.config import ConfigError, Settings
@@ -132,7 +134,7 @@ def _socket(_args: argparse.Namespace) -> int:
     from slack_sdk.errors import SlackApiError
 
     from bot.app import build_app
-    from bot.services import build_services
+    from bot.services import FOLLOWUP_GRACE_S, build_services
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
     _check_templates(settings)
@@ -141,9 +143,10 @@ def _socket(_args: argparse.Namespace) -> int:
     )
     if refused:
         return refused
-    app = build_app(settings, build_services(settings, create_schema=False))
+    services = build_services(settings, create_schema=False)
+    handler = SocketModeHandler(build_app(settings, services), settings.slack_app_token)
     try:
-        SocketModeHandler(app, settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+        handler.connect()  # type: ignore[no-untyped-call]
     except SlackApiError as error:  # apps.connections.open, the one call made before serving
         if error.response.status_code != 200:
             raise
@@ -151,7 +154,21 @@ def _socket(_args: argparse.Namespace) -> int:
             f"SLACK_APP_TOKEN was refused by Slack ({error.response.get('error')}); it must be "
             "an app-level token with connections:write, from the app's Basic Information page."
         ) from None
+    log.info("answering Slack over Socket Mode; stop with SIGTERM or Ctrl-C")
+    _wait_for_a_stop()
+    # Take no more envelopes, let the listeners running finish (close() waits for them),
+    # then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
+    handler.close()  # type: ignore[no-untyped-call]
+    services.followups.finish(FOLLOWUP_GRACE_S)
     return 0
+
+
+def _wait_for_a_stop() -> None:
+    """Block until SIGTERM (a deploy, systemd, Kubernetes) or SIGINT (Ctrl-C) arrives."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    stop.wait()
 
 
 def _refuse_unless_slack_accepts_the_token(settings: Settings) -> int:

@@ -75,6 +75,7 @@ class FakeSlack:
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     channel_names: dict[str, str] = field(default_factory=dict)  # name -> id of existing channels
     oauth_codes: dict[str, str] = field(default_factory=dict)  # OAuth code -> workspace
+    socket_mode_url: str | None = None  # what apps.connections.open hands out
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -350,6 +351,8 @@ class FakeSlack:
             return {"ok": True, "channel": {"id": channel_id, "name": name}}
         if method == "conversations.invite":
             return {"ok": True, "channel": {"id": params.get("channel")}}
+        if method == "apps.connections.open" and self.socket_mode_url:
+            return {"ok": True, "url": self.socket_mode_url}
         return {"ok": False, "error": "unknown_method"}
 
     def post(

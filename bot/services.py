@@ -32,6 +32,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# At shutdown (`serve`'s workers, `socket`), how long follow-up work may still take.
+FOLLOWUP_GRACE_S = 5.0
+
+
 class FollowUps:
     """Work that runs after the acknowledgement (posting, uploading), on a few threads."""
 

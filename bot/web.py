@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from bot import db
 from bot.config import Settings
-from bot.services import Services
+from bot.services import FOLLOWUP_GRACE_S, Services
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -31,10 +31,9 @@ HEALTH_DEADLINE_S = 1.5
 # blocks, is a fraction of this; anything larger is not read.
 MAX_BODY_BYTES = 1024 * 1024
 # A stopping worker is killed this long after it is told to stop. Its requests are answered
-# within Slack's 3 seconds; then follow-up work (a close's postmortem) has this long to end,
-# and what has not is named in the log before the worker is killed.
+# within Slack's 3 seconds; then follow-up work (a close's postmortem) has FOLLOWUP_GRACE_S
+# to end, and what has not is named in the log before the worker is killed.
 GRACEFUL_TIMEOUT_S = 10
-FOLLOWUP_GRACE_S = 5.0
 
 WsgiApp = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 _Check = Callable[[Engine], tuple[int, dict[str, Any]]]

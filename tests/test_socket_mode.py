@@ -1,0 +1,105 @@
+"""`incident-bot socket`: commands over Socket Mode, and a stop that finishes what it owes.
+
+The process is the real console script; Slack's Socket Mode end is `tests/socketmode.py`,
+its Web API FakeSlack.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from bot.demo import FakeSlack, Fault, SlashCommand
+from tests.conftest import ALICE, TEAM, Database
+from tests.socketmode import SocketModeServer
+from tests.test_migrations import cli_env
+
+
+@pytest.fixture
+def socket_mode(fake_slack: FakeSlack) -> Iterator[SocketModeServer]:
+    server = SocketModeServer()
+    fake_slack.socket_mode_url = server.url
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def socket_process(
+    database: Database, fake_slack: FakeSlack, socket_mode: SocketModeServer, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    env = {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-x"}
+    log = tmp_path / "socket.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "socket"],
+            env=cli_env(database, {**env, "SLACK_API_URL": fake_slack.api_url}),
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        socket_mode.wait_connected()
+        yield process, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def command(socket_mode: SocketModeServer, typed: str) -> str:
+    """`/incident <typed>` from Alice, as a Socket Mode envelope; the answer's text."""
+    slash = SlashCommand(secret="unused", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+    envelope = socket_mode.deliver("slash_commands", dict(parse_qsl(slash.body(typed))))
+    return str(socket_mode.ack(envelope)["payload"]["text"])
+
+
+@pytest.mark.usefixtures("socket_process")
+def test_commands_are_answered_over_socket_mode(socket_mode: SocketModeServer) -> None:
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    assert "Added to" in command(socket_mode, "note payments 500 since the deploy")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_right_after_a_close_still_publishes_the_postmortem(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+    stop: signal.Signals,
+) -> None:
+    """A deploy restarts the bot while Slack is slow to take the close's summary: the
+    postmortem is still uploaded before the process ends."""
+    process, log = socket_process
+    fake_slack.fail("chat.postMessage", Fault(delay=2))
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    assert "is closed" in command(socket_mode, "close")
+    assert fake_slack.wait_for("chat.postMessage"), "the close was not being published"
+
+    process.send_signal(stop)
+
+    assert process.wait(timeout=30) == 0, log.read_text()
+    assert fake_slack.calls_to("files.completeUploadExternal"), log.read_text()
+    assert "stopping before this was done" not in log.read_text()
+
+
+def test_a_postmortem_still_posting_when_the_process_stops_is_named_in_its_log(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """Slack hangs: the process cannot wait for ever, but names what it leaves unpublished."""
+    process, log = socket_process
+    fake_slack.fail("chat.postMessage", Fault(delay=60))
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    assert "is closed" in command(socket_mode, "close")
+    assert fake_slack.wait_for("chat.postMessage"), "the close was not being published"
+
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=40) == 0, log.read_text()
+    assert "publishing the postmortem of INC-1" in log.read_text()

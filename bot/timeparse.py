@@ -11,6 +11,8 @@ Only this module knows python-dateutil. The rules, in short:
   time names another zone. A date without a year is this year, or last year likewise.
   A full date in the future is refused, and so is part of a date (`Nov 1:06`) and a date
   of numbers that reads two ways (`03/11`: March or November?).
+* `now`, and a time counted back from it (`10 min ago`, `an hour ago`, `1h30m ago`), are
+  read as said; they need no clock time and name no zone.
 * A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`/`Z`,
   or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
@@ -83,6 +85,22 @@ _UTC_OFFSET = re.compile(
 )
 
 
+# `now`, `just now`, `10 min ago`, `an hour ago`, `1h30m ago`, `2 days 3 hours ago`.
+_AGO_UNITS = {
+    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+}  # fmt: skip
+_AGO_PART = re.compile(r"(an?|\d{1,4})\s*([a-z]+)", re.IGNORECASE)
+_AGO = re.compile(
+    r"(?:(?:an?|\d{1,4})\s*[a-z]+\s*){1,3}ago|(?:just\s+)?now|right\s+now", re.IGNORECASE
+)
+# Further back than this is more likely a slip (`90 hours ago` for `90 minutes ago`) than
+# meant, and a date says it better.
+_AGO_LIMIT = timedelta(days=7)
+
+
 class TimeParseError(ValueError):
     """The text starts with something meant as a time that cannot be read as one."""
 
@@ -112,8 +130,11 @@ def split_leading_time(text: str, *, zone: ZoneInfo, now: datetime) -> Leading:
 
 
 def looks_like_time(text: str) -> bool:
-    """True when `text` is made only of date and time words and holds a clock time."""
+    """True when `text` is made only of date and time words and holds a clock time, or is
+    `now` or a time counted back from it (`10 min ago`)."""
     text = text.strip()
+    if _counted_back(text) is not None:
+        return True
     clock = _CLOCK.search(text) if text and len(text) <= 64 else None
     if clock is None:
         return False
@@ -136,6 +157,13 @@ def _is_time_word(token: str, *, zone_allowed: bool) -> bool:
 def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
     """Read `text` (a clock time, perhaps with a date or a day) as an aware UTC datetime."""
     text = " ".join(text.split())
+    back = _counted_back(text)
+    if back is not None:
+        if back > _AGO_LIMIT:
+            raise TimeParseError(
+                f"“{text}” is more than 7 days ago; give the date, as in `Nov 20 1:06 AM`."
+            )
+        return now.astimezone(UTC) - back
     if not looks_like_time(text):
         raise TimeParseError(
             f"“{text}” is not a time I can read; try `1:06 AM` or `2026-11-20 01:06`."
@@ -270,6 +298,22 @@ def _refuse_ambiguous_date(text: str) -> None:
                 f"{calendar.month_abbr[second]} {first}; write the month as a word, as in "
                 f"`{calendar.month_abbr[first]} {second}`, or the date as year-month-day."
             )
+
+
+def _counted_back(text: str) -> timedelta | None:
+    """How long ago `text` says (`10 min ago`, `now`), or None when it says no such thing."""
+    if len(text) > 64 or _AGO.fullmatch(text) is None:
+        return None
+    if not text.lower().endswith("ago"):
+        return timedelta(0)
+    seconds, units = 0, set()
+    for amount, unit in _AGO_PART.findall(text.removesuffix(text[-3:])):
+        size = _AGO_UNITS.get(unit.lower())
+        if size is None or size in units:  # `5 apples ago`, `5 min 3 min ago`
+            return None
+        units.add(size)
+        seconds += (1 if amount.lower() in ("a", "an") else int(amount)) * size
+    return timedelta(seconds=seconds)
 
 
 def _count_clocks(text: str) -> int:

@@ -585,3 +585,57 @@ def test_a_date_and_time_from_the_last_year_reads_back(
 def test_a_date_at_the_edge_of_the_calendar_is_refused(typed: str, zone: ZoneInfo) -> None:
     with pytest.raises(TimeParseError, match="too far from today"):
         parse(typed, zone)
+
+
+@pytest.mark.parametrize(
+    ("typed", "back"),
+    [
+        ("now", timedelta(0)),
+        ("Now", timedelta(0)),
+        ("just now", timedelta(0)),
+        ("right now", timedelta(0)),
+        ("10 min ago", timedelta(minutes=10)),
+        ("10min ago", timedelta(minutes=10)),
+        ("5m ago", timedelta(minutes=5)),
+        ("45 seconds ago", timedelta(seconds=45)),
+        ("an hour ago", timedelta(hours=1)),
+        ("a minute ago", timedelta(minutes=1)),
+        ("1h30m ago", timedelta(hours=1, minutes=30)),
+        ("1 hour 30 minutes ago", timedelta(hours=1, minutes=30)),
+        ("2 days 3 hours ago", timedelta(days=2, hours=3)),
+        ("7 days ago", timedelta(days=7)),
+        ("10  MIN   AGO", timedelta(minutes=10)),
+    ],
+)
+def test_now_and_times_counted_back_from_it(typed: str, back: timedelta) -> None:
+    for zone in (NAIROBI, LOS_ANGELES, CHATHAM):
+        assert parse_time(typed, zone=zone, now=NOW) == NOW - back
+    assert split_leading_time(f"{typed} - db restarted", zone=NAIROBI, now=NOW) == Leading(
+        when=NOW - back, rest="db restarted"
+    )
+
+
+def test_counted_back_across_a_daylight_saving_change_is_elapsed_time() -> None:
+    # 1 Nov 2026, 09:30 UTC is 01:30 PST, the second 1:30 of that night in Los Angeles: an
+    # hour ago is 08:30 UTC, the first 1:30 (PDT), not the same wall time.
+    now = utc(2026, 11, 1, 9, 30)
+    assert parse_time("an hour ago", zone=LOS_ANGELES, now=now) == utc(2026, 11, 1, 8, 30)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["5 apples ago", "ago", "10 minutes", "5 min 3 min ago", "1h 1h ago", "nowhere", "a ago"],
+)
+def test_what_only_resembles_a_time_counted_back_is_refused(typed: str) -> None:
+    with pytest.raises(TimeParseError, match="is not a time I can read"):
+        parse_time(typed, zone=NAIROBI, now=NOW)
+
+
+def test_further_back_than_a_week_asks_for_the_date() -> None:
+    with pytest.raises(TimeParseError, match="more than 7 days ago; give the date"):
+        parse_time("8 days ago", zone=NAIROBI, now=NOW)
+
+
+@pytest.mark.parametrize("text", ["now is the time - go", "10 minutes - of downtime", "ago - x"])
+def test_text_that_only_mentions_now_stays_text(text: str) -> None:
+    assert split_leading_time(text, zone=NAIROBI, now=NOW) == Leading(when=None, rest=text)

@@ -157,6 +157,23 @@ def test_a_moment_not_recorded_is_said_so(bot: Bot) -> None:
     assert "Time to detect: 20 minutes. Time to mitigate: not recorded." in markdown
 
 
+def test_moments_and_notes_can_be_now_or_counted_back_from_it(bot: Bot) -> None:
+    # The clock reads 9:00 AM EAT.
+    bot.command("start 8:00 AM - Outage")
+    assert "8:15 AM" in bot.command("detected 45 min ago").text
+    assert (
+        "Added to *INC-1* at 8:50 AM EAT: rolled back"
+        in bot.command("note 10 min ago - rolled back").text
+    )
+    bot.command("mitigated now")
+    bot.command("close")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    assert "Time to detect: 15 minutes" in markdown
+    assert "Time to mitigate: 1 hour" in markdown
+    assert "* 8:50 AM - rolled back" in markdown
+
+
 @pytest.mark.parametrize("typed", ["detected 25:99", "detected soon", "mitigated 6:00 AM"])
 def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
     bot.command("start 7:00 AM - Outage")

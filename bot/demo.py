@@ -71,6 +71,9 @@ class FakeSlack:
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
     private: set[str] = field(default_factory=set)  # private channels: joining is refused
     tokens: dict[str, str] = field(default_factory=dict)  # bot token -> its workspace
+    # Bot tokens Slack no longer accepts, and the error every method answers them with
+    # (`token_revoked`, `account_inactive`, `invalid_auth`): the app uninstalled, the token revoked.
+    revoked: dict[str, str] = field(default_factory=dict)
     # Messages people posted, by (channel, ts): what conversations.history/replies return.
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     channel_names: dict[str, str] = field(default_factory=dict)  # name -> id of existing channels
@@ -204,9 +207,12 @@ class FakeSlack:
             _send(request, 200, b'{"ok": false, "error": "not_authed"}', "application/json")
             return
         with self._lock:
-            revoked = bool(token) and bool(self.tokens) and token not in self.tokens
-        if revoked and method != "oauth.v2.access":
-            _send(request, 200, b'{"ok": false, "error": "invalid_auth"}', "application/json")
+            refused = self.revoked.get(token or "")
+            if refused is None and token and self.tokens and token not in self.tokens:
+                refused = "invalid_auth"
+        if refused is not None and method != "oauth.v2.access":
+            refusal = json.dumps({"ok": False, "error": refused}).encode()
+            _send(request, 200, refusal, "application/json")
             return
         answer = self._answer(method, params, token)
         _send(request, 200, json.dumps(answer).encode(), "application/json")

@@ -29,6 +29,10 @@ CANNOT_POST = {
     "is_archived": "this channel is archived",
     "restricted_action": "only some people may post in this channel",
 }
+# Errors that mean Slack no longer takes the bot's token at all (the app was uninstalled, its
+# token revoked, the workspace deactivated it): nothing more will get through until it is
+# reinstalled, but a command's response URL still answers in the channel.
+TOKEN_REFUSED = {"invalid_auth", "token_revoked", "token_expired", "account_inactive"}
 
 
 def publish_postmortem(
@@ -92,7 +96,7 @@ def publish_postmortem(
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
         log.warning("posting the summary of %s failed: %s", reference, code)
-        if code in NOT_A_MEMBER or code in CANNOT_POST:
+        if code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
             # The response URL can still speak in the channel for the person who closed it.
             tell(response_url, summary)
             tell(response_url, replies.refusal(_not_posted(code, reference)))
@@ -138,6 +142,11 @@ def _not_posted(code: str, reference: str) -> str:
     export = f"`incident-bot export {reference}` prints the postmortem"
     if code in CANNOT_POST:
         return f"I could not post in this channel: {CANNOT_POST[code]} ({code}). {export}."
+    if code in TOKEN_REFUSED:
+        return (
+            f"Slack no longer accepts my token ({code}): the app was uninstalled or its token "
+            f"revoked, so I can post nothing until someone reinstalls it. {export}."
+        )
     return (
         f"I am not a member of this channel, so I could not post there ({code}). "
         f"Invite me with /invite; {export} meanwhile."

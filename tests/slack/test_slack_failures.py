@@ -9,7 +9,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault
 from bot.models import Incident, Postmortem, TimelineEntry
 from bot.services import build_services
-from tests.conftest import CHANNEL, Bot, Clock, Database, make_settings
+from tests.conftest import CHANNEL, TOKEN, Bot, Clock, Database, make_settings
 
 
 @pytest.fixture
@@ -72,3 +72,22 @@ def test_slack_timing_out_is_retried_then_reported(impatient: Bot) -> None:
     responses = impatient.fake.wait_for_responses(1)
     assert any("could not upload" in r["text"] and "export INC-1" in r["text"] for r in responses)
     assert stored(impatient) == ("closed", 1, 1)
+
+
+@pytest.mark.parametrize("code", ["invalid_auth", "token_revoked", "account_inactive"])
+def test_a_token_slack_no_longer_accepts_is_named_and_the_summary_still_reaches_the_channel(
+    bot: Bot, code: str
+) -> None:
+    # The app was uninstalled or its token revoked while the incident was open: every Web API
+    # call is refused, but the close's response URL still speaks in the channel.
+    bot.command("start Outage")
+    bot.fake.revoked[TOKEN] = code
+    reply = bot.command("close 9:00 AM - fixed")
+    assert reply.status == 200 and "closed" in reply.text
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    told = " ".join(r["text"] for r in responses)
+    assert code in told and "reinstall" in told and "incident-bot export INC-1" in told
+    assert bot.fake.calls_to("files.getUploadURLExternal") == []  # refused as surely
+    assert stored(bot) == ("closed", 1, 1)

@@ -27,6 +27,7 @@ from bot.services import Services, web_client
 from bot.slack import replies
 from bot.slack import text as slack_text
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
+from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ CONFIRMATION = "white_check_mark"
 CONFIRMATION_FALLBACK = "memo"  # used when people pin with white_check_mark themselves
 # Pages read to find one message: the range is that message alone (and a thread's parent).
 MAX_PAGES = 5
+# Refusals that Slack's retries of the event would meet again: the bot is no longer in the
+# channel (or the channel is gone), or its token is no longer accepted.
+CANNOT_READ = NOT_A_MEMBER | TOKEN_REFUSED
 
 
 def confirmation_emoji(pin: str) -> str:
@@ -241,7 +245,14 @@ def register(app: App, services: Services) -> None:
         if is_retry(request) and not _still_pinned(client, channel, ts, pin, unknown=True):
             log.info("pin on %s/%s was removed before Slack's retry; ignoring it", channel, ts)
             return
-        raw = fetch_message(client, channel, ts)
+        try:
+            raw = fetch_message(client, channel, ts)
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            if code not in CANNOT_READ:
+                raise  # a 5xx or a timeout: Slack sends the event again, which may succeed
+            log.warning("pinned message %s/%s could not be read: %s", channel, ts, code)
+            return
         if raw is None:
             log.warning("pinned message %s/%s could not be read", channel, ts)
             return

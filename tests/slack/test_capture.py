@@ -6,12 +6,13 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from bot import incidents
 from bot.demo import Fault, signed_event, signed_shortcut
 from bot.models import EntryRevision, TimelineEntry
-from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Reply
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, TOKEN, Bot, Reply
 
 PIN_TS = "1795154400.000100"  # 2026-11-20 06:00:00.0001 UTC
 
@@ -476,3 +477,25 @@ def test_a_pinned_message_longer_than_the_timeline_keeps_is_cut_and_says_so(bot:
     assert entry.text.endswith(" … (cut: the whole message is in Slack)")
     assert paste.startswith(entry.text.removesuffix(" … (cut: the whole message is in Slack)"))
     assert entry.permalink is not None
+
+
+@pytest.mark.parametrize("code", ["channel_not_found", "not_in_channel", "token_revoked"])
+def test_a_pin_in_a_channel_slack_will_not_let_the_bot_read_is_answered_and_logged(
+    bot: Bot, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The bot was removed from the channel (channel_left) or the app's token revoked while
+    # the pin was on its way: Slack's retries would be refused the same way.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rolling back deploy 4512", user=ALICE, ts=PIN_TS)
+    if code == "token_revoked":
+        bot.fake.revoked[TOKEN] = code
+    else:
+        bot.fake.fail("conversations.history", Fault(error=code))
+
+    assert reaction(bot, ts).status == 200
+    bot.wait()
+
+    assert entries(bot) == []
+    assert bot.fake.calls_to("reactions.add") == []
+    assert any(code in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]

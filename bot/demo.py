@@ -70,6 +70,9 @@ class FakeSlack:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
     private: set[str] = field(default_factory=set)  # private channels: joining is refused
+    # Archived channels: nothing can be posted there and no one can join them. Archiving takes
+    # the bot out of the channel, so archive one by putting it in `members_only` too.
+    archived: set[str] = field(default_factory=set)
     tokens: dict[str, str] = field(default_factory=dict)  # bot token -> its workspace
     # Bot tokens Slack no longer accepts, and the error every method answers them with
     # (`token_revoked`, `account_inactive`, `invalid_auth`): the app uninstalled, the token revoked.
@@ -283,6 +286,8 @@ class FakeSlack:
             channel = str(params.get("channel", ""))
             if channel in self.members_only:
                 return {"ok": False, "error": "not_in_channel"}
+            if channel in self.archived:
+                return {"ok": False, "error": "is_archived"}
             ts = f"{int(time.time())}.{number:06d}"
             return {
                 "ok": True,
@@ -294,6 +299,8 @@ class FakeSlack:
             channel = str(params.get("channel", ""))
             if channel.startswith("G") or channel in self.private:
                 return {"ok": False, "error": "method_not_supported_for_channel_type"}
+            if channel in self.archived:
+                return {"ok": False, "error": "is_archived"}
             self.members_only.discard(channel)
             return {"ok": True, "channel": {"id": channel}}
         if method == "files.getUploadURLExternal":
@@ -305,6 +312,8 @@ class FakeSlack:
             channel = str(params.get("channel_id", ""))
             if channel in self.members_only:
                 return {"ok": False, "error": "not_in_channel"}
+            if channel in self.archived:
+                return {"ok": False, "error": "is_archived"}
             return {
                 "ok": True,
                 "files": [{"id": f["id"], "title": f.get("title", "")} for f in listed],

@@ -157,7 +157,9 @@ def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> 
     """Make the call; if the bot is not in the channel, join it (public channels) and retry once.
 
     When joining is refused (a private channel, a missing scope), the bot is still not a
-    member: the first error is raised, and the caller asks to be invited."""
+    member: the first error is raised, and the caller asks to be invited. When it is refused
+    because no one may post there (an archived channel, which the bot was taken out of),
+    that refusal is raised: no invitation would help."""
     try:
         call()
     except SlackApiError as error:
@@ -166,7 +168,10 @@ def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> 
         try:
             client.conversations_join(channel=channel_id)
         except SlackApiError as refused:
-            log.info("joining %s was refused: %s", channel_id, refused.response.get("error"))
+            why = refused.response.get("error")
+            log.info("joining %s was refused: %s", channel_id, why)
+            if why in CANNOT_POST:
+                raise
             raise error from refused
         call()
 

@@ -91,3 +91,21 @@ def test_a_token_slack_no_longer_accepts_is_named_and_the_summary_still_reaches_
     assert code in told and "reinstall" in told and "incident-bot export INC-1" in told
     assert bot.fake.calls_to("files.getUploadURLExternal") == []  # refused as surely
     assert stored(bot) == ("closed", 1, 1)
+
+
+def test_a_channel_archived_before_the_close_is_published_is_named_and_no_invite_asked(
+    bot: Bot,
+) -> None:
+    # Archiving takes the bot out of the channel: Slack answers not_in_channel, and
+    # conversations.join answers is_archived, as it documents. No invitation can help.
+    bot.command("start Outage")
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.archived.add(CHANNEL)
+    bot.command("close 9:00 AM - fixed")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    told = " ".join(r["text"] for r in responses)
+    assert "archived" in told and "incident-bot export INC-1" in told
+    assert "/invite" not in told and "not a member" not in told
+    assert stored(bot) == ("closed", 1, 1)

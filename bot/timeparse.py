@@ -129,6 +129,20 @@ def split_leading_time(text: str, *, zone: ZoneInfo, now: datetime) -> Leading:
     return Leading(when=parse_time(head, zone=zone, now=now), rest=tail.strip())
 
 
+def unseparated_time(text: str) -> tuple[str, str] | None:
+    """The time that `text` starts with but did not set off with " - " (`10:05 db back up`),
+    which was likely meant to date it, and the rest; None when there is none or it is."""
+    opening = text[:80]
+    if not (_CLOCK.search(opening) or "ago" in opening.lower()) or partition(text)[1]:
+        return None  # the first test alone spares most notes the search below
+    words = text.split(maxsplit=5)
+    for count in range(min(len(words) - 1, 5), 0, -1):
+        head = " ".join(words[:count])
+        if looks_like_time(head) and _counted_back(head) != timedelta(0):
+            return head, text.split(maxsplit=count)[count]
+    return None
+
+
 def looks_like_time(text: str) -> bool:
     """True when `text` is made only of date and time words and holds a clock time, or is
     `now` or a time counted back from it (`10 min ago`)."""

@@ -19,6 +19,7 @@ from bot.timeparse import (
     looks_like_time,
     parse_time,
     split_leading_time,
+    unseparated_time,
 )
 
 NAIROBI = ZoneInfo("Africa/Nairobi")  # EAT, UTC+3, no daylight saving
@@ -639,3 +640,23 @@ def test_further_back_than_a_week_asks_for_the_date() -> None:
 @pytest.mark.parametrize("text", ["now is the time - go", "10 minutes - of downtime", "ago - x"])
 def test_text_that_only_mentions_now_stays_text(text: str) -> None:
     assert split_leading_time(text, zone=NAIROBI, now=NOW) == Leading(when=None, rest=text)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("10:05 db back up", ("10:05", "db back up")),
+        ("at  10:00 PM   yesterday  db failover", ("at 10:00 PM yesterday", "db failover")),
+        ("10 min ago we restarted", ("10 min ago", "we restarted")),
+        ("Nov 20 1:06 AM alerts fired", ("Nov 20 1:06 AM", "alerts fired")),
+        ("10:05", None),  # a time and nothing else: no text to date
+        ("10:05 - db back up", None),  # dated as asked
+        ("now it works", None),  # stamped now anyway
+        ("500 errors on checkout", None),
+        ("Deploy at 10:30 failed", None),
+    ],
+)
+def test_unseparated_time_finds_a_leading_time_without_the_dash(
+    text: str, found: tuple[str, str] | None
+) -> None:
+    assert unseparated_time(text) == found

@@ -165,7 +165,13 @@ def handle_note(call: Call, _incident: Incident | None) -> Outcome:
         return no_incident(call)
     return Outcome(
         replies.noted(
-            added.reference, added.timezone, occurred_at=occurred_at, text=note.text, now=call.now
+            added.reference,
+            added.timezone,
+            occurred_at=occurred_at,
+            text=note.text,
+            now=call.now,
+            number=added.number,
+            unseparated=None if leading.when else timeparse.unseparated_time(note.text),
         )
     )
 

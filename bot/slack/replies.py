@@ -140,10 +140,23 @@ def no_open_incident() -> Reply:
 
 
 def noted(
-    reference: str, timezone: str, *, occurred_at: datetime, text: str, now: datetime
+    reference: str,
+    timezone: str,
+    *,
+    occurred_at: datetime,
+    text: str,
+    now: datetime,
+    number: int,
+    unseparated: tuple[str, str] | None = None,
 ) -> Reply:
+    """`unseparated` is a time the text starts with but did not set off with " - ", and
+    the rest of the text: the reply says how to date entry `number` by it."""
     when = local_time(occurred_at, timezone, now=now)
-    return simple(f"Added to *{reference}* at {when}: {quoted(text)}")
+    said = f"Added to *{reference}* at {when}: {quoted(text)}"
+    if unseparated:
+        head, rest = quoted(unseparated[0], 64), quoted(unseparated[1])
+        said += f"\nMeant it at {head}? `/incident edit {number} {head} - {rest}`"
+    return simple(said)
 
 
 def field_set(incident: Incident, *, field_name: str, value: str, replaced: bool) -> Reply:

@@ -174,6 +174,30 @@ def test_moments_and_notes_can_be_now_or_counted_back_from_it(bot: Bot) -> None:
     assert "* 8:50 AM - rolled back" in markdown
 
 
+def test_a_note_that_starts_with_a_time_without_the_dash_says_how_to_date_it(bot: Bot) -> None:
+    """`note 8:50 AM rolled back` is stamped now with all its words: the reply gives the
+    edit that dates it, and that edit, typed as given, does."""
+    bot.command("start 8:00 AM - Outage")
+    reply = bot.command("note 8:50 AM rolled back")
+    assert "Added to *INC-1* at 9:00 AM EAT: 8:50 AM rolled back" in reply.text
+    suggested = re.search(
+        r"Meant it at 8:50 AM\? `/incident (edit 1 8:50 AM - rolled back)`", reply.text
+    )
+    assert suggested, reply.text
+
+    bot.command(suggested.group(1))
+
+    assert live(bot) == [(1, "rolled back", datetime(2026, 11, 20, 5, 50, tzinfo=UTC))]
+
+
+@pytest.mark.parametrize(
+    "typed", ["note 8:50 AM - rolled back", "note 500 errors at 8:50", "note now it works"]
+)
+def test_a_note_dated_or_not_starting_with_a_time_gets_no_such_advice(bot: Bot, typed: str) -> None:
+    bot.command("start 8:00 AM - Outage")
+    assert "Meant it" not in bot.command(typed).text
+
+
 @pytest.mark.parametrize("typed", ["detected 25:99", "detected soon", "mitigated 6:00 AM"])
 def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
     bot.command("start 7:00 AM - Outage")

@@ -6,6 +6,7 @@ commits once per command. Nothing here knows about Slack.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -453,9 +454,16 @@ def set_severity(
     user_id: str,
     now: datetime,
 ) -> str:
-    """Set the severity (one of `allowed`, any case); the change goes on the timeline."""
-    matches = [level for level in allowed if level.lower() == severity.strip().lower()]
-    if not matches:
+    """Set the severity (one of `allowed`); the change goes on the timeline.
+
+    Case, spaces and dashes do not count (`sev 1`, `SEV-1`), and a number alone is the one
+    level that ends in it (`1` is SEV1, or P1), as people say them aloud.
+    """
+    typed = _severity_key(severity)
+    matches = [level for level in allowed if _severity_key(level) == typed]
+    if not matches and severity.strip().isdigit():
+        matches = [level for level in allowed if re.fullmatch(rf"\D*{typed}", _severity_key(level))]
+    if len(matches) != 1:
         raise IncidentError(
             f"“{severity.strip()}” is not a severity here; use one of {', '.join(allowed)}."
         )
@@ -477,6 +485,10 @@ def set_severity(
     )
     add_event(session, incident=incident, text=change, user_id=user_id, at=now, now=now)
     return level
+
+
+def _severity_key(level: str) -> str:
+    return re.sub(r"[\s_-]+", "", level).lower()
 
 
 def assign_role(

@@ -341,6 +341,37 @@ def test_configured_severities(database: Database, fake_slack: FakeSlack, clock:
     bot.command("start Outage")
     assert "P1" in bot.command("severity p1").text
     assert "P1, P2" in bot.command("severity SEV1").text
+    assert "P2" in bot.command("severity 2").text
+    assert incident(bot).severity == "P2"
+
+
+@pytest.mark.parametrize(
+    ("typed", "level"),
+    [("sev 1", "SEV1"), ("severity SEV-2", "SEV2"), ("sev 3", "SEV3"), ("severity Sev_4", "SEV4")],
+)
+def test_severity_as_people_say_it(bot: Bot, typed: str, level: str) -> None:
+    bot.command("start Outage")
+    assert level in bot.command(typed).text
+    assert incident(bot).severity == level
+
+
+@pytest.mark.parametrize("typed", ["severity 5", "severity 12", "severity -1", "severity 1.5"])
+def test_a_number_that_is_no_level_is_refused(bot: Bot, typed: str) -> None:
+    bot.command("start Outage")
+    assert "SEV1, SEV2, SEV3, SEV4" in bot.command(typed).text
+    assert incident(bot).severity is None
+
+
+def test_a_number_that_ends_two_levels_is_refused(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    settings = make_settings(database.url, fake_slack.api_url, severities=("A1", "B1", "C2"))
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    bot.command("start Outage")
+    assert "A1, B1, C2" in bot.command("severity 1").text
+    assert incident(bot).severity is None
+    assert "C2" in bot.command("severity 2").text
 
 
 def test_roles_are_announced_recorded_and_shown_in_status(bot: Bot) -> None:

@@ -27,7 +27,7 @@ from jinja2 import (
 from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
-from bot import incidents, timeline
+from bot import bidi, incidents, timeline
 from bot.incidents import whole_minute, zone_abbreviation
 from bot.models import Incident
 
@@ -144,7 +144,12 @@ class PostmortemContext:
 
 
 def build_context(session: Session, *, incident: Incident, now: datetime) -> PostmortemContext:
-    """Read everything a postmortem shows about an incident into plain values."""
+    """Read everything a postmortem shows about an incident into plain values.
+
+    Typed text is as typed, but with the direction controls it opens closed where it ends
+    (`bidi.contained`), so that no template can let it reorder what follows it.
+    """
+    shown = bidi.contained
     entries = incidents.timeline(session, incident=incident)
     zone = ZoneInfo(incident.timezone)
     start = min([incident.started_at, *(e.occurred_at for e in entries[:1])])
@@ -167,11 +172,11 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         lines.append(
             Line(
                 when=_clock(local, zone_name, with_date=show_date, with_year=spans_years),
-                text=entry.text,
-                author=entry.author_name,
+                text=shown(entry.text),
+                author=shown(entry.author_name) if entry.author_name else None,
                 link=_web_link(entry.permalink),
                 files=[
-                    FileLink(name=f.name, url=_web_link(f.permalink))
+                    FileLink(name=shown(f.name), url=_web_link(f.permalink))
                     for f in timeline.decode_files(entry.files)
                 ],
             )
@@ -195,13 +200,13 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         time_to_resolve=since_start(incident.closed_at),
     )
     roles = [
-        Role(role=role, name=holder.user_name)
+        Role(role=role, name=shown(holder.user_name))
         for role, holder in incidents.current_roles(session, incident=incident).items()
     ]
 
     return PostmortemContext(
         reference=incident.reference,
-        title=incident.title,
+        title=shown(incident.title),
         channel_id=incident.channel_id,
         status="ongoing" if ongoing else "resolved",
         timezone=incident.timezone,
@@ -215,14 +220,14 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
             ongoing=ongoing,
             spans_days=spans_days,
         ),
-        impact=incident.impact,
-        cause=incident.cause,
-        resolution=incident.resolution,
-        summary=incident.summary,
+        impact=shown(incident.impact) if incident.impact else None,
+        cause=shown(incident.cause) if incident.cause else None,
+        resolution=shown(incident.resolution) if incident.resolution else None,
+        summary=shown(incident.summary) if incident.summary else None,
         timeline=lines,
-        actions=incidents.actions(session, incident=incident),
+        actions=[shown(action) for action in incidents.actions(session, incident=incident)],
         generated_on=now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        severity=incident.severity,
+        severity=shown(incident.severity) if incident.severity else None,
         roles=roles,
         moments=moments,
     )
@@ -440,7 +445,7 @@ _COMMON_OPENERS = frozenset(
 def continue_sentence(text: str) -> str:
     """Typed text continuing a sentence: a common first word lowercased, a final stop."""
     text = text.strip()
-    text = text if not text or text[-1] in ".!?…)\"'”’" else text + "."
+    text = text if _has_stop(text) else text + "."
     first, _, rest = text.partition(" ")
     if first.lower() in _COMMON_OPENERS and first[:1].isupper() and first[1:] == first[1:].lower():
         text = first.lower() + (" " + rest if rest else "")
@@ -453,4 +458,10 @@ def end_sentence(text: str) -> str:
     first, _, rest = text.partition(" ")
     if first in _COMMON_OPENERS:
         text = first.capitalize() + (" " + rest if rest else "")
-    return text if not text or text[-1] in ".!?…)\"'”’" else text + "."
+    return text if _has_stop(text) else text + "."
+
+
+def _has_stop(text: str) -> bool:
+    # Pops that close the text's direction (`bidi.contained`) come after its own stop.
+    shown = text.rstrip(bidi.POP_EMBEDDING + bidi.POP_ISOLATE)
+    return not shown or shown[-1] in ".!?…)\"'”’"

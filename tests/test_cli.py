@@ -131,6 +131,37 @@ def test_export_asks_for_the_workspace_when_a_number_is_in_several(tmp_path: Pat
     assert theirs.returncode == 0 and theirs.stdout.startswith("# Postmortem: Theirs")
 
 
+def test_export_closes_the_direction_typed_text_opens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'incidents.db'}"
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    now = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    with db.make_session_factory(engine)() as session:
+        incident = incidents.start_incident(
+            session,
+            team_id="T1",
+            channel_id="C1",
+            user_id="U1",
+            title="\u202eevil",
+            started_at=now,
+            timezone="UTC",
+            now=now,
+        )
+        incidents.add_entry(
+            session, incident=incident, text="\u2067evil", occurred_at=now, author_id="U1", now=now
+        )
+        session.commit()
+    engine.dispose()
+
+    for form in ("md", "html"):
+        exported = bot_cli(
+            "export", "INC-1", "--format", form, cwd=tmp_path, env={"DATABASE_URL": url}
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert "\u202eevil\u202c" in exported.stdout
+        assert "\u2067evil\u2069" in exported.stdout
+
+
 def test_a_built_wheel_carries_the_templates_and_runs_from_anywhere(tmp_path: Path) -> None:
     wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()

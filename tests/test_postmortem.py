@@ -25,7 +25,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import db, incidents, postmortem
+from bot import bidi, db, incidents, postmortem
 from bot.config import Settings
 from bot.incidents import has_visible_text
 from bot.models import Field, Incident
@@ -887,7 +887,8 @@ def test_any_note_is_shown_by_commonmark_exactly_as_typed(stories: Stories, type
         story.note(at(zone, "2026-11-20 01:10"), typed)
         rendered = story.close(at(zone, "2026-11-20 02:46")).render()
 
-    assert rendered.md_timeline() == [shown_by_markdown(f"1:10 AM - {typed}")]
+    # As typed, with the direction controls it opens closed where it ends (bot.bidi).
+    assert rendered.md_timeline() == [shown_by_markdown(f"1:10 AM - {bidi.contained(typed)}")]
     # And the rest of the document is untouched by it.
     assert [text for _, text in headings(rendered.md)][1:] == [
         "Issue summary",
@@ -908,7 +909,7 @@ def test_any_note_is_html_text_exactly_as_typed(stories: Stories, typed: str) ->
         story.note(at(zone, "2026-11-20 01:10"), typed)
         rendered = story.close(at(zone, "2026-11-20 02:46")).render()
 
-    assert rendered.html_timeline() == [f"1:10 AM - {html_text(typed)}"]
+    assert rendered.html_timeline() == [f"1:10 AM - {html_text(bidi.contained(typed))}"]
 
 
 def _new_channel() -> str:
@@ -928,6 +929,9 @@ def _new_channel() -> str:
         ("DNS failed!", "DNS failed!"),
         ("ALL requests failed", "ALL requests failed."),
         ("  padded  ", "padded."),
+        # The typed text's own stop, then the pop that closes its direction (bot.bidi).
+        ("\u202eDNS failed.\u202c", "\u202eDNS failed.\u202c"),
+        ("\u2067DNS failed\u2069", "\u2067DNS failed\u2069."),
     ],
 )
 def test_continue_sentence(typed: str, continued: str) -> None:
@@ -942,6 +946,7 @@ def test_continue_sentence(typed: str, continued: str) -> None:
         ("iptables was misconfigured", "iptables was misconfigured."),  # not ours to capitalise
         ("Done.", "Done."),
         ("Why?", "Why?"),
+        ("\u202bDone.\u202c", "\u202bDone.\u202c"),
     ],
 )
 def test_end_sentence(typed: str, sentence: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from sqlalchemy import func, select
 
+from bot import postmortem
 from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import Incident, TimelineEntry
 from tests.conftest import Bot
@@ -134,3 +138,96 @@ def test_invisible_characters_beside_visible_text_are_kept_as_typed(bot: Bot) ->
     bot.command("note \u200bcheckout\u200d is \u202edown")
 
     assert entry_texts(bot) == ["\u200bcheckout\u200d is \u202edown"]
+
+
+# --- direction controls end where the typed text ends ---------------------------------------
+# An override (U+202E), embedding (U+202B) or isolate (U+2067) left open in typed text
+# reorders everything after it on the line: our words, the next field, the link. Every output
+# closes what each typed text opened, right after it; the text is stored as typed.
+
+PDF, PDI = "\u202c", "\u2069"
+OPENED_AND_CLOSED = [("\u202eevil", PDF), ("\u202bevil", PDF), ("\u2067evil", PDI)]
+
+
+def left_open(shown: str) -> list[str]:
+    """The lines of `shown` that end with a direction control still open."""
+    found = []
+    for line in re.split(r"\r\n|\r|\n", shown):
+        depth = 0
+        for char in line:
+            if char in "\u202a\u202b\u202d\u202e\u2066\u2067\u2068":
+                depth += 1
+            elif char in (PDF, PDI) and depth:
+                depth -= 1
+        if depth:
+            found.append(line)
+    return found
+
+
+def assert_closed_right_after(shown: str, typed: str, closer: str) -> None:
+    assert f"{typed}{closer}" in shown, shown
+    assert left_open(shown) == [], shown
+
+
+@pytest.mark.parametrize(("typed", "closer"), OPENED_AND_CLOSED)
+def test_direction_controls_in_typed_text_are_closed_in_every_slack_reply(
+    bot: Bot, typed: str, closer: str
+) -> None:
+    started = bot.command(f"start {typed}")
+    noted = bot.command(f"note {typed}")
+    impact = bot.command(f"impact {typed}")
+    action = bot.command(f"action {typed}")
+    replies = [started, noted, impact, action, bot.command("status"), bot.command("list")]
+    edited = bot.command(f"edit 1 more {typed}")
+
+    for reply in [*replies, edited, bot.command("timeline")]:
+        assert_closed_right_after(reply.visible, typed, closer)
+    assert entry_texts(bot) == [f"more {typed}"]  # stored as typed
+
+
+@pytest.mark.parametrize(("typed", "closer"), OPENED_AND_CLOSED)
+def test_direction_controls_in_typed_text_are_closed_in_the_summary_and_postmortems(
+    bot: Bot, typed: str, closer: str
+) -> None:
+    bot.command(f"start {typed}")
+    bot.command(f"note {typed}")
+    for field in ("impact", "cause", "resolution", "summary", "action"):
+        bot.command(f"{field} {typed}")
+    bot.command(f"close {typed}")
+    bot.wait()
+
+    [summary] = bot.fake.calls_to("chat.postMessage")
+    assert_closed_right_after(json.dumps(summary.params, ensure_ascii=False), typed, closer)
+    [completed] = bot.fake.calls_to("files.completeUploadExternal")
+    [uploaded] = json.loads(completed.params["files"])
+    assert_closed_right_after(uploaded["title"], typed, closer)
+    markdown = bot.fake.uploaded_text()
+    assert_closed_right_after(markdown, typed, closer)
+    # The title, the note, the four fields (the cause twice), the measure, the closing note.
+    assert markdown.count(f"{typed}{closer}") == 9
+    with bot.services.sessions() as session:
+        incident = session.scalars(select(Incident)).one()
+        context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
+        assert incident.title == typed  # stored as typed
+    page = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
+    assert_closed_right_after(page, typed, closer)
+    assert page.count(f"{typed}{closer}") == 9  # the title twice, the cause once
+
+
+def test_closes_the_text_did_not_open_are_left_out_and_balanced_ones_kept(bot: Bot) -> None:
+    # A pop with nothing of its own to close would end the reply's or page's own direction.
+    bot.command("start Outage")
+    bot.command(f"note a{PDF}b{PDI}c")
+    balanced = f"see \u202bשלום{PDF} and \u2067مرحبا{PDI} — الخادم متوقف"
+    bot.command(f"note {balanced}")
+
+    shown = bot.command("timeline").visible
+    bot.command("close")
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+
+    for output in (shown, markdown):
+        assert "abc" in output
+        assert balanced in output
+        assert left_open(output) == []
+    assert entry_texts(bot) == [f"a{PDF}b{PDI}c", balanced]

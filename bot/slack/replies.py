@@ -18,6 +18,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot import bidi
 from bot.incidents import EntryRow, zone_abbreviation
 from bot.models import Incident, TimelineEntry
 from bot.slack import text as slack_text
@@ -106,7 +107,9 @@ def started(incident: Incident, *, now: datetime) -> Reply:
         blocks=(
             HeaderBlock(
                 text=PlainTextObject(
-                    text=shorten(f"{incident.reference}: {incident.title}", HEADER_LIMIT),
+                    text=bidi.contained(
+                        shorten(f"{incident.reference}: {incident.title}", HEADER_LIMIT)
+                    ),
                     emoji=False,
                 )
             ),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from bot import bidi
+
 # <@U123>, <@U123|ann>, <#C123|general>, <!here>, <!subteam^S1|@oncall>, <https://x|label>
 _MARKUP = re.compile(r"<([^<>]*)>")
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
@@ -53,8 +55,9 @@ def _unescape(text: str) -> str:
 
 
 def escape(text: str) -> str:
-    """Make stored text safe to post: no markup, and `@channel` and friends cannot ping."""
-    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Make stored text safe to post: no markup, `@channel` and friends cannot ping, and
+    a direction control it opens cannot reorder what follows it."""
+    escaped = bidi.contained(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _BROADCAST.sub(lambda m: f"@{_ZERO_WIDTH_SPACE}{m.group(1)}", escaped)
 
 

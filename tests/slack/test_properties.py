@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from markupsafe import escape
 from sqlalchemy import select
 
-from bot import postmortem
+from bot import bidi, postmortem
 from bot.incidents import has_visible_text
 from bot.models import Action, Incident, TimelineEntry
 from bot.timeparse import SEPARATOR, looks_like_time
@@ -60,7 +60,7 @@ def test_any_text_to_any_subcommand_is_answered_and_comes_back_unchanged(
         incident = session.scalars(select(Incident).where(Incident.channel_id == channel)).one()
         context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
     page = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
-    for line in typed.splitlines():
+    for line in bidi.contained(typed).splitlines():
         assert str(escape(line.strip())) in page
 
 

@@ -1,0 +1,57 @@
+"""Unicode direction controls in typed text, kept from reaching past the text that holds them.
+
+An embedding or override (U+202A, U+202B, U+202D, U+202E) lasts until a U+202C POP
+DIRECTIONAL FORMATTING, an isolate (U+2066 to U+2068) until a U+2069 POP DIRECTIONAL ISOLATE,
+and either until the end of the line. Left open in a title or a note, one reorders the rest
+of the line it is shown on: our words, the next field, a link. Text is stored as typed; what
+shows it closes what it opened (UAX #9, sections 3.3.2 and 6.3).
+"""
+
+from __future__ import annotations
+
+import re
+
+_EMBEDDINGS = frozenset("\u202a\u202b\u202d\u202e")
+_ISOLATES = frozenset("\u2066\u2067\u2068")
+POP_EMBEDDING = "\u202c"
+POP_ISOLATE = "\u2069"
+_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# The line endings every output keeps (Markdown, HTML via <br>, Slack); each line is closed
+# on its own, so it stays closed wherever an output splits or joins lines.
+_LINE_END = re.compile(r"(\r\n|\r|\n)")
+
+
+def contained(text: str) -> str:
+    """`text` with, on each line, what it opens closed at its end and any pop of a
+    direction it did not open left out (such a pop would end the direction around it).
+
+    Arabic or Hebrew typed as it is needs no controls and comes back unchanged, as do
+    controls that are already balanced.
+    """
+    if not _CONTROLS.search(text):
+        return text
+    parts = _LINE_END.split(text)
+    parts[::2] = [_contained_line(line) for line in parts[::2]]
+    return "".join(parts)
+
+
+def _contained_line(line: str) -> str:
+    closers: list[str] = []  # the pop that ends each direction still open, innermost last
+    kept: list[str] = []
+    for char in line:
+        if char in _EMBEDDINGS:
+            closers.append(POP_EMBEDDING)
+        elif char in _ISOLATES:
+            closers.append(POP_ISOLATE)
+        elif char == POP_EMBEDDING:
+            # It ends the innermost embedding; inside an isolate of its own it ends nothing.
+            if not closers or closers[-1] != POP_EMBEDDING:
+                continue
+            closers.pop()
+        elif char == POP_ISOLATE:
+            if POP_ISOLATE not in closers:
+                continue
+            while closers.pop() != POP_ISOLATE:  # it ends the embeddings inside it too
+                pass
+        kept.append(char)
+    return "".join(kept) + "".join(reversed(closers))

@@ -35,6 +35,11 @@ def contained(text: str) -> str:
     return "".join(parts)
 
 
+def quoted(text: str) -> str:
+    """Typed text quoted in the middle of a sentence of ours: “text”, its direction closed."""
+    return f"“{contained(text)}”"
+
+
 def _contained_line(line: str) -> str:
     closers: list[str] = []  # the pop that ends each direction still open, innermost last
     kept: list[str] = []

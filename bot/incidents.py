@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from bot import bidi
 from bot.models import (
     Action,
     EntryKind,
@@ -465,7 +466,8 @@ def set_severity(
         matches = [level for level in allowed if re.fullmatch(rf"\D*{typed}", _severity_key(level))]
     if len(matches) != 1:
         raise IncidentError(
-            f"“{severity.strip()}” is not a severity here; use one of {', '.join(allowed)}."
+            f"{bidi.quoted(severity.strip())} is not a severity here; "
+            f"use one of {', '.join(allowed)}."
         )
     level, previous = matches[0], incident.severity
     if level == previous:
@@ -504,7 +506,9 @@ def assign_role(
     """Give a role (commander, ...) to a person; the change goes on the timeline."""
     holder = current_roles(session, incident=incident).get(role)
     if holder is not None and holder.user_id == user_id:
-        raise IncidentError(f"{holder.user_name} is already the {role} of {incident.reference}.")
+        raise IncidentError(
+            f"{bidi.contained(holder.user_name)} is already the {role} of {incident.reference}."
+        )
     assignment = RoleAssignment(
         incident_id=incident.id,
         role=role,
@@ -517,7 +521,7 @@ def assign_role(
     add_event(
         session,
         incident=incident,
-        text=f"{user_name} is now the {role}",
+        text=f"{bidi.contained(user_name)} is now the {role}",
         user_id=assigned_by,
         at=now,
         now=now,

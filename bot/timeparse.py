@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo
 
 from dateutil import parser as dateutil_parser
 
+from bot import bidi
+
 SEPARATOR = " - "
 # Slack trims a command's text, so `10:00 - ` with nothing after it arrives as `10:00 -`.
 _TRIMMED_SEPARATOR = SEPARATOR.rstrip()
@@ -180,10 +182,10 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
         return now.astimezone(UTC) - back
     if not looks_like_time(text):
         raise TimeParseError(
-            f"“{text}” is not a time I can read; try `1:06 AM` or `2026-11-20 01:06`."
+            f"{bidi.quoted(text)} is not a time I can read; try `1:06 AM` or `2026-11-20 01:06`."
         )
     if _count_clocks(text) > 1 or len(_MERIDIEM.findall(text)) > 1:
-        raise TimeParseError(f"“{text}” holds more than one time; give just one.")
+        raise TimeParseError(f"{bidi.quoted(text)} holds more than one time; give just one.")
     _refuse_ambiguous_date(text)
     # dateutil would take a weekday as the *next* such day and "today" not at all, so the
     # words that name a day are read here and the rest is left to dateutil.
@@ -211,18 +213,21 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
         raise
     except (ValueError, OverflowError):
         raise TimeParseError(
-            f"“{text}” is not a time I can read; try `1:06 AM`, `13:06` or `2026-11-20 01:06`."
+            f"{bidi.quoted(text)} is not a time I can read; "
+            "try `1:06 AM`, `13:06` or `2026-11-20 01:06`."
         ) from None
     has_year = first.year == second.year
     has_month = first.month == second.month
     has_date = first.day == second.day
     if has_month != has_date or (has_year and not has_date):
         raise TimeParseError(
-            f"“{text}” gives only part of a date; give the month and the day too, "
+            f"{bidi.quoted(text)} gives only part of a date; give the month and the day too, "
             "as in `Nov 20 1:06 AM` or `2026-11-20 01:06`."
         )
     if relative_day is not None and has_date:
-        raise TimeParseError(f"“{text}” gives both a date and a day; give one or the other.")
+        raise TimeParseError(
+            f"{bidi.quoted(text)} gives both a date and a day; give one or the other."
+        )
 
     try:
         return _resolve(
@@ -237,7 +242,9 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
             tzinfos=tzinfos,
         )
     except OverflowError:  # year 1 or 9999 moved into UTC
-        raise TimeParseError(f"“{text}” is too far from today to be read as a time.") from None
+        raise TimeParseError(
+            f"{bidi.quoted(text)} is too far from today to be read as a time."
+        ) from None
 
 
 def _resolve(
@@ -262,21 +269,21 @@ def _resolve(
         try:
             candidate = datetime.combine(first.date().replace(year=year), clock)
         except ValueError:
-            raise TimeParseError(f"“{text}” is not a date in {year}.") from None
+            raise TimeParseError(f"{bidi.quoted(text)} is not a date in {year}.") from None
         if _is_future(candidate, target_zone, now):
             if has_year:
-                raise TimeParseError(f"“{text}” is in the future.")
+                raise TimeParseError(f"{bidi.quoted(text)} is in the future.")
             try:
                 candidate = candidate.replace(year=year - 1)
             except ValueError:
-                raise TimeParseError(f"“{text}” is in the future.") from None
+                raise TimeParseError(f"{bidi.quoted(text)} is in the future.") from None
     elif relative_day is not None:
         # "today" and "yesterday" are the writer's days, even when the clock time is given in
         # another zone (`today 23:00 UTC` at 5 PM in Los Angeles, when UTC is already tomorrow).
         writers_today = now.astimezone(zone).date()
         candidate = datetime.combine(writers_today - timedelta(days=relative_day), clock)
         if _is_future(candidate, target_zone, now):
-            raise TimeParseError(f"“{text}” is in the future.")
+            raise TimeParseError(f"{bidi.quoted(text)} is in the future.")
     elif weekday is not None:
         days_back = (local_now.weekday() - weekday) % 7
         candidate = datetime.combine(local_now.date() - timedelta(days=days_back), clock)
@@ -288,7 +295,7 @@ def _resolve(
             candidate -= timedelta(days=1)
     if weekday is not None and candidate.weekday() != weekday:
         raise TimeParseError(
-            f"“{text}” says {_WEEKDAY_NAMES[weekday][0].capitalize()}, "
+            f"{bidi.quoted(text)} says {_WEEKDAY_NAMES[weekday][0].capitalize()}, "
             f"but {candidate.day} {candidate:%B %Y} is a {candidate:%A}."
         )
     typed_names = [token for token in cleaned.split() if tzinfos.get(token) is zone]
@@ -298,7 +305,7 @@ def _resolve(
     # clocks repeat, named by its abbreviation (`1:50 AM PST` at 1:10 AM PST), can still be
     # ahead. Yesterday has no such second pass, so it is refused rather than moved.
     if moment > now.astimezone(UTC) + FUTURE_TOLERANCE:
-        raise TimeParseError(f"“{text}” is in the future.")
+        raise TimeParseError(f"{bidi.quoted(text)} is in the future.")
     return moment
 
 
@@ -308,7 +315,7 @@ def _refuse_ambiguous_date(text: str) -> None:
         first, second = int(match.group(1)), int(match.group(3))
         if first != second and 1 <= first <= 12 and 1 <= second <= 12:
             raise TimeParseError(
-                f"“{match.group()}” could be {calendar.month_abbr[first]} {second} or "
+                f"{bidi.quoted(match.group())} could be {calendar.month_abbr[first]} {second} or "
                 f"{calendar.month_abbr[second]} {first}; write the month as a word, as in "
                 f"`{calendar.month_abbr[first]} {second}`, or the date as year-month-day."
             )
@@ -352,8 +359,8 @@ def _parse(text: str, default: datetime, *, zone: ZoneInfo, tzinfos: dict[str, t
     ]
     if unknown:
         raise TimeParseError(
-            f"I don't know which zone “{unknown[0]}” is. Leave it out and the time is read "
-            f"in yours ({zone.key}), or write an offset such as +03:00."
+            f"I don't know which zone {bidi.quoted(unknown[0])} is. Leave it out and the time "
+            f"is read in yours ({zone.key}), or write an offset such as +03:00."
         )
     return dateutil_parser.parse(text, default=default, tzinfos=tzinfos)
 
@@ -389,8 +396,8 @@ def _localize(naive: datetime, zone: tzinfo, typed: str, *, named: str | None) -
     aware = naive.replace(tzinfo=zone, fold=0)
     if aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
         raise TimeParseError(
-            f"“{typed}” does not exist on {naive.day} {naive:%B %Y} in {_zone_name(zone)}: "
-            "the clocks skipped that hour."
+            f"{bidi.quoted(typed)} does not exist on {naive.day} {naive:%B %Y} in "
+            f"{_zone_name(zone)}: the clocks skipped that hour."
         )
     second = naive.replace(tzinfo=zone, fold=1)
     if named is not None and second.utcoffset() != aware.utcoffset() and second.tzname() == named:

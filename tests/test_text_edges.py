@@ -231,3 +231,23 @@ def test_closes_the_text_did_not_open_are_left_out_and_balanced_ones_kept(bot: B
         assert balanced in output
         assert left_open(output) == []
     assert entry_texts(bot) == [f"a{PDF}b{PDI}c", balanced]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "detected \u202eoops",  # read as a time
+        "severity \u202eoops",
+        "edit \u202eoops new text",  # read as an entry number
+        "role \u202eoops <@U0BOB00001>",
+        "\u202eoops",  # read as a subcommand
+    ],
+)
+def test_a_refusal_closes_the_direction_of_the_text_it_quotes(bot: Bot, typed: str) -> None:
+    # The text is quoted mid-sentence: what follows it must not be reordered.
+    if not typed.startswith("start"):
+        bot.command("start Outage")
+
+    reply = bot.command(typed)
+
+    assert f"\u202eoops{PDF}" in reply.visible, reply.visible

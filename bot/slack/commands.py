@@ -21,7 +21,7 @@ from slack_bolt import Ack, App, BoltContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot import db, incidents, notes, timeline, timeparse
+from bot import bidi, db, incidents, notes, timeline, timeparse
 from bot.models import Field, Incident
 from bot.services import Services
 from bot.slack import channels, publish, replies
@@ -275,7 +275,7 @@ def _entry_number(text: str) -> tuple[int, str]:
     digits = first.removeprefix("#")
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:  # not "²"
         raise incidents.IncidentError(
-            f"“{replies.shorten(first, 20)}” is not an entry number; "
+            f"{bidi.quoted(replies.shorten(first, 20))} is not an entry number; "
             "`/incident timeline` lists them (e.g. `/incident edit 3 1:10 AM - new text`)."
         )
     return int(digits), rest.strip()
@@ -381,7 +381,8 @@ def handle_role(call: Call, incident: Incident | None) -> Outcome:
     roles = call.services.settings.roles
     if role.lower() not in roles:
         raise incidents.IncidentError(
-            f"“{replies.shorten(role, 30)}” is not a role here; use one of {', '.join(roles)}."
+            f"{bidi.quoted(replies.shorten(role, 30))} is not a role here; "
+            f"use one of {', '.join(roles)}."
         )
     return _assign(call, incident, role.lower(), mention)
 
@@ -601,7 +602,7 @@ def _run(
     if subcommand is None:
         # The name as typed: help_text escapes it again for Slack.
         typed = shorten_name(slack_text.decode(name))
-        problem = f"I don't know `{typed}`. Here is what I can do:"
+        problem = f"I don't know `{bidi.contained(typed)}`. Here is what I can do:"
         return Outcome(help_reply(problem), result="unknown_subcommand")
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"

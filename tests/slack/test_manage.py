@@ -404,6 +404,19 @@ def test_giving_someone_the_role_they_hold_is_refused_and_announces_nothing(bot:
     assert len(live(bot)) == 3
 
 
+def test_a_name_that_opens_a_direction_is_closed_before_the_words_after_it(bot: Bot) -> None:
+    # A display name is typed by its owner; "is now the commander" follows it on the timeline.
+    bot.fake.names[BOB] = "\u202eBob"
+    bot.command("start Outage")
+    bot.command("commander <@U0BOB00001>", escaped=True)
+
+    refused = bot.command("commander <@U0BOB00001>", escaped=True)
+
+    assert [text for _, text, _ in live(bot)] == ["\u202eBob\u202c is now the commander"]
+    assert "\u202eBob\u202c is already the commander" in refused.text
+    assert "Commander:* \u202eBob\u202c" in bot.command("status").visible
+
+
 @pytest.mark.parametrize(
     ("kind", "said"), [("bots", "is an app"), ("deactivated", "no longer in this workspace")]
 )

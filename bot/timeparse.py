@@ -177,7 +177,8 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
     if back is not None:
         if back > _AGO_LIMIT:
             raise TimeParseError(
-                f"“{text}” is more than 7 days ago; give the date, as in `Nov 20 1:06 AM`."
+                f"{bidi.quoted(text)} is more than 7 days ago; "
+                "give the date, as in `Nov 20 1:06 AM`."
             )
         return now.astimezone(UTC) - back
     if not looks_like_time(text):

@@ -16,6 +16,7 @@ from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from bot.config import Settings
 from bot.services import Services, web_client
 from bot.slack import register
+from bot.slack.middleware import COMMAND_DEADLINE_S, answering
 
 # The bot scopes requested on install; manifest.yaml lists the same ones.
 BOT_SCOPES = (
@@ -43,6 +44,10 @@ class IncidentApp(App):
     `/incident note payload API returns 500` went unanswered. Such a body is read again as
     the form it is before Bolt dispatches it; the signature check, inside the dispatch, still
     reads the raw body.
+
+    Every request is answered when its listener returns, within Slack's 3 seconds: the Web
+    API calls made meanwhile (Bolt's auth.test, the listener's) wait on a rate limit only as
+    long as that allows (see `services.RateLimitRetryHandler`).
     """
 
     def dispatch(self, req: BoltRequest) -> BoltResponse:
@@ -51,7 +56,8 @@ class IncidentApp(App):
             if "payload" not in form:
                 req.body = form
                 req.context = build_context(req.context, form)
-        return super().dispatch(req)
+        with answering(within=COMMAND_DEADLINE_S):
+            return super().dispatch(req)
 
 
 def build_app(

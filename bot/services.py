@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ from datetime import UTC, datetime
 
 from jinja2 import Environment
 from slack_sdk import WebClient
-from slack_sdk.http_retry import RetryHandler
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryHandler, RetryState
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
     RateLimitErrorRetryHandler,
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import db, postmortem
 from bot.config import Settings
 from bot.notes import NoteWriter
+from bot.slack.middleware import time_left
 from bot.slack.people import UserDirectory
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,8 @@ class FollowUps:
             except Exception:
                 log.exception("follow-up work failed")
 
-        future = self._executor.submit(run)
+        # In a context of its own: the work runs after the answer, with no answer's deadline.
+        future = self._executor.submit(contextvars.Context().run, run)
         with self._lock:
             self._futures[future] = what
         future.add_done_callback(self._forget)
@@ -130,6 +134,63 @@ def retry_handlers() -> list[RetryHandler]:
     """Connection errors, 429 (after its Retry-After) and 5xx: each tried again twice at most."""
     return [
         ConnectionErrorRetryHandler(max_retry_count=2),
-        RateLimitErrorRetryHandler(max_retry_count=2),
+        RateLimitRetryHandler(max_retry_count=2),
         ServerErrorRetryHandler(max_retry_count=2),
     ]
+
+
+# What a request needs after the retried call: the call itself, the commit, the answer.
+AFTER_RETRY_S = 0.5
+
+
+class RateLimitRetryHandler(RateLimitErrorRetryHandler):
+    """A 429 is tried again after its Retry-After, unless that wait would take the request
+    being handled past its answer's deadline: Slack would show the person an error (or send
+    the event again) while the bot slept. The call then fails as Slack answered it.
+
+    After the answer (follow-ups) it waits as long as Slack asks, as the SDK's handler does.
+    """
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        left = time_left()
+        return left is None or _retry_after(response) + AFTER_RETRY_S <= left
+
+    def prepare_for_next_attempt(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        if time_left() is None:
+            super().prepare_for_next_attempt(
+                state=state, request=request, response=response, error=error
+            )
+            return
+        # The SDK adds up to a second at random to spread many clients' retries; within a
+        # request that second is one the answer does not have.
+        state.next_attempt_requested = True
+        time.sleep(_retry_after(response))
+        state.increment_current_attempt()
+
+
+def _retry_after(response: HttpResponse | None) -> float:
+    """The seconds a 429 asks to wait (Slack sends whole seconds); 1 when it does not say."""
+    headers = response.headers if response is not None else {}
+    for name, values in headers.items():
+        if name.lower() == "retry-after" and values:
+            try:
+                return max(0.0, float(values[0]))
+            except ValueError:
+                break
+    return 1.0

@@ -8,7 +8,10 @@ instead: `with_session` wraps a listener and owns the session's whole lifetime.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import wraps
 from typing import Any
 
@@ -20,8 +23,29 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[..., None]
 # The database work of a command or shortcut must be done by then, or it is answered "could
-# not record": Slack shows an error after 3 seconds, and the answer needs time to travel.
+# not record": Slack shows an error after 3 seconds, and the answer needs time to travel. No
+# request waits on Slack's Retry-After past it either.
 COMMAND_DEADLINE_S = 2.2
+
+# When (time.monotonic()) the request this thread is handling must be answered; None in work
+# done after the answer (follow-ups), which may wait as long as Slack asks.
+_answer_by: ContextVar[float | None] = ContextVar("answer_by", default=None)
+
+
+@contextmanager
+def answering(within: float) -> Iterator[None]:
+    """Handle a request that Slack needs answered within `within` seconds."""
+    token = _answer_by.set(time.monotonic() + within)
+    try:
+        yield
+    finally:
+        _answer_by.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left to answer the request being handled; None outside one."""
+    answer_by = _answer_by.get()
+    return None if answer_by is None else answer_by - time.monotonic()
 
 
 def with_session(sessions: sessionmaker[Session]) -> Callable[[Listener], Listener]:

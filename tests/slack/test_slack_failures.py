@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy import func, select
 
@@ -9,7 +12,8 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault
 from bot.models import Incident, Postmortem, TimelineEntry
 from bot.services import build_services
-from tests.conftest import CHANNEL, TOKEN, Bot, Clock, Database, make_settings
+from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, Database, Reply, make_settings
+from tests.slack.test_capture import PIN_TS, entries, reaction, shortcut
 
 
 @pytest.fixture
@@ -51,7 +55,8 @@ def test_a_summary_that_keeps_failing_is_reported_and_nothing_is_lost(bot: Bot) 
 
 
 def test_rate_limited_upload_waits_as_slack_asks_and_succeeds(bot: Bot) -> None:
-    bot.fake.fail("files.getUploadURLExternal", Fault(status=429, retry_after=1))
+    # Longer than a command may wait: the upload runs after the answer, with no deadline.
+    bot.fake.fail("files.getUploadURLExternal", Fault(status=429, retry_after=3))
     bot.command("start Outage")
     bot.command("close")
     bot.wait()
@@ -109,3 +114,76 @@ def test_a_channel_archived_before_the_close_is_published_is_named_and_no_invite
     assert "archived" in told and "incident-bot export INC-1" in told
     assert "/invite" not in told and "not a member" not in told
     assert stored(bot) == ("closed", 1, 1)
+
+
+# --- rate limits before the answer ----------------------------------------------------------
+# Slack gives a request 3 seconds and the app answers only when its listener returns, so a
+# listener must not sleep through a long Retry-After; follow-up work after the answer may.
+
+GUARD_S = 20  # far more than any answer needs, far less than two Retry-After: 30 waits
+
+
+def answered(send: Callable[[], Reply]) -> Reply:
+    """`send()`'s reply; fails when it has not come back within the guard."""
+    replies: list[Reply] = []
+    sender = threading.Thread(target=lambda: replies.append(send()), daemon=True)
+    sender.start()
+    sender.join(timeout=GUARD_S)
+    assert replies, f"no answer within {GUARD_S}s: the request waited on Slack's Retry-After"
+    return replies[0]
+
+
+def pinned_message(bot: Bot) -> dict[str, object]:
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)
+    return {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
+
+
+def test_a_long_rate_limit_on_the_shortcut_answers_in_time_without_the_link(bot: Bot) -> None:
+    bot.command("start Outage")
+    message = pinned_message(bot)
+    bot.fake.fail("chat.getPermalink", Fault(status=429, error="ratelimited", retry_after=30))
+
+    reply = answered(lambda: shortcut(bot, message))
+
+    assert reply.status == 200
+    assert "#1" in bot.fake.wait_for_responses(1)[0]["text"]
+    assert len(bot.fake.calls_to("chat.getPermalink")) == 1  # not tried again
+    [entry] = entries(bot)
+    assert entry.text == "rolled back" and entry.permalink is None
+
+
+def test_a_short_rate_limit_on_the_shortcut_is_waited_for(bot: Bot) -> None:
+    bot.command("start Outage")
+    message = pinned_message(bot)
+    bot.fake.fail("chat.getPermalink", Fault(status=429, error="ratelimited", retry_after=1))
+
+    assert shortcut(bot, message).status == 200
+
+    assert len(bot.fake.calls_to("chat.getPermalink")) == 2
+    [entry] = entries(bot)
+    assert entry.permalink is not None and entry.permalink.startswith("https://")
+
+
+def test_a_long_rate_limit_on_a_pin_fails_the_event_in_time_for_slack_to_resend_it(
+    bot: Bot,
+) -> None:
+    bot.command("start Outage")
+    ts = str(pinned_message(bot)["ts"])
+    bot.fake.fail("conversations.history", Fault(status=429, error="ratelimited", retry_after=30))
+
+    first = answered(lambda: reaction(bot, ts))
+
+    assert first.status == 500  # Slack sends the event again, later
+    assert entries(bot, live=False) == []
+    reaction(bot, ts, retry_num=1)
+    assert [e.text for e in entries(bot)] == ["rolled back"]
+
+
+def test_a_long_rate_limit_on_users_info_leaves_the_command_on_time(bot: Bot) -> None:
+    bot.fake.fail("users.info", Fault(status=429, error="ratelimited", retry_after=30))
+
+    reply = answered(lambda: bot.command("start 8:00 AM - Outage"))
+
+    assert reply.in_channel and "INC-1" in reply.text
+    with bot.services.sessions() as session:
+        assert session.scalars(select(Incident.timezone)).one() == "UTC"  # INCIDENT_TIMEZONE

@@ -359,6 +359,11 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
     user_id, label = match.group(1), (match.group(2) or "").strip()
     person = call.services.people.person(team_id=call.team_id, user_id=user_id, token=call.token)
     name = label or person.name or f"@{user_id}"
+    if person.unknown:
+        raise incidents.IncidentError(
+            f"Slack does not know {name} in this workspace; mention someone from the list "
+            "that opens when you type @."
+        )
     if person.is_bot:
         raise incidents.IncidentError(f"{name} is an app; give the {role} role to a person.")
     if person.deactivated:

@@ -22,6 +22,8 @@ LOOKUP_TIMEOUT_S = 1.0
 FOUND_TTL_S = 6 * 3600.0
 # After a failed lookup, use the fallback for a while instead of waiting on Slack again.
 FAILED_TTL_S = 600.0
+# Slack's answers that there is no such person for this token: not a failure to retry.
+NOT_A_PERSON = {"user_not_found", "user_not_visible"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Person:
     name: str | None  # display name, None when unknown
     is_bot: bool = False  # an app's bot user (Slack's `is_bot`)
     deactivated: bool = False  # Slack's `deleted`: no longer in the workspace
+    unknown: bool = False  # Slack says there is no such user, or none the bot may see
 
 
 class UserDirectory:
@@ -104,9 +107,15 @@ class UserDirectory:
                 is_bot=user.get("is_bot") is True,
                 deactivated=user.get("deleted") is True,
             )
-        except Exception as error:  # any Slack or network failure means "use the fallbacks"
+        except SlackApiError as error:
+            if error.response.get("error") in NOT_A_PERSON:
+                log.info("users.info: %s is %s", key[1], error.response.get("error"))
+                person = Person(zone=None, name=None, unknown=True)
+            else:
+                log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
+                failed_for = _retry_after(error)
+        except Exception as error:  # any other failure (network, timeout) means the fallbacks
             log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
-            failed_for = _retry_after(error)
         with self._lock:
             ttl = FOUND_TTL_S if person.zone or person.name else failed_for
             self._cache[key] = (person, self._clock() + ttl)
@@ -114,9 +123,9 @@ class UserDirectory:
         return person
 
 
-def _retry_after(error: Exception) -> float:
+def _retry_after(error: SlackApiError) -> float:
     """How long to use the fallbacks after `error`: as long as Slack asks, when it says."""
-    if isinstance(error, SlackApiError) and error.response.status_code == 429:
+    if error.response.status_code == 429:
         try:
             return min(FAILED_TTL_S, float(error.response.headers.get("Retry-After", "")))
         except ValueError:

@@ -436,6 +436,38 @@ def test_a_role_for_an_app_or_a_deactivated_account_is_refused(
         assert session.scalars(select(RoleAssignment)).all() == []
 
 
+@pytest.mark.parametrize("refusal", ["user_not_found", "user_not_visible"])
+def test_a_role_for_someone_slack_does_not_know_is_refused(bot: Bot, refusal: str) -> None:
+    bot.command("start Outage")
+    if refusal != "user_not_found":  # FakeSlack says user_not_found of anyone it was not told of
+        bot.fake.fail("users.info", Fault(error=refusal))
+
+    reply = bot.command("role scribe <@U0GHOST001|ghost>", escaped=True)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "ghost" in reply.text and "does not know" in reply.text
+    assert live(bot) == []
+    with bot.services.sessions() as session:
+        assert session.scalars(select(RoleAssignment)).all() == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(status=500, times=5), Fault(status=429, error="ratelimited", retry_after=30)],
+    ids=["server_error", "rate_limited"],
+)
+def test_a_role_is_given_under_the_id_when_slack_cannot_say_who_it_is(
+    bot: Bot, fault: Fault
+) -> None:
+    bot.command("start Outage")
+    bot.fake.fail("users.info", fault)
+
+    reply = bot.command("commander <@U0GHOST001>", escaped=True)
+
+    assert reply.in_channel and "<@U0GHOST001>" in reply.visible
+    assert [text for _, text, _ in live(bot)] == ["U0GHOST001 is now the commander"]
+
+
 @pytest.mark.parametrize("typed", ["commander bob", "role janitor <@U0BOB00001>", "role scribe"])
 def test_bad_role_assignments_are_refused(bot: Bot, typed: str) -> None:
     bot.command("start Outage")

@@ -22,7 +22,6 @@ from bot.slack.middleware import COMMAND_DEADLINE_S, answering
 BOT_SCOPES = (
     "commands",
     "chat:write",
-    "chat:write.public",
     "files:write",
     "channels:join",
     "users:read",

@@ -47,3 +47,10 @@ def test_the_manifest_declares_the_command_and_the_shortcut() -> None:
     assert "- command: /incident" in MANIFEST
     assert re.search(rf"callback_id: {SHORTCUT_CALLBACK_ID}\b", MANIFEST)
     assert "should_escape: true" in MANIFEST
+
+
+def test_the_app_does_not_ask_to_post_in_channels_it_is_not_in() -> None:
+    # It posts only where /incident was typed and in the channels it creates. Where it is not
+    # a member, it joins (channels:join) and then posts, as the postmortem's upload needs it
+    # to be a member anyway; chat:write.public would only let the token post in any channel.
+    assert "chat:write.public" not in BOT_SCOPES  # nor in the manifest: it lists the same

@@ -685,12 +685,12 @@ def test_replaying_the_hum_outage_gives_its_window_timeline_and_measures(bot: Bo
 
 
 def test_the_bot_joins_a_public_channel_to_upload_the_postmortem(bot: Bot) -> None:
-    bot.fake.members_only.add(CHANNEL)
-    bot.fake.fail("chat.postMessage", Fault(error="not_in_channel"))  # chat:write.public missing
+    bot.fake.members_only.add(CHANNEL)  # posting there answers not_in_channel until it joins
     bot.command("start Outage")
     bot.command("close")
     bot.wait()
     assert [c.params["channel"] for c in bot.fake.calls_to("conversations.join")] == [CHANNEL]
+    assert len(bot.fake.calls_to("chat.postMessage")) == 2  # refused, then posted as a member
     assert bot.fake.uploads
 
 

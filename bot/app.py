@@ -15,7 +15,7 @@ from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 
 from bot.config import Settings
 from bot.services import Services, web_client
-from bot.slack import register
+from bot.slack import register, replies
 from bot.slack.middleware import COMMAND_DEADLINE_S, answering
 
 # The bot scopes requested on install; manifest.yaml lists the same ones.
@@ -104,6 +104,8 @@ def build_app(
             # Bolt takes an Authorize instance here (App.__init__ checks for one), though its
             # annotation only names callables.
             authorize=authorize,  # type: ignore[arg-type]
+            # Bolt's own says only "reinstall", also when auth.test was merely rate limited.
+            user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
         app.enable_token_revocation_listeners()
     else:
@@ -115,6 +117,7 @@ def build_app(
             process_before_response=True,
             logger=logger,
             token_verification_enabled=token_verification_enabled,
+            user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
         _acknowledge_uninstalls(app)
     register(app, services)

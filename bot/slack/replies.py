@@ -269,6 +269,14 @@ def could_not_record() -> Reply:
     )
 
 
+# Bolt says this (as text, not a Reply) when it cannot authorize a request: the workspace's
+# token is gone, or Slack refused to check it just now (auth.test rate limited, down).
+NOT_AUTHORIZED = (
+    ":warning: Slack did not confirm that I am installed in this workspace, so I did nothing. "
+    "Please try again in a minute; if this keeps happening, reinstall the app here."
+)
+
+
 def could_not_confirm() -> Reply:
     return simple(
         ":warning: I could not confirm that this was recorded: the database stopped answering "

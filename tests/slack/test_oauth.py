@@ -10,10 +10,11 @@ from slack_bolt.request import BoltRequest
 from sqlalchemy import func, select
 
 from bot.app import build_app
-from bot.demo import FakeSlack
+from bot.demo import FakeSlack, Fault
 from bot.models import Incident
 from bot.services import build_services
 from tests.conftest import Bot, Clock, Database, make_settings
+from tests.slack.test_slack_failures import answered
 
 
 def _multi_workspace_bot(database: Database, fake: FakeSlack, clock: Clock) -> Bot:
@@ -100,3 +101,18 @@ def test_a_callback_with_a_forged_state_installs_nothing(multi: Bot) -> None:
     done = flow.handle_callback(_request("code=code-T0EVIL0001&state=forged"))
     assert done.status >= 400
     assert "T0EVIL0001" not in multi.fake.tokens.values()
+
+
+def test_a_rate_limited_auth_test_is_answered_in_time_with_what_to_do(multi: Bot) -> None:
+    # Bolt checks a workspace's token with auth.test on its first request to each process.
+    install(multi, "T0FIRST001")
+    multi.fake.fail("auth.test", Fault(status=429, error="ratelimited", retry_after=30))
+
+    reply = answered(lambda: multi.command("start Outage", team="T0FIRST001"))
+
+    assert reply.status == 200 and "INC-" not in reply.text
+    [response] = multi.fake.wait_for_responses(1)
+    assert "try again" in response["text"].lower(), response["text"]
+    with multi.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Incident)) == 0
+    assert "INC-1" in multi.command("start Outage", team="T0FIRST001").text  # once Slack answers

@@ -500,29 +500,41 @@ class SlashCommand:
     response_url: str = "https://hooks.slack.com/commands/T0/1/x"
     channel_name: str = "incident"  # "directmessage" in a DM, "mpdm-…" in a group DM
 
-    def body(self, text: str, *, escaped: bool = False) -> str:
-        """The form body for `/incident <text>`; `text` is what the person typed."""
-        return urlencode(
-            {
-                "token": "legacy-verification-token",
-                "team_id": self.team_id,
-                "team_domain": "demo",
-                "channel_id": self.channel_id,
-                "channel_name": self.channel_name,
-                "user_id": self.user_id,
-                "user_name": "demo",
-                "command": "/incident",
-                "text": text if escaped else slack_escape(text),
-                "api_app_id": "A0DEMO0001",
-                "is_enterprise_install": "false",
-                "response_url": self.response_url,
-                "trigger_id": "1.2.3",
-            }
-        )
+    def body(self, text: str, *, escaped: bool = False, with_trigger_id: bool = True) -> str:
+        """The form body for `/incident <text>`; `text` is what the person typed.
 
-    def signed(self, text: str, *, escaped: bool = False) -> tuple[str, dict[str, str]]:
-        body = self.body(text, escaped=escaped)
+        Each invocation gets a trigger_id of its own, as Slack gives it (the same body sent
+        twice is a replay); `with_trigger_id=False` leaves it out, as older payloads do.
+        """
+        fields = {
+            "token": "legacy-verification-token",
+            "team_id": self.team_id,
+            "team_domain": "demo",
+            "channel_id": self.channel_id,
+            "channel_name": self.channel_name,
+            "user_id": self.user_id,
+            "user_name": "demo",
+            "command": "/incident",
+            "text": text if escaped else slack_escape(text),
+            "api_app_id": "A0DEMO0001",
+            "is_enterprise_install": "false",
+            "response_url": self.response_url,
+        }
+        if with_trigger_id:
+            fields["trigger_id"] = new_trigger_id()
+        return urlencode(fields)
+
+    def signed(
+        self, text: str, *, escaped: bool = False, with_trigger_id: bool = True
+    ) -> tuple[str, dict[str, str]]:
+        body = self.body(text, escaped=escaped, with_trigger_id=with_trigger_id)
         return body, sign(self.secret, body)
+
+
+def new_trigger_id() -> str:
+    """A trigger_id shaped as Slack's (`13345224609.738474920.8088930838d88f008e0`), unique."""
+    unique = uuid.uuid4()
+    return f"{unique.int % 10**11}.{unique.int // 10**11 % 10**9}.{unique.hex[:21]}"
 
 
 def signed_event(

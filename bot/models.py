@@ -13,6 +13,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from bot.db import Base, UTCDateTime
 
 SLACK_ID = String(64)
+# Slack's trigger_ids are about 40 characters; a longer one is not kept (bot/slack/commands.py).
+REQUEST_ID_LENGTH = 255
 
 
 class IncidentStatus(StrEnum):
@@ -112,6 +114,8 @@ class TimelineEntry(Base):
         UniqueConstraint(
             "incident_id", "source_channel", "source_ts", name="uq_timeline_entries_source"
         ),
+        # A request that reaches us twice (a replay, a proxy's retry) adds one entry.
+        Index("uq_timeline_entries_request", "request_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -133,6 +137,8 @@ class TimelineEntry(Base):
     captured_by: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
     # The `edited.ts` of the version of the message the entry holds (None: never edited).
     source_edited_ts: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The request that added it (Slack's trigger_id, one per invocation of a command).
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), default=None)
 
     incident: Mapped[Incident] = relationship(back_populates="entries")
 

@@ -6,6 +6,10 @@ write in progress writes every note waiting (its own included) in one transactio
 the others wait for that commit: group commit. No note is acknowledged before the
 transaction holding it has committed, each note gets its own outcome, and one that fails
 alone is written again alone, so it cannot take the others down with it.
+
+A note carries the id of the request that asked for it (Slack's trigger_id), stored on its
+entry under a unique index: the same request delivered twice (a replay, a proxy's retry)
+is told where the first one went, and its number is not used up.
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, Connection, Dialect, Engine, bindparam, insert, update
-from sqlalchemy.exc import SQLAlchemyError, StatementError
+from sqlalchemy import (
+    ClauseElement,
+    Connection,
+    Dialect,
+    Engine,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from bot import db
@@ -47,6 +60,7 @@ _ENTRY_COLUMNS = (
     "author_id",
     "kind",
     "text",
+    "request_id",
 )
 _ADD_ENTRY = insert(TimelineEntry).values({name: bindparam(name) for name in _ENTRY_COLUMNS})
 
@@ -83,16 +97,21 @@ class NewNote:
     text: str
     occurred_at: datetime
     recorded_at: datetime
+    request_id: str | None = None  # the same id twice is one note (None: always a new one)
 
 
 @dataclass(frozen=True)
 class NoteAdded:
-    """A committed note: the incident it went to and its number on the timeline."""
+    """A committed note: the incident it went to and its number on the timeline.
+
+    `repeated`: its request had been recorded already, as this entry; nothing was added.
+    """
 
     incident_id: int
     incident_number: int
     timezone: str
     number: int
+    repeated: bool = False
 
     @property
     def reference(self) -> str:
@@ -189,8 +208,13 @@ class NoteWriter:
         for each in late:
             _finish(each, error=NoteWriteError("no turn to write before the deadline"))
         batch = [each for each in batch if each.deadline > now]
-        if not batch:
-            return
+        batch, repeats = _firsts_and_repeats(batch)
+        if batch:
+            self._write_in_time(batch, now)
+        for each, first in repeats:
+            _finish_as_repeat(each, first)
+
+    def _write_in_time(self, batch: Sequence[_Waiting], now: float) -> None:
         with db.deadline(self._engine, min(each.deadline for each in batch) - now):
             written = self._write_together(batch)
         if not written:
@@ -198,6 +222,8 @@ class NoteWriter:
             # own deadline. The batch's may have cut it; a note past it is refused, not written
             # to be acknowledged after Slack has given up on it.
             for each in batch:
+                if each.done:  # found recorded already
+                    continue
                 remaining = each.deadline - time.monotonic()
                 if remaining <= 0:
                     _finish(each, error=NoteWriteError("no turn to write before the deadline"))
@@ -218,6 +244,10 @@ class NoteWriter:
                 _finish(each, added=result)
             return True
         except self._errors as error:
+            if not committing and self._integrity_errors(error) and self._found_recorded(batch):
+                # Those notes' requests came before: the others are written without them.
+                rest = [each for each in batch if not each.done]
+                return not rest or self._write_together(rest)
             log.warning(
                 "could not write %d note(s): %s",
                 len(batch),
@@ -230,6 +260,82 @@ class NoteWriter:
                     _finish(each, error=NoteWriteError(message, maybe_stored=committing))
                 return True
             return False
+
+    def _integrity_errors(self, error: Exception) -> bool:
+        return isinstance(error, IntegrityError | self._engine.dialect.loaded_dbapi.IntegrityError)
+
+    def _found_recorded(self, batch: Sequence[_Waiting]) -> bool:
+        """Finish the notes of `batch` whose request has an entry already; True if any had.
+
+        Only after a constraint refused the batch: the hot path asks nothing beforehand.
+        """
+        ids = {each.note.request_id for each in batch if each.note.request_id is not None}
+        if not ids:
+            return False
+        try:
+            with self._engine.connect() as connection:
+                found = {
+                    row.request_id: row
+                    for row in connection.execute(
+                        select(
+                            TimelineEntry.request_id,
+                            TimelineEntry.number,
+                            Incident.id,
+                            Incident.number.label("incident_number"),
+                            Incident.team_id,
+                            Incident.timezone,
+                        )
+                        .join(Incident, Incident.id == TimelineEntry.incident_id)
+                        .where(TimelineEntry.request_id.in_(ids))
+                    )
+                }
+        except self._errors:
+            log.warning("could not look for notes recorded already", exc_info=True)
+            return False
+        any_found = False
+        for each in batch:
+            row = found.get(each.note.request_id)
+            if row is None or row.team_id != each.note.team_id:
+                continue
+            added = NoteAdded(
+                incident_id=row.id,
+                incident_number=row.incident_number,
+                timezone=row.timezone,
+                number=row.number,
+                repeated=True,
+            )
+            _finish(each, added=added)
+            any_found = True
+        return any_found
+
+
+def _firsts_and_repeats(
+    batch: Sequence[_Waiting],
+) -> tuple[list[_Waiting], list[tuple[_Waiting, _Waiting]]]:
+    """The batch without the notes whose request is in it already (the same request
+    delivered twice at once), and those, each with the first of its request."""
+    firsts: dict[str, _Waiting] = {}
+    kept: list[_Waiting] = []
+    repeats: list[tuple[_Waiting, _Waiting]] = []
+    for each in batch:
+        request = each.note.request_id
+        if request is not None and request in firsts:
+            repeats.append((each, firsts[request]))
+            continue
+        if request is not None:
+            firsts[request] = each
+        kept.append(each)
+    return kept, repeats
+
+
+def _finish_as_repeat(waiting: _Waiting, first: _Waiting) -> None:
+    """The outcome of the first note of the same request, as a repeat of it."""
+    if first.error is not None:
+        _finish(waiting, error=first.error)
+    elif first.added is not None:
+        _finish(waiting, added=replace(first.added, repeated=True))
+    else:
+        _finish(waiting)
 
 
 def _finish(
@@ -334,6 +440,7 @@ class _Statements:
                     "author_id": note.author_id,
                     "kind": EntryKind.NOTE.value,
                     "text": note.text,
+                    "request_id": note.request_id,
                 }
                 rows.append(self._add_entry.params(entry))
         if rows:

@@ -182,6 +182,21 @@ class Bot:
         escaped: bool = False,
     ) -> Reply:
         """Send `/incident <typed>` as Slack would: escaped, form-encoded and signed."""
+        return self.dispatch(
+            *self.signed_command(typed, user=user, channel=channel, team=team, escaped=escaped)
+        )
+
+    def signed_command(
+        self,
+        typed: str,
+        *,
+        user: str = ALICE,
+        channel: str = CHANNEL,
+        team: str = TEAM,
+        escaped: bool = False,
+        with_trigger_id: bool = True,
+    ) -> tuple[str, dict[str, str]]:
+        """The body and headers of `/incident <typed>`, to send (and perhaps send again)."""
         slash = SlashCommand(
             secret=SECRET,
             team_id=team,
@@ -189,8 +204,7 @@ class Bot:
             user_id=user,
             response_url=self.fake.response_url(channel),
         )
-        body, headers = slash.signed(typed, escaped=escaped)
-        return self.dispatch(body, headers)
+        return slash.signed(typed, escaped=escaped, with_trigger_id=with_trigger_id)
 
     def dispatch(self, body: str, headers: dict[str, str]) -> Reply:
         request_headers: dict[str, str | Sequence[str]] = dict(headers)

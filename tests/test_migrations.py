@@ -31,7 +31,7 @@ from tests.conftest import (
     _postgres_engine,
 )
 
-HEAD = ("0003",)  # the latest migration in bot/migrations/versions
+HEAD = ("0004",)  # the latest migration in bot/migrations/versions
 HEAD_REVISION = HEAD[0]
 
 
@@ -255,6 +255,40 @@ def test_upgrade_is_idempotent_and_keeps_the_data(empty_database: Database) -> N
     with engine.connect() as connection:
         assert connection.execute(text("SELECT * FROM workspaces")).all() == [("T1", 7)]
     assert db.schema_status(engine).is_current
+    assert drift(engine) == []
+
+
+def test_entries_made_before_0004_are_kept_and_request_ids_are_unique(
+    empty_database: Database,
+) -> None:
+    engine = empty_database.engine
+    with db.migration_connection(engine) as connection:
+        command.upgrade(db.alembic_config(connection), "0003")
+    entry = (
+        "INSERT INTO timeline_entries (incident_id, number, occurred_at, recorded_at, "
+        "author_id, kind, text) VALUES (1, {n}, '2026-11-20 00:00:00', '2026-11-20 00:00:00', "
+        "'U1', 'note', 'note {n}')"
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO incidents (id, team_id, number, channel_id, title, status, "
+                "timezone, started_at, opened_by, opened_at, last_entry_number) VALUES "
+                "(1, 'T1', 1, 'C1', 't', 'open', 'UTC', '2026-11-20 00:00:00', 'U1', "
+                "'2026-11-20 00:00:00', 2)"
+            )
+        )
+        connection.execute(text(entry.format(n=1)))
+        connection.execute(text(entry.format(n=2)))
+
+    assert db.upgrade_schema(engine).after == HEAD
+
+    with engine.begin() as connection:
+        kept = "SELECT number, text, request_id FROM timeline_entries ORDER BY number"
+        assert connection.execute(text(kept)).all() == [(1, "note 1", None), (2, "note 2", None)]
+        connection.execute(text("UPDATE timeline_entries SET request_id = 'r1' WHERE number = 1"))
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(text("UPDATE timeline_entries SET request_id = 'r1' WHERE number = 2"))
     assert drift(engine) == []
 
 

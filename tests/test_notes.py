@@ -41,7 +41,14 @@ def _start(database: Database, channel: str) -> Incident:
         return incident
 
 
-def _note(channel: str, text: str, *, at: datetime = NOW, team: str = TEAM) -> NewNote:
+def _note(
+    channel: str,
+    text: str,
+    *,
+    at: datetime = NOW,
+    team: str = TEAM,
+    request: str | None = None,
+) -> NewNote:
     return NewNote(
         team_id=team,
         channel_id=channel,
@@ -49,6 +56,7 @@ def _note(channel: str, text: str, *, at: datetime = NOW, team: str = TEAM) -> N
         text=text,
         occurred_at=at,
         recorded_at=NOW,
+        request_id=request,
     )
 
 
@@ -219,6 +227,100 @@ def test_a_note_for_a_channel_without_an_open_incident_stores_nothing(
     assert futures[2].result() is None
     assert futures[3].result().number == 2  # type: ignore[union-attr]
     assert _stored(database, incident.id) == [(1, "first"), (2, "here")]
+
+
+# --- the same request twice: a replay, a proxy's retry ----------------------------------------
+
+
+def test_a_request_recorded_before_is_not_written_again_and_the_rest_of_its_batch_is(
+    database: Database,
+) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    assert writer.add(_note("C1", "once", request="R1"), timeout=LONG).number == 1  # type: ignore[union-attr]
+    futures = _queued_behind_a_held_write(
+        database,
+        incident,
+        writer,
+        [
+            _note("C1", "before", request="R2"),
+            _note("C1", "once", request="R1"),  # the same request again
+            _note("C1", "after", request="R3"),
+        ],
+    )
+
+    first, before, again, after = (future.result(timeout=LONG) for future in futures)
+    assert again is not None and again.repeated and again.number == 1
+    assert again.reference == incident.reference
+    assert [(a.number, a.repeated) for a in (first, before, after) if a] == [
+        (2, False),
+        (3, False),
+        (4, False),
+    ]
+    assert _stored(database, incident.id) == [
+        (1, "once"),
+        (2, "first"),
+        (3, "before"),
+        (4, "after"),
+    ]
+
+
+def test_the_same_request_twice_in_one_batch_is_written_once(database: Database) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    futures = _queued_behind_a_held_write(
+        database,
+        incident,
+        writer,
+        [_note("C1", "twice", request="R1"), _note("C1", "twice", request="R1")],
+    )
+
+    _first, one, other = (future.result(timeout=LONG) for future in futures)
+    assert one is not None and other is not None
+    assert (one.number, one.repeated, other.number, other.repeated) == (2, False, 2, True)
+    assert _stored(database, incident.id) == [(1, "first"), (2, "twice")]
+
+
+def test_notes_without_a_request_id_are_each_written(database: Database) -> None:
+    incident = _start(database, "C1")
+    writer = NoteWriter(database.engine)
+    for _ in range(2):
+        writer.add(_note("C1", "same words"), timeout=LONG)
+    assert _stored(database, incident.id) == [(1, "same words"), (2, "same words")]
+
+
+def test_the_same_request_in_two_processes_at_once_is_written_once(database: Database) -> None:
+    """A proxy that retries to another worker: two engines, two writers, the same requests."""
+    incident = _start(database, "C1")
+    options = database.env.get("PGOPTIONS")
+    other = db.make_engine(
+        database.url, **({"connect_args": {"options": options}} if options else {})
+    )
+    writers = [NoteWriter(database.engine), NoteWriter(other)]
+    barrier = threading.Barrier(8)
+
+    def note(thread: int) -> list[tuple[str, NoteAdded | None]]:
+        barrier.wait()
+        writer = writers[thread % 2]
+        return [
+            (text, writer.add(_note("C1", text, request=f"R{n}"), timeout=LONG))
+            for n, text in ((n, f"request {n}") for n in range(10))
+        ]
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = [each for part in pool.map(note, range(8)) for each in part]
+    finally:
+        other.dispose()
+
+    stored = _stored(database, incident.id)
+    assert [number for number, _ in stored] == list(range(1, 11))  # no number used up
+    number_of = {text: number for number, text in stored}
+    assert set(number_of) == {f"request {n}" for n in range(10)}
+    assert sorted(text for text, added in results if added and not added.repeated) == sorted(
+        number_of
+    )  # each written by one of the eight, and the others told where it went
+    assert all(added is not None and added.number == number_of[text] for text, added in results)
 
 
 def test_a_note_whose_deadline_passes_while_queued_is_refused_and_not_stored(

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bot import bidi, db, incidents, notes, timeline, timeparse
-from bot.models import Field, Incident
+from bot.models import REQUEST_ID_LENGTH, Field, Incident
 from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
@@ -50,6 +50,8 @@ class Call:
     deadline: float  # time.monotonic() by which its database work must be done
     raw: str = ""  # the text as Slack sent it, markup and all (for mentions)
     channel_name: str = ""  # as Slack names it: "directmessage" in a DM, "mpdm-…" in a group DM
+    # Slack's trigger_id, one per invocation: the same request delivered twice has the same.
+    request_id: str | None = None
 
     def in_conversation(self) -> bool:
         """True in a direct or group message, where the bot can neither post nor upload."""
@@ -84,7 +86,8 @@ class Outcome:
     """A handler's result: the reply, and perhaps work to do once Slack has its answer.
 
     `result` says in one word what happened, for the request log: `ok`, `refused`, `help`,
-    `no_incident`, `unknown_subcommand`, `missing_text` or `db_error`.
+    `no_incident`, `unknown_subcommand`, `missing_text`, `repeated` (the same request came
+    before) or `db_error`.
     """
 
     reply: Reply
@@ -159,10 +162,13 @@ def handle_note(call: Call, _incident: Incident | None) -> Outcome:
         text=incidents.check_text(leading.rest),
         occurred_at=occurred_at,
         recorded_at=call.now,
+        request_id=call.request_id,
     )
     added = call.services.notes.add(note, timeout=call.deadline - time.monotonic())
     if added is None:
         return no_incident(call)
+    if added.repeated:
+        return Outcome(replies.already_noted(added.reference, added.number), result="repeated")
     return Outcome(
         replies.noted(
             added.reference,
@@ -650,6 +656,14 @@ def shorten_name(name: str) -> str:
     return replies.shorten(name, 40)
 
 
+def request_id(command: dict[str, Any]) -> str | None:
+    """The command's trigger_id, if Slack sent one that fits where it is kept."""
+    trigger_id = command.get("trigger_id")
+    if not isinstance(trigger_id, str) or not 0 < len(trigger_id) <= REQUEST_ID_LENGTH:
+        return None
+    return trigger_id
+
+
 def handle_incident_command(
     ack: Ack, command: dict[str, Any], context: BoltContext, services: Services
 ) -> None:
@@ -672,6 +686,7 @@ def handle_incident_command(
             response_url=command.get("response_url"),
             deadline=deadline,
             channel_name=command.get("channel_name", ""),
+            request_id=request_id(command),
         )
 
     committing = False

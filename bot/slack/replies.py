@@ -162,6 +162,14 @@ def noted(
     return simple(said)
 
 
+def already_noted(reference: str, number: int) -> Reply:
+    """The same note request delivered again (a replay, a retry): it was recorded once."""
+    return simple(
+        f"This note is already on *{reference}*'s timeline, as entry `#{number}`; "
+        "it was not added again."
+    )
+
+
 def field_set(incident: Incident, *, field_name: str, value: str, replaced: bool) -> Reply:
     note = " (the earlier one is kept in the incident's history)" if replaced else ""
     return simple(f"*{incident.reference}* {field_name} set{note}: {quoted(value)}")

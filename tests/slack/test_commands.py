@@ -656,6 +656,38 @@ def test_missing_signature_is_rejected(bot: Bot) -> None:
     assert count(bot, Incident) == 0
 
 
+# --- the same request twice ----------------------------------------------------------------
+# A signed request can arrive again byte for byte within Slack's 5 minutes: replayed by
+# someone who captured it, or retried by a proxy. Its trigger_id is Slack's, one per
+# invocation: the second delivery records nothing.
+
+
+def test_a_replayed_note_is_recorded_once_and_answered_with_its_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    request = bot.signed_command("note the db is down")
+    assert "Added to *INC-1*" in bot.dispatch(*request).text
+    bot.command("note failing over")
+
+    again = bot.dispatch(*request)
+
+    assert again.status == 200
+    assert "already" in again.text and "INC-1" in again.text and "#1" in again.text
+    assert [(e.number, e.text) for e in stored_entries(bot)] == [
+        (1, "the db is down"),
+        (2, "failing over"),
+    ]
+    bot.command("note next")  # no number was used up by the replay
+    assert [e.number for e in stored_entries(bot)] == [1, 2, 3]
+
+
+def test_notes_without_a_trigger_id_are_each_recorded(bot: Bot) -> None:
+    bot.command("start Outage")
+    request = bot.signed_command("note the db is down", with_trigger_id=False)
+    bot.dispatch(*request)
+    bot.dispatch(*request)  # nothing tells a replay apart from the same words typed again
+    assert [e.number for e in stored_entries(bot)] == [1, 2]
+
+
 # --- the reference incident ---------------------------------------------------------------
 
 

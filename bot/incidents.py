@@ -26,6 +26,7 @@ from bot.models import (
     EntryRevision,
     Field,
     FieldChange,
+    HandledRequest,
     Incident,
     IncidentStatus,
     Postmortem,
@@ -50,6 +51,14 @@ class IncidentAlreadyOpenError(IncidentError):
 class NoOpenIncidentError(IncidentError):
     def __init__(self) -> None:
         super().__init__("There is no open incident in this channel.")
+
+
+class RepeatedRequestError(IncidentError):
+    def __init__(self, command: str) -> None:
+        super().__init__(
+            f"This `/incident {command}` request was already received and answered; "
+            "receiving it again changed nothing."
+        )
 
 
 class IncidentNotFoundError(IncidentError):
@@ -93,6 +102,21 @@ def check_text(text: str, *, what: str = "text") -> str:
     if "\x00" in text:
         raise IncidentError(f"The {what} contains a NUL character, which cannot be stored.")
     return text
+
+
+def record_request(
+    session: Session, *, request_id: str, team_id: str, command: str, now: datetime
+) -> None:
+    """Remember a request as the first thing its transaction does; `RepeatedRequestError`
+    if it was answered before (on PostgreSQL, once the first delivery's transaction ends)."""
+    session.add(
+        HandledRequest(request_id=request_id, team_id=team_id, command=command, handled_at=now)
+    )
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()  # the transaction held nothing else yet
+        raise RepeatedRequestError(command) from None
 
 
 def find_open_incident(

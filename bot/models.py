@@ -143,6 +143,19 @@ class TimelineEntry(Base):
     incident: Mapped[Incident] = relationship(back_populates="entries")
 
 
+class HandledRequest(Base):
+    """A command request that was answered, by Slack's trigger_id (one per invocation): the
+    same request delivered again (a replay, a proxy's retry) changes nothing the second time.
+    Notes keep theirs on their entry instead (`TimelineEntry.request_id`)."""
+
+    __tablename__ = "handled_requests"
+
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
+    team_id: Mapped[str] = mapped_column(SLACK_ID)
+    command: Mapped[str] = mapped_column(String(32))
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class EntryRevision(Base):
     """What a timeline entry was before each edit, deletion, restoration or refresh."""
 

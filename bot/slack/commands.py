@@ -109,6 +109,10 @@ class Subcommand:
     aliases: tuple[str, ...] = ()
     needs_text: bool = True
     needs_incident: bool = True
+    # Its transaction records its request (trigger_id) first, so that the same request
+    # delivered again changes nothing. Not for those that only read, nor for notes (their
+    # entry keeps it: bot/notes.py).
+    records_request: bool = True
 
 
 def handle_start(call: Call, _: Incident | None) -> Outcome:
@@ -446,6 +450,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         aliases=("add", "log"),
         # Notes find their incident as they are written, in groups (bot/notes.py).
         needs_incident=False,
+        records_request=False,
     ),
     Subcommand(
         "impact",
@@ -494,6 +499,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         "Show the open incident and its latest timeline entries.",
         handle_status,
         needs_text=False,
+        records_request=False,
     ),
     Subcommand(
         "timeline",
@@ -502,6 +508,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         handle_timeline,
         aliases=("entries",),
         needs_text=False,
+        records_request=False,
     ),
     Subcommand(
         "edit",
@@ -564,6 +571,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         handle_list,
         needs_text=False,
         needs_incident=False,
+        records_request=False,
     ),
     Subcommand(
         "help",
@@ -572,6 +580,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         handle_help,
         needs_text=False,
         needs_incident=False,
+        records_request=False,
     ),
 )
 
@@ -622,6 +631,17 @@ def _run(
     if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
+    if subcommand.records_request and call.request_id is not None:
+        try:
+            incidents.record_request(
+                call.session,
+                request_id=call.request_id,
+                team_id=call.team_id,
+                command=subcommand.name,
+                now=call.now,
+            )
+        except incidents.RepeatedRequestError as error:
+            return Outcome(replies.refusal(str(error)), result="repeated")
     incident = None
     if subcommand.needs_incident:
         # Locked until the command commits (PostgreSQL): a close waits for it, and one that

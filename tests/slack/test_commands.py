@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from bot.demo import Fault, SlashCommand, hum_replay
 from bot.incidents import MAX_TEXT_LENGTH
-from bot.models import Action, FieldChange, Incident, Postmortem, TimelineEntry
+from bot.models import (
+    Action,
+    EntryRevision,
+    FieldChange,
+    Incident,
+    Postmortem,
+    RoleAssignment,
+    TimelineEntry,
+)
 from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
@@ -662,6 +673,31 @@ def test_missing_signature_is_rejected(bot: Bot) -> None:
 # invocation: the second delivery records nothing.
 
 
+def _state(bot: Bot) -> dict[str, Any]:
+    """Everything a command can change, to compare before and after a replay."""
+    with bot.services.sessions() as session:
+        return {
+            "incidents": [
+                (i.number, i.status, i.severity, i.detected_at, i.mitigated_at, i.impact)
+                for i in session.scalars(select(Incident).order_by(Incident.id))
+            ],
+            "entries": [
+                (e.number, e.text, e.occurred_at, e.deleted_at)
+                for e in session.scalars(select(TimelineEntry).order_by(TimelineEntry.id))
+            ],
+            "counts": {
+                model.__name__: session.scalar(select(func.count()).select_from(model))
+                for model in (
+                    Action,
+                    FieldChange,
+                    Postmortem,
+                    RoleAssignment,
+                    EntryRevision,
+                )
+            },
+        }
+
+
 def test_a_replayed_note_is_recorded_once_and_answered_with_its_entry(bot: Bot) -> None:
     bot.command("start Outage")
     request = bot.signed_command("note the db is down")
@@ -686,6 +722,87 @@ def test_notes_without_a_trigger_id_are_each_recorded(bot: Bot) -> None:
     bot.dispatch(*request)
     bot.dispatch(*request)  # nothing tells a replay apart from the same words typed again
     assert [e.number for e in stored_entries(bot)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("before", "replayed", "between"),
+    [
+        ([], "impact users see 503s", ["impact only checkout"]),
+        ([], "action add a DDoS filter", []),
+        ([], "severity SEV2", ["severity SEV1"]),
+        ([], "commander <@U0BOB00001>", ["commander <@U0ALICE001>"]),
+        ([], "role scribe <@U0BOB00001>", []),
+        ([], "detected", []),
+        ([], "mitigated 8:30 AM", []),
+        (["note first"], "edit 1 the first, edited", ["edit 1 the first, edited again"]),
+        (["note first"], "delete 1", []),
+        ([], "close", ["reopen not over"]),
+        (["close"], "reopen not over", ["close"]),
+    ],
+)
+def test_a_replayed_command_changes_nothing_the_second_time(
+    bot: Bot, before: list[str], replayed: str, between: list[str]
+) -> None:
+    bot.command("start 8:00 AM - Outage")
+    for typed in before:
+        bot.command(typed)
+    request = bot.signed_command(replayed, escaped=True)
+    first = bot.dispatch(*request)
+    assert ":warning:" not in first.visible, first.text
+    bot.clock.advance(minutes=2)  # a replay comes later: "now" is not the same
+    for typed in between:
+        assert ":warning:" not in bot.command(typed, escaped=True).visible
+    bot.wait()
+    state = _state(bot)
+
+    again = bot.dispatch(*request)
+    bot.wait()
+
+    assert again.status == 200
+    assert "already" in again.text, again.text
+    assert _state(bot) == state
+
+
+def test_a_replayed_start_opens_no_second_incident(bot: Bot) -> None:
+    request = bot.signed_command("start Outage")
+    bot.dispatch(*request)
+    bot.command("close")
+    bot.wait()
+
+    again = bot.dispatch(*request)
+
+    assert "already" in again.text and not again.in_channel
+    assert [i.number for i in _incidents(bot)] == [1]
+
+
+def _incidents(bot: Bot) -> list[Incident]:
+    with bot.services.sessions() as session:
+        return list(session.scalars(select(Incident).order_by(Incident.id)))
+
+
+def test_the_same_request_delivered_twice_at_once_is_carried_out_once(bot: Bot) -> None:
+    bot.command("start Outage")
+    request = bot.signed_command("action add a DDoS filter")
+    barrier = threading.Barrier(4)
+
+    def deliver(_: int) -> str:
+        barrier.wait()
+        return bot.dispatch(*request).text
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(deliver, range(4)))
+
+    assert sorted("already" in answer for answer in answers) == [False, True, True, True]
+    assert count(bot, Action) == 1
+
+
+def test_commands_without_a_trigger_id_still_run(bot: Bot) -> None:
+    start = bot.signed_command("start Outage", with_trigger_id=False)
+    assert "INC-1" in bot.dispatch(*start).text
+    action = bot.signed_command("action add a filter", with_trigger_id=False)
+    bot.dispatch(*action)
+    bot.dispatch(*action)
+    assert count(bot, Action) == 2
 
 
 # --- the reference incident ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -499,3 +500,99 @@ def test_a_pin_in_a_channel_slack_will_not_let_the_bot_read_is_answered_and_logg
     assert bot.fake.calls_to("reactions.add") == []
     assert any(code in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+
+
+# --- the same delivery twice, and at once ---------------------------------------------------
+
+
+def _at_once(bot: Bot, requests: list[tuple[str, dict[str, str]]]) -> list[Reply]:
+    """Dispatch every request from a thread of its own, all released together."""
+    barrier = threading.Barrier(len(requests))
+
+    def deliver(request: tuple[str, dict[str, str]]) -> Reply:
+        barrier.wait()
+        return bot.dispatch(*request)
+
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        return list(pool.map(deliver, requests))
+
+
+def test_a_pin_event_and_its_retries_delivered_at_once_make_one_entry_and_use_one_number(
+    bot: Bot,
+) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "the one message", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=True)
+    event = {
+        "type": "reaction_added",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "event_ts": "1795154400.000200",
+    }
+    deliveries = [
+        signed_event(SECRET, event, team_id=TEAM, event_id="Ev1", retry_num=retry)
+        for retry in (None, 1, 2, None)  # the last: a proxy sent the first one again
+    ]
+
+    assert [reply.status for reply in _at_once(bot, deliveries)] == [200] * 4
+    bot.wait()
+
+    assert [(e.number, e.text) for e in entries(bot, live=False)] == [(1, "the one message")]
+    assert len(bot.fake.calls_to("reactions.add")) == 1
+    bot.command("note next")
+    assert [e.number for e in entries(bot)] == [1, 2]  # no number was used up
+
+
+def test_an_edit_event_delivered_twice_and_at_once_is_one_revision(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts)
+    edited = bot.fake.edit(CHANNEL, ts, "DB at 99% CPU")
+    previous = {"type": "message", "user": ALICE, "text": "DB at 90% CPU", "ts": ts}
+    event = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": CHANNEL,
+        "hidden": True,
+        "message": edited,
+        "previous_message": previous,
+        "event_ts": "1795154500.000100",
+        "ts": "1795154500.000100",
+    }
+    deliveries = [
+        signed_event(SECRET, event, team_id=TEAM, event_id="Ev2", retry_num=retry)
+        for retry in (None, 1, None)
+    ]
+
+    assert [reply.status for reply in _at_once(bot, deliveries)] == [200] * 3
+    assert bot.dispatch(*deliveries[0]).status == 200  # and once more, later
+
+    [entry] = entries(bot)
+    assert entry.text == "DB at 99% CPU"
+    with bot.services.sessions() as session:
+        [revision] = session.scalars(select(EntryRevision)).all()
+    assert (revision.old_text, revision.new_text) == ("DB at 90% CPU", "DB at 99% CPU")
+
+
+def test_the_shortcut_delivered_twice_at_once_makes_one_entry(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)
+    message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
+    request = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message=message,
+        team_id=TEAM,
+        channel_id=CHANNEL,
+        user_id=BOB,
+        response_url=bot.fake.response_url("shortcut"),
+    )
+
+    assert [reply.status for reply in _at_once(bot, [request, request, request])] == [200] * 3
+    bot.wait()
+
+    assert [(e.number, e.text) for e in entries(bot, live=False)] == [(1, "rolled back")]
+    answers = sorted(r["text"] for r in bot.fake.wait_for_responses(3))
+    assert sum("already" in answer for answer in answers) == 2, answers
+    assert len(bot.fake.calls_to("reactions.add")) == 1

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -114,7 +115,13 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
 # --- deadlines --------------------------------------------------------------------------------
 
 _holders: weakref.WeakKeyDictionary[Engine, dict[int, list[Any]]] = weakref.WeakKeyDictionary()
+# Threads still inside blocks whose deadline has passed, and how many such blocks.
+_late: weakref.WeakKeyDictionary[Engine, dict[int, int]] = weakref.WeakKeyDictionary()
 _holders_lock = threading.Lock()
+
+
+class DeadlinePassedError(SQLAlchemyTimeoutError):
+    """A connection was asked for after the thread's deadline had passed."""
 
 
 def _track_holders(engine: Engine) -> None:
@@ -124,8 +131,13 @@ def _track_holders(engine: Engine) -> None:
 
     @event.listens_for(engine.pool, "checkout")
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        thread = threading.get_ident()
         with _holders_lock:
-            held.setdefault(threading.get_ident(), []).append(dbapi_connection)
+            if thread in _late.get(engine, ()):
+                # The deadline passed before there was a link to cut (a short one, or a slow
+                # pool): the call must not go on to wait outside it, on a lock say.
+                raise DeadlinePassedError("the deadline passed before the database was reached")
+            held.setdefault(thread, []).append(dbapi_connection)
 
     @event.listens_for(engine.pool, "checkin")
     def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
@@ -148,9 +160,16 @@ def deadline(engine: Engine, seconds: float) -> Iterator[None]:
     record".
     """
     thread = threading.get_ident()
+    ended = passed = False
 
     def expire() -> None:
+        nonlocal passed
         with _holders_lock:
+            if ended:  # the block ended as the alarm went off
+                return
+            passed = True
+            late = _late.setdefault(engine, {})
+            late[thread] = late.get(thread, 0) + 1
             connections = list(_holders.get(engine, {}).get(thread, []))
         for connection in connections:
             _cut(connection)
@@ -159,7 +178,13 @@ def deadline(engine: Engine, seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        alarm.cancelled = True
+        with _holders_lock:
+            ended = alarm.cancelled = True
+            late = _late.get(engine, {})
+            if passed:  # a deadline nested in this one may still hold the thread late
+                late[thread] -= 1
+                if not late[thread]:
+                    del late[thread]
 
 
 @dataclass(order=True)

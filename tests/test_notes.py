@@ -375,6 +375,37 @@ def test_a_batch_the_database_holds_past_the_deadline_is_refused_not_written_lat
     assert _stored(database, incident.id) == []
 
 
+def test_a_deadline_that_passes_before_the_database_is_reached_still_holds(
+    database: Database,
+) -> None:
+    """A short deadline (a note retried alone with little time left) can pass before its
+    thread has taken a connection, when there is no link yet to cut: what the thread then
+    asks of the database must fail at once, not wait on a lock held elsewhere."""
+    incident = _start(database, "C1")
+    engine = database.engine
+    update = text("UPDATE incidents SET title = 'x' WHERE id = :id")
+    held, go_on = threading.Event(), threading.Event()
+
+    def hold() -> None:  # in a thread of its own, which the deadline does not concern
+        with _database_held(database, incident.id):
+            held.set()
+            go_on.wait(LONG)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        holder = pool.submit(hold)
+        assert held.wait(LONG)
+        try:
+            with db.deadline(engine, 0.0):
+                _wait_until(lambda: threading.get_ident() in db._late.get(engine, {}), "passed")
+                with pytest.raises(db.DeadlinePassedError), engine.connect() as connection:
+                    connection.execute(update, {"id": incident.id})
+        finally:
+            go_on.set()
+        holder.result(LONG)
+    with engine.connect() as connection:  # this thread's next block is not late
+        assert connection.scalar(text("SELECT title FROM incidents")) == "trouble in C1"
+
+
 def test_notes_typed_at_once_through_the_app_are_all_acknowledged_and_stored(bot: Bot) -> None:
     assert "opened" in bot.command("start Checkout is down").text
     barrier = threading.Barrier(8)

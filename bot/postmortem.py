@@ -249,19 +249,33 @@ class TemplateCheckError(ValueError):
 
 
 def check_templates(env: Environment) -> None:
-    """Render every format once with a sample that fills every field, so that a template
-    that cannot render (bad syntax, a name `pm` does not have) is found before a close."""
+    """Render every format with a sample that fills every field and with one of an open
+    incident where nothing was recorded, so that a template that cannot render (bad syntax,
+    a name `pm` does not have, in either branch of an `if`) is found before a close."""
+    samples = {
+        "a sample with every field filled": sample_context(),
+        "a sample of an open incident with nothing recorded": empty_sample_context(),
+    }
     for fmt in Format:
-        try:
-            render(env, sample_context(), fmt)
-        except Exception as error:
-            name = getattr(error, "filename", None)
-            line = getattr(error, "lineno", None)
-            if name is None:  # a runtime error: Jinja puts the template's lines in the traceback
-                frames = traceback.extract_tb(error.__traceback__)
-                where = [(f.filename, f.lineno) for f in frames if f.filename.endswith(".j2")]
-                name, line = where[-1] if where else (TEMPLATE_NAMES[fmt], None)
-            raise TemplateCheckError(f"{name}, line {line}: {error}") from None
+        for sample_name, sample in samples.items():
+            try:
+                render(env, sample, fmt)
+            except Exception as error:
+                name, line = _where(error, fmt)
+                raise TemplateCheckError(
+                    f"{name}, line {line}: {error} (while rendering {sample_name})"
+                ) from None
+
+
+def _where(error: Exception, fmt: Format) -> tuple[str, int | None]:
+    """The template file and line an error of rendering `fmt` comes from."""
+    name = getattr(error, "filename", None)
+    if name is not None:
+        return name, getattr(error, "lineno", None)
+    # A runtime error: Jinja puts the template's lines in the traceback.
+    frames = traceback.extract_tb(error.__traceback__)
+    where = [(f.filename, f.lineno) for f in frames if f.filename.endswith(".j2")]
+    return where[-1] if where else (TEMPLATE_NAMES[fmt], None)
 
 
 def sample_context() -> PostmortemContext:
@@ -307,6 +321,34 @@ def sample_context() -> PostmortemContext:
             time_to_mitigate="1 hour 24 minutes",
             time_to_resolve="1 hour 40 minutes",
         ),
+    )
+
+
+def empty_sample_context() -> PostmortemContext:
+    """An open incident where nothing was recorded: every optional field empty."""
+    return PostmortemContext(
+        reference="INC-1",
+        title="Checkout is failing",
+        channel_id="C0SAMPLE01",
+        status="ongoing",
+        timezone="UTC",
+        date="Friday 20 November 2026",
+        window=Window(
+            phrase="Since 1:06 AM UTC",
+            start="1:06 AM",
+            end="1:36 AM",
+            zone="UTC",
+            duration="30 minutes",
+            ongoing=True,
+            spans_days=False,
+        ),
+        impact=None,
+        cause=None,
+        resolution=None,
+        summary=None,
+        timeline=[],
+        actions=[],
+        generated_on="2026-11-20 01:36 UTC",
     )
 
 

@@ -1049,3 +1049,22 @@ def test_a_template_that_fails_only_at_render_time_is_named_with_its_line(tmp_pa
 
 def test_the_built_in_templates_pass_the_check() -> None:
     postmortem.check_templates(postmortem.build_environment())
+
+
+def test_a_template_that_fails_only_when_nothing_was_recorded_is_found_by_the_check(
+    tmp_path: Path,
+) -> None:
+    # Fine on the full sample; on an incident with no entries (a common close) it asks for
+    # a name `pm` does not have, which the check must find before a close does.
+    (tmp_path / "postmortem.md.j2").write_text(
+        "# {{ pm.title }}\n"
+        "{% for line in pm.timeline %}\n* {{ line.text|md_item }}\n"
+        "{% else %}\n{{ pm.no_entries_text }}\n{% endfor %}\n"
+    )
+    env = postmortem.build_environment(tmp_path)
+
+    with pytest.raises(
+        postmortem.TemplateCheckError,
+        match=r"postmortem\.md\.j2, line 5: .*no_entries_text.*nothing recorded",
+    ):
+        postmortem.check_templates(env)

@@ -259,12 +259,18 @@ def check_templates(env: Environment) -> None:
     for fmt in Format:
         for sample_name, sample in samples.items():
             try:
-                render(env, sample, fmt)
+                rendered = render(env, sample, fmt)
             except Exception as error:
                 name, line = _where(error, fmt)
                 raise TemplateCheckError(
                     f"{name}, line {line}: {error} (while rendering {sample_name})"
                 ) from None
+            if not rendered.strip():
+                name = env.get_template(TEMPLATE_NAMES[fmt]).filename or TEMPLATE_NAMES[fmt]
+                raise TemplateCheckError(
+                    f"{name}: renders an empty postmortem ({sample_name}); the close would "
+                    "upload an empty file. Give it text outside any `if`, such as the title."
+                )
 
 
 def _where(error: Exception, fmt: Format) -> tuple[str, int | None]:

@@ -1068,3 +1068,25 @@ def test_a_template_that_fails_only_when_nothing_was_recorded_is_found_by_the_ch
         match=r"postmortem\.md\.j2, line 5: .*no_entries_text.*nothing recorded",
     ):
         postmortem.check_templates(env)
+
+
+@pytest.mark.parametrize(
+    ("template", "sample"),
+    [
+        ("", "every field filled"),
+        ("\n  \n{# a draft #}\n", "every field filled"),
+        ("{% if pm.timeline %}# {{ pm.title|md_line }}\n{% endif %}", "nothing recorded"),
+    ],
+)
+def test_a_template_that_renders_an_empty_postmortem_is_refused_by_the_check(
+    tmp_path: Path, template: str, sample: str
+) -> None:
+    (tmp_path / "postmortem.md.j2").write_text(template)
+    env = postmortem.build_environment(tmp_path)
+
+    with pytest.raises(postmortem.TemplateCheckError) as refused:
+        postmortem.check_templates(env)
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'postmortem.md.j2'}: renders an empty postmortem"
+    )
+    assert sample in str(refused.value)

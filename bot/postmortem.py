@@ -18,10 +18,13 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from jinja2 import (
+    BaseLoader,
     ChoiceLoader,
     Environment,
     FileSystemLoader,
+    PrefixLoader,
     StrictUndefined,
+    TemplateNotFound,
     select_autoescape,
 )
 from markupsafe import Markup, escape
@@ -38,6 +41,8 @@ class Format(StrEnum):
 
 
 TEMPLATE_NAMES = {Format.MARKDOWN: "postmortem.md.j2", Format.HTML: "postmortem.html.j2"}
+# `{% include "builtin/postmortem.md.j2" %}` is the built-in template, whatever TEMPLATES_DIR holds.
+BUILTIN_PREFIX = "builtin"
 
 
 def builtin_templates_dir() -> Path:
@@ -50,8 +55,10 @@ def builtin_templates_dir() -> Path:
 
 
 def build_environment(templates_dir: Path | None = None) -> Environment:
-    """The Jinja environment: the user's templates first (if any), then the built-in ones."""
-    loaders = [FileSystemLoader(builtin_templates_dir())]
+    """The Jinja environment: the user's templates first (if any), then the built-in ones,
+    which are also named `builtin/...` so that a template of the same name can include them."""
+    builtin = FileSystemLoader(builtin_templates_dir())
+    loaders: list[BaseLoader] = [builtin, PrefixLoader({BUILTIN_PREFIX: builtin})]
     if templates_dir is not None:
         loaders.insert(0, FileSystemLoader(templates_dir))
     env = Environment(
@@ -263,7 +270,7 @@ def check_templates(env: Environment) -> None:
             except Exception as error:
                 name, line = _where(error, fmt)
                 raise TemplateCheckError(
-                    f"{name}, line {line}: {error} (while rendering {sample_name})"
+                    f"{name}, line {line}: {_explained(error)} (while rendering {sample_name})"
                 ) from None
             if not rendered.strip():
                 name = env.get_template(TEMPLATE_NAMES[fmt]).filename or TEMPLATE_NAMES[fmt]
@@ -271,6 +278,22 @@ def check_templates(env: Environment) -> None:
                     f"{name}: renders an empty postmortem ({sample_name}); the close would "
                     "upload an empty file. Give it text outside any `if`, such as the title."
                 )
+
+
+def _explained(error: Exception) -> str:
+    """Jinja's message, with what to do where it says too little."""
+    if isinstance(error, TemplateNotFound):
+        return (
+            f"there is no template {error.name!r} in TEMPLATES_DIR nor among the built-in "
+            f"ones (those are {BUILTIN_PREFIX}/{TEMPLATE_NAMES[Format.MARKDOWN]} and "
+            f"{BUILTIN_PREFIX}/{TEMPLATE_NAMES[Format.HTML]})"
+        )
+    if isinstance(error, RecursionError):
+        return (
+            "the template includes or extends itself; a template in TEMPLATES_DIR has the "
+            f"built-in one's name, so to use the built-in one name it {BUILTIN_PREFIX}/..."
+        )
+    return str(error)
 
 
 def _where(error: Exception, fmt: Format) -> tuple[str, int | None]:

@@ -1090,3 +1090,37 @@ def test_a_template_that_renders_an_empty_postmortem_is_refused_by_the_check(
         f"{tmp_path / 'postmortem.md.j2'}: renders an empty postmortem"
     )
     assert sample in str(refused.value)
+
+
+def test_a_template_of_the_same_name_can_include_the_built_in_one(
+    stories: Stories, tmp_path: Path
+) -> None:
+    folder = _override(
+        tmp_path / "mine",
+        "postmortem.md.j2",
+        '{% include "builtin/postmortem.md.j2" %}\n## Sign-off\n\nThe checkout team\n',
+    )
+    postmortem.check_templates(postmortem.build_environment(folder))
+    story = stories.start("Included", zone="UTC", when=at("UTC", "2026-11-20 01:00"))
+    story.env = postmortem.build_environment(folder)
+    rendered = story.close(at("UTC", "2026-11-20 01:30")).render()
+
+    assert rendered.md[0] == Block("h1", "Postmortem: Included")
+    assert sections(rendered.md)["Timeline"] == [Block("p", "No timeline entries were recorded.")]
+    assert rendered.markdown.endswith("## Sign-off\n\nThe checkout team\n")
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ('{% extends "postmortem.md.j2" %}\n', "includes or extends itself"),
+        ('# x\n{% include "header.md.j2" %}\n', "there is no template 'header.md.j2'"),
+    ],
+)
+def test_an_include_that_cannot_work_is_explained_by_the_check(
+    tmp_path: Path, template: str, says: str
+) -> None:
+    (tmp_path / "postmortem.md.j2").write_text(template)
+
+    with pytest.raises(postmortem.TemplateCheckError, match=re.escape(says)):
+        postmortem.check_templates(postmortem.build_environment(tmp_path))

@@ -6,7 +6,9 @@ standard library's parser, so the tests check what a reader would see, not templ
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -1124,3 +1126,34 @@ def test_an_include_that_cannot_work_is_explained_by_the_check(
 
     with pytest.raises(postmortem.TemplateCheckError, match=re.escape(says)):
         postmortem.check_templates(postmortem.build_environment(tmp_path))
+
+
+# --- what a template author is told -----------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _documented_names(cls: type, prefix: str) -> Iterator[str]:
+    """`pm.title`, ... for the context's own fields; `.start`, ... for those of its parts."""
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        yield f"`{prefix}{item.name}`"
+        for part in (hints[item.name], *typing.get_args(hints[item.name])):
+            if dataclasses.is_dataclass(part) and isinstance(part, type):
+                yield from _documented_names(part, ".")
+
+
+def test_the_readme_names_every_field_and_filter_a_template_can_use() -> None:
+    section = README.read_text(encoding="utf-8").split("## Postmortem templates", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    ours = set(postmortem.build_environment().filters) - set(Environment().filters)
+
+    missing = [
+        name
+        for name in [
+            *_documented_names(postmortem.PostmortemContext, "pm."),
+            *(f"`{name}`" for name in sorted(ours)),
+        ]
+        if name not in section
+    ]
+    assert missing == []

@@ -1157,3 +1157,23 @@ def test_the_readme_names_every_field_and_filter_a_template_can_use() -> None:
         if name not in section
     ]
     assert missing == []
+
+
+def test_role_names_are_shown_as_configured_in_markdown(stories: Stories) -> None:
+    # INCIDENT_ROLES allows underscores, which Markdown would otherwise take for emphasis.
+    zone = "UTC"
+    story = stories.start("Roles", zone=zone, when=at(zone, "2026-11-20 01:00"))
+    for role, name in [("_on_call_", "ann"), ("comms__lead", "*bob*")]:
+        incidents.assign_role(
+            story.session,
+            incident=story.incident,
+            role=role,
+            user_id=ALICE,
+            user_name=name,
+            assigned_by=BOB,
+            now=at(zone, "2026-11-20 01:05"),
+        )
+    rendered = story.close(at(zone, "2026-11-20 01:30")).render()
+
+    assert rendered.md[2] == Block("p", "_on_call_: ann · Comms__lead: *bob*")
+    assert rendered.page.blocks[3] == Block("p", "_on_call_: ann · Comms__lead: *bob*")

@@ -219,6 +219,64 @@ def test_serve_refuses_a_database_without_the_schema(
     assert f"created the schema at revision {HEAD[0]}" in upgrade.stdout
 
 
+def test_yesterdays_database_is_refused_then_upgraded_and_served_with_its_incidents(
+    bot: Bot, database: Database, serve_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An operator of the release before 0004: its database, with an incident in it, at 0003;
+    `serve` says to upgrade, `db upgrade` keeps everything, and `serve` then carries on."""
+    assert "opened" in bot.command("start 5:00 AM - Checkout is down").text
+    assert "Added" in bot.command("note 5:10 AM - rolled back").text
+    assert "closed" in bot.command("close 5:40 AM - all green").text
+    bot.wait()
+    with database.engine.connect() as connection:
+        rows = "SELECT number, text FROM timeline_entries ORDER BY number"
+        entries = connection.execute(text(rows)).all()
+        assert [entry_text for _number, entry_text in entries] == ["rolled back", "all green"]
+        assert connection.execute(text("SELECT COUNT(*) FROM postmortems")).scalar() == 1
+    # Alembic's downgrade is the way back to the release before; it keeps the data.
+    with db.migration_connection(database.engine) as connection:
+        command.downgrade(db.alembic_config(connection), "0003")
+    with database.engine.connect() as connection:
+        assert connection.execute(text(rows)).all() == entries
+        assert connection.execute(text("SELECT COUNT(*) FROM postmortems")).scalar() == 1
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "bot", "serve", "--port", str(free_port())],
+        env=serve_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "schema is at revision 0003, older than this version's" in refused.stderr
+    assert "Run `incident-bot db upgrade`" in refused.stderr
+    assert db.schema_status(database.engine).revisions == ("0003",)
+
+    upgrade = run_cli(database, "db", "upgrade", cwd=tmp_path)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert f"upgraded the schema from revision 0003 to {HEAD[0]}" in upgrade.stdout
+
+    with served(serve_env, tmp_path) as server:
+        assert http_get(f"{server.base}/readyz")[0] == 200
+        slash = SlashCommand(secret="s", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+
+        def command_text(typed: str) -> str:
+            body, headers = slash.signed(typed)
+            request = urllib.request.Request(f"{server.base}/slack/events", body.encode(), headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(json.loads(response.read())["text"])
+
+        assert "INC-1 reopened" in command_text("reopen the error rate is back")
+        assert "Added to *INC-1*" in command_text("note rolled back again")
+
+    with database.engine.connect() as connection:
+        after = connection.execute(text(rows)).all()
+        assert connection.execute(text("SELECT COUNT(*) FROM postmortems")).scalar() == 1
+    assert after[: len(entries)] == entries
+    assert after[-1][1] == "rolled back again"
+
+
 def test_served_health_checks_follow_the_database(database: Database, serving: str) -> None:
     assert http_get(f"{serving}/healthz") == (200, {"database": "ok"})
     assert http_get(f"{serving}/readyz")[0] == 200

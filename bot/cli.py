@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="answer Slack over HTTP at POST /slack/events")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=_port, default=3000)
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=_port, default=3000, help="port to listen on (default 3000)")
     serve.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--threads", type=_positive, default=8, help="threads per worker (default 8)"
@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="print an incident's postmortem from the database")
     export.add_argument("reference", help="INC-<n>")
-    export.add_argument("--format", choices=["md", "html"], default="md")
+    export.add_argument(
+        "--format", choices=["md", "html"], default="md", help="Markdown or HTML (default md)"
+    )
     export.add_argument("--team", help="the workspace (team id), when the database holds several")
     export.set_defaults(run=_export)
 

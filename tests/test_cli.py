@@ -424,3 +424,27 @@ def test_socket_mode_on_an_app_token_slack_refuses_names_the_token(tmp_path: Pat
         "incident-bot: configuration error: SLACK_APP_TOKEN was refused by Slack (invalid_auth)"
     ), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- --help ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve"], ["--host HOST", "(default 0.0.0.0)", "(default 3000", "(default 1)"]),
+        (["export"], ["INC-<n>", "(default md)"]),
+    ],
+)
+def test_help_says_what_each_option_is_and_its_default(
+    args: list[str], says: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--help"])
+
+    assert stopped.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for phrase in says:
+        assert phrase in shown, shown

@@ -302,8 +302,9 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
     blocks.append(_section(body))
     blocks.append(
         _context(
-            "`<when>` is optional: a time such as `1:06 AM` or `2026-11-20 01:06`, read in your "
-            "Slack time zone, followed by ` - `. Without it, the entry is stamped now."
+            "`<when>` is optional: a time such as `1:06 AM`, `2026-11-20 01:06`, `now` or "
+            "`10 min ago`, read in your Slack time zone, followed by ` - ` (`detected` and "
+            "`mitigated` take it alone, no ` - `). Without it, the entry is stamped now."
         )
     )
     fallback = (slack_text.escape(problem) + "\n" if problem else "") + body

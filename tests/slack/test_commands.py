@@ -539,6 +539,13 @@ def test_help_unknown_and_missing_text_list_every_subcommand(bot: Bot, typed: st
     assert count(bot, Incident) == 0
 
 
+def test_help_says_which_times_a_when_can_be(bot: Bot) -> None:
+    said = bot.command("help").visible
+    for example in ("`1:06 AM`", "`2026-11-20 01:06`", "`now`", "`10 min ago`"):
+        assert example in said, example
+    assert "detected" in said and "no ` - `" in said
+
+
 # What may stand between < and > in mrkdwn: a mention, a channel, a special, a link.
 SLACK_CONTROL = re.compile(r"<(?:[@#!][^<>]*|https?://[^<>]*)>")
 

@@ -32,6 +32,41 @@ DEMO_ZONE = "Africa/Nairobi"
 # What `FakeSlack.fail` calls the commands' response URLs, which are not Web API methods.
 RESPONSE_URL = "response_url"
 
+# Slack's documented limits on a message (Block Kit reference, chat.postMessage).
+MESSAGE_BLOCKS = 50
+SECTION_TEXT = 3000
+HEADER_TEXT = 150
+CONTEXT_ELEMENTS = 10
+MESSAGE_TEXT = 40_000
+
+
+def message_refusal(message: Mapping[str, Any]) -> str | None:
+    """The error Slack answers `message` with (`invalid_blocks`, `msg_too_long`), or None
+    when it is within Slack's documented limits: at most 50 blocks, a section's text at most
+    3,000 characters, a header's 150, a context at most 10 elements of 3,000 characters each,
+    and the text at most 40,000."""
+    blocks = message.get("blocks") or []
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    if len(blocks) > MESSAGE_BLOCKS:
+        return "invalid_blocks"
+    for block in blocks:
+        kind = block.get("type")
+        text = (block.get("text") or {}).get("text", "")
+        if kind == "section" and not 0 < len(text) <= SECTION_TEXT:
+            return "invalid_blocks"
+        if kind == "header" and not 0 < len(text) <= HEADER_TEXT:
+            return "invalid_blocks"
+        if kind == "context":
+            elements = block.get("elements") or []
+            if not 0 < len(elements) <= CONTEXT_ELEMENTS:
+                return "invalid_blocks"
+            if any(not 0 < len(e.get("text", "")) <= SECTION_TEXT for e in elements):
+                return "invalid_blocks"
+    if len(str(message.get("text") or "")) > MESSAGE_TEXT:
+        return "msg_too_long"
+    return None
+
 
 @dataclass
 class ApiCall:
@@ -67,6 +102,8 @@ class FakeSlack:
     calls: list[ApiCall] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     responses: list[dict[str, Any]] = field(default_factory=list)
+    # Messages refused as Slack refuses them (message_refusal): where, the message, the error.
+    refused: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     members_only: set[str] = field(default_factory=set)  # channels the bot is not in
     private: set[str] = field(default_factory=set)  # private channels: joining is refused
@@ -172,8 +209,15 @@ class FakeSlack:
                 )
                 _send(request, fault.status, (fault.error or "").encode(), "text/plain", headers)
                 return
+            answer = json.loads(raw or b"{}")
+            refused = message_refusal(answer)
+            if refused is not None:  # Slack answers a message it will not show with a 400
+                with self._lock:
+                    self.refused.append((RESPONSE_URL, answer, refused))
+                _send(request, 400, refused.encode(), "text/plain")
+                return
             with self._lock:
-                self.responses.append(json.loads(raw or b"{}"))
+                self.responses.append(answer)
                 self._lock.notify_all()
             _send(request, 200, b"ok", "text/plain")
             return
@@ -288,6 +332,11 @@ class FakeSlack:
                 return {"ok": False, "error": "not_in_channel"}
             if channel in self.archived:
                 return {"ok": False, "error": "is_archived"}
+            refused = message_refusal(params)
+            if refused is not None:
+                with self._lock:
+                    self.refused.append((method, dict(params), refused))
+                return {"ok": False, "error": refused}
             ts = f"{int(time.time())}.{number:06d}"
             return {
                 "ok": True,

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from bot import db
 from bot.app import build_app
 from bot.config import Settings
-from bot.demo import FakeSlack, SlashCommand, sign
+from bot.demo import FakeSlack, SlashCommand, message_refusal, sign
 from bot.services import Services, build_services
 
 SECRET = "test-signing-secret"
@@ -210,6 +210,9 @@ class Bot:
         request_headers: dict[str, str | Sequence[str]] = dict(headers)
         response = self.app.dispatch(BoltRequest(body=body, headers=request_headers))
         payload = json.loads(response.body) if response.body else {}
+        if isinstance(payload, dict) and ("text" in payload or "blocks" in payload):
+            # An answer Slack would refuse is an answer no one sees.
+            assert message_refusal(payload) is None, f"Slack would refuse: {response.body}"
         return Reply(status=response.status, body=payload)
 
     def wait(self) -> None:

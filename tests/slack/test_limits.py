@@ -1,0 +1,114 @@
+"""Big incidents and big texts against Slack's documented message limits: whatever the size,
+every message the bot sends is one Slack takes (conftest checks each command's answer, and
+FakeSlack refuses what Slack refuses in chat.postMessage and response URLs)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from bot.demo import RESPONSE_URL, message_refusal
+from bot.models import Incident, TimelineEntry
+from tests.conftest import ALICE, CHANNEL, TEAM, Bot
+
+
+def section(text: str) -> dict[str, object]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"text": "ok", "blocks": [section("x" * 3000)] * 50}, None),
+        ({"text": "ok", "blocks": [section("x")] * 51}, "invalid_blocks"),
+        ({"text": "ok", "blocks": [section("x" * 3001)]}, "invalid_blocks"),
+        ({"text": "ok", "blocks": [section("")]}, "invalid_blocks"),
+        (
+            {"blocks": [{"type": "header", "text": {"type": "plain_text", "text": "x" * 151}}]},
+            "invalid_blocks",
+        ),
+        (
+            {"blocks": [{"type": "context", "elements": [{"type": "mrkdwn", "text": "x"}] * 11}]},
+            "invalid_blocks",
+        ),
+        ({"text": "x" * 40_001}, "msg_too_long"),
+        ({"text": "x" * 40_000}, None),
+    ],
+)
+def test_fake_slack_refuses_what_slack_documents_it_refuses(
+    message: dict[str, object], error: str | None
+) -> None:
+    assert message_refusal(message) == error
+
+
+def add_entries(bot: Bot, count: int, text: str, channel: str = CHANNEL) -> None:
+    """Give the channel's open incident `count` entries (#1 first in time) without `count`
+    commands."""
+    with bot.services.sessions() as session:
+        incident = session.scalars(
+            select(Incident).where(Incident.team_id == TEAM, Incident.channel_id == channel)
+        ).one()
+        incident_id, started = incident.id, incident.started_at
+    rows = [
+        {
+            "incident_id": incident_id,
+            "occurred_at": started + timedelta(seconds=n),
+            "recorded_at": started + timedelta(seconds=n),
+            "author_id": ALICE,
+            "kind": "note",
+            "text": f"entry {n + 1}: {text}",
+            "number": n + 1,
+        }
+        for n in range(count)
+    ]
+    with bot.services.engine.begin() as conn:
+        conn.execute(insert(TimelineEntry), rows)
+        conn.execute(
+            update(Incident).where(Incident.id == incident_id).values(last_entry_number=count)
+        )
+
+
+# 4,000 characters on many lines, of those that escaping lengthens and a broadcast.
+EXPANDING = ("&<>@here a\n" * 400)[:3980]
+
+
+@pytest.mark.parametrize("count", [1, 50, 2_000])
+def test_every_answer_about_a_big_incident_is_one_slack_takes(bot: Bot, count: int) -> None:
+    assert bot.command("start " + "&<>" * 1333).status == 200
+    add_entries(bot, count, EXPANDING)
+    for field in ("impact", "cause", "resolution", "summary"):
+        assert bot.command(f"{field} {'&' * 4000}").status == 200
+    for role in ("commander", "communications", "scribe"):
+        bot.command(f"role {role} <@{ALICE}>", escaped=True)
+    for typed in ("status", "timeline", "help", "list", "note " + "&" * 4000, "sev " + "<" * 4000):
+        assert bot.command(typed).status == 200, typed
+    for _ in range(100):
+        bot.command("action " + "<" * 4000)
+
+    assert bot.command("close " + "&" * 3999).status == 200
+    bot.wait()
+
+    assert bot.fake.refused == []
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+
+
+def test_the_close_summary_through_the_response_url_is_one_slack_takes(bot: Bot) -> None:
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.private.add(CHANNEL)
+    bot.command("start " + "&" * 4000)
+    bot.command("impact " + "<" * 4000)
+    bot.command("cause " + "&" * 4000)
+    bot.command("close")
+    bot.wait()
+    responses = bot.fake.wait_for_responses(2)
+    assert [where for where, _, _ in bot.fake.refused if where == RESPONSE_URL] == []
+    assert any(r.get("response_type") == "in_channel" for r in responses)
+
+
+def test_a_list_of_many_open_incidents_with_long_titles_is_one_slack_takes(bot: Bot) -> None:
+    for n in range(200):
+        bot.command("start " + "&" * 4000, channel=f"C0LIM{n:05d}")
+    reply = bot.command("list")
+    assert reply.status == 200 and "…and " in reply.visible

@@ -51,6 +51,15 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def plain(text: str, limit: int) -> str:
+    """Typed text for a plain_text field of at most `limit` characters, its directions
+    closed: what the closes add is cut from the text first, so that they fit too."""
+    cut = limit
+    while len(fitted := bidi.contained(shorten(text, cut))) > limit:
+        cut = max(1, cut - (len(fitted) - limit))
+    return fitted
+
+
 def quoted(text: str, limit: int = 2500) -> str:
     """Typed text for mrkdwn: escaped, mention-safe, shortened for Slack's block limits."""
     return slack_text.escape(shorten(text, limit))
@@ -107,9 +116,7 @@ def started(incident: Incident, *, now: datetime) -> Reply:
         blocks=(
             HeaderBlock(
                 text=PlainTextObject(
-                    text=bidi.contained(
-                        shorten(f"{incident.reference}: {incident.title}", HEADER_LIMIT)
-                    ),
+                    text=plain(f"{incident.reference}: {incident.title}", HEADER_LIMIT),
                     emoji=False,
                 )
             ),

@@ -112,3 +112,14 @@ def test_a_list_of_many_open_incidents_with_long_titles_is_one_slack_takes(bot: 
         bot.command("start " + "&" * 4000, channel=f"C0LIM{n:05d}")
     reply = bot.command("list")
     assert reply.status == 200 and "…and " in reply.visible
+
+
+def test_a_title_that_opens_directions_where_the_header_is_cut_is_announced(bot: Bot) -> None:
+    # The header is cut to Slack's 150 characters, then each direction the title opened is
+    # closed: the closes must fit in the 150 too.
+    reply = bot.command("start " + "x" * 100 + "\u202e" * 100)
+
+    assert reply.status == 200 and reply.in_channel
+    [header] = [b["text"]["text"] for b in reply.body["blocks"] if b["type"] == "header"]
+    assert len(header) <= 150 and header.startswith("INC-1: " + "x" * 100)
+    assert header.count("\u202e") == header.count("\u202c")

@@ -276,7 +276,21 @@ def handle_status(call: Call, incident: Incident | None) -> Outcome:
 def handle_timeline(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     entries = incidents.timeline(call.session, incident=incident)
-    return Outcome(replies.timeline_list(incident, entries=entries, now=call.now))
+    start = 0
+    if call.text:
+        number, rest = _entry_number(call.text)
+        if rest:
+            raise incidents.IncidentError(
+                "`/incident timeline` takes at most the number of the entry to start from "
+                "(e.g. `/incident timeline 120`)."
+            )
+        start = next((i for i, e in enumerate(entries) if e.number == number), -1)
+        if start < 0:
+            raise incidents.IncidentError(
+                f"There is no entry `#{number}` on *{incident.reference}*'s timeline; "
+                "`/incident timeline` lists them from the first."
+            )
+    return Outcome(replies.timeline_list(incident, entries=entries, now=call.now, start=start))
 
 
 def _entry_number(text: str) -> tuple[int, str]:
@@ -503,8 +517,8 @@ SUBCOMMANDS: Sequence[Subcommand] = (
     ),
     Subcommand(
         "timeline",
-        "timeline",
-        "List the timeline with entry numbers, for edit and delete.",
+        "timeline [<n>]",
+        "List the timeline with entry numbers, for edit and delete; from entry <n> on.",
         handle_timeline,
         aliases=("entries",),
         needs_text=False,

@@ -29,6 +29,8 @@ SECTION_LIMIT = 3000
 # blocks a message may hold.
 LIST_SECTIONS = 45
 HEADER_LIMIT = 150
+# Sections of entries in one `/incident timeline`: with its title and two contexts, within 50.
+TIMELINE_SECTIONS = 45
 
 
 @dataclass(frozen=True)
@@ -325,27 +327,33 @@ def _entry_line(entry: EntryRow, zone: str, now: datetime, limit: int = 300) -> 
     return f"`#{entry.number}` {when} - {author}{quoted(entry.text, limit)}{link}"
 
 
-def timeline_list(incident: Incident, *, entries: Sequence[EntryRow], now: datetime) -> Reply:
-    """Every live entry with its number, in as many sections as Slack allows."""
+def timeline_list(
+    incident: Incident, *, entries: Sequence[EntryRow], now: datetime, start: int = 0
+) -> Reply:
+    """Every live entry with its number, from `entries[start]` on, in as many sections as
+    Slack allows; a timeline too long for them ends with the command that shows the rest."""
     if not entries:
         return simple(
             f"*{incident.reference}* has no timeline entries yet: `/incident note <text>`"
         )
-    lines = [_entry_line(entry, incident.timezone, now, 200) for entry in entries]
-    sections: list[str] = []
-    current: list[str] = []
+    lines = [_entry_line(entry, incident.timezone, now, 200) for entry in entries[start:]]
+    sections: list[list[str]] = [[]]
     for line in lines:
-        if sum(len(x) + 1 for x in current) + len(line) > SECTION_LIMIT - 50:
-            sections.append("\n".join(current))
-            current = []
-        current.append(line)
-    sections.append("\n".join(current))
-    shown = sections[:45]
+        size = sum(len(x) + 1 for x in sections[-1])
+        if sections[-1] and size + len(line) > SECTION_LIMIT - 50:
+            sections.append([])
+        sections[-1].append(line)
+    shown = sections[:TIMELINE_SECTIONS]
+    following = start + sum(len(part) for part in shown)  # an entry's text may hold newlines
     word = "entry" if len(entries) == 1 else "entries"
-    blocks: list[Block] = [_section(f"*{incident.reference} timeline* ({len(entries)} {word})")]
-    blocks.extend(_section(part) for part in shown)
-    if len(sections) > len(shown):
-        blocks.append(_context("Too long to show here; `incident-bot export` prints all of it."))
+    title = f"*{incident.reference} timeline* ({len(entries)} {word})"
+    if start:
+        title += f", from `#{entries[start].number}` on (earlier ones: `/incident timeline`)"
+    blocks: list[Block] = [_section(title)]
+    blocks.extend(_section("\n".join(part)) for part in shown)
+    if following < len(entries):
+        rest, next_number = len(entries) - following, entries[following].number
+        blocks.append(_context(f"{rest} more: `/incident timeline {next_number}`"))
     blocks.append(_context("`/incident edit <n> [<when> -] <text>` · `/incident delete <n>`"))
     return Reply(text=f"{incident.reference}: {len(entries)} timeline {word}", blocks=blocks)
 

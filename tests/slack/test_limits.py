@@ -4,6 +4,7 @@ FakeSlack refuses what Slack refuses in chat.postMessage and response URLs)."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -123,3 +124,39 @@ def test_a_title_that_opens_directions_where_the_header_is_cut_is_announced(bot:
     [header] = [b["text"]["text"] for b in reply.body["blocks"] if b["type"] == "header"]
     assert len(header) <= 150 and header.startswith("INC-1: " + "x" * 100)
     assert header.count("\u202e") == header.count("\u202c")
+
+
+def shown_numbers(visible: str) -> list[int]:
+    # An entry's line: `#12` 9:01 AM EAT - ...
+    return [int(n) for n in re.findall(r"`#(\d+)` \d", visible)]
+
+
+def test_every_entry_of_a_long_timeline_can_be_reached(bot: Bot) -> None:
+    # `timeline` is how people find the number to edit or delete: on a long incident the
+    # later entries must be reachable too, by the command each part ends with.
+    bot.command("start Long outage")
+    add_entries(bot, 2_000, "the queue is still growing,\n" * 4)
+
+    seen: list[int] = []
+    typed = "timeline"
+    for _ in range(40):
+        reply = bot.command(typed)
+        assert reply.status == 200
+        seen += shown_numbers(reply.visible)
+        following = re.search(r"/incident timeline (\d+)`", reply.visible)
+        if following is None:
+            break
+        typed = f"timeline {following.group(1)}"
+    assert seen == list(range(1, 2_001))
+
+    reply = bot.command("timeline #1500")
+    assert shown_numbers(reply.visible)[0] == 1500
+
+
+@pytest.mark.parametrize("typed", ["timeline 2001", "timeline soon", "timeline 5 6"])
+def test_a_timeline_from_an_entry_that_is_not_there_is_refused(bot: Bot, typed: str) -> None:
+    bot.command("start Long outage")
+    add_entries(bot, 2_000, "x")
+    reply = bot.command(typed)
+    assert reply.status == 200 and ":warning:" in reply.visible
+    assert shown_numbers(reply.visible) == []

@@ -62,6 +62,10 @@ def plain(text: str, limit: int) -> str:
     return fitted
 
 
+# The longest note text the "Meant it at …?" hint repeats in the edit it suggests.
+EDIT_HINT_TEXT = 300
+
+
 def quoted(text: str, limit: int = 2500) -> str:
     """Typed text for mrkdwn: escaped, mention-safe, shortened for Slack's block limits."""
     return slack_text.escape(shorten(text, limit))
@@ -166,8 +170,13 @@ def noted(
     when = local_time(occurred_at, timezone, now=now)
     said = f"Added to *{reference}* at {when}: {quoted(text)}"
     if unseparated:
-        head, rest = quoted(unseparated[0], 64), quoted(unseparated[1])
-        said += f"\nMeant it at {head}? `/incident edit {number} {head} - {rest}`"
+        head, rest = quoted(unseparated[0], 64), unseparated[1]
+        # The edit is given whole, to be copied, only while it fits beside the echo; a
+        # shortened text in it would replace the note's with the shortened one.
+        text_part = (
+            quoted(rest) if len(rest) <= EDIT_HINT_TEXT else "&lt;the text without the time&gt;"
+        )
+        said += f"\nMeant it at {head}? `/incident edit {number} {head} - {text_part}`"
     return simple(said)
 
 

@@ -190,6 +190,16 @@ def test_a_note_that_starts_with_a_time_without_the_dash_says_how_to_date_it(bot
     assert live(bot) == [(1, "rolled back", datetime(2026, 11, 20, 5, 50, tzinfo=UTC))]
 
 
+def test_the_edit_suggested_for_a_long_note_never_holds_a_shortened_text(bot: Bot) -> None:
+    bot.command("start 8:00 AM - Outage")
+    long_text = "rolled back & " * 250  # 3,500 characters, more once escaped
+    reply = bot.command(f"note 8:50 AM {long_text}")  # Bot.dispatch checks Slack's limits
+    assert (
+        "Meant it at 8:50 AM? `/incident edit 1 8:50 AM - &lt;the text without the time&gt;`"
+        in (reply.text)
+    ), reply.text[-300:]
+
+
 @pytest.mark.parametrize(
     "typed", ["note 8:50 AM - rolled back", "note 500 errors at 8:50", "note now it works"]
 )

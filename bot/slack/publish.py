@@ -11,7 +11,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.webhook import WebhookClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import bidi, incidents, postmortem
+from bot import incidents, postmortem
 from bot.models import Incident
 from bot.services import Services, retry_handlers, web_client
 from bot.slack import replies
@@ -120,7 +120,7 @@ def publish_postmortem(
             channel=channel_id,
             content=content,
             filename=f"{reference}-postmortem.md",
-            title=bidi.contained(replies.shorten(f"Postmortem {reference}: {title}", 250)),
+            title=replies.plain(f"Postmortem {reference}: {title}", 250),
         )
 
     try:

@@ -4,6 +4,7 @@ FakeSlack refuses what Slack refuses in chat.postMessage and response URLs)."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 
@@ -160,3 +161,18 @@ def test_a_timeline_from_an_entry_that_is_not_there_is_refused(bot: Bot, typed: 
     reply = bot.command(typed)
     assert reply.status == 200 and ":warning:" in reply.visible
     assert shown_numbers(reply.visible) == []
+
+
+def test_the_uploaded_postmortem_keeps_its_title_within_250_with_directions_closed(
+    bot: Bot,
+) -> None:
+    # The file's title is cut as the header is; the closes of what it opened must fit too.
+    bot.command("start " + "x" * 200 + "\u202e" * 100)
+    bot.command("close")
+    bot.wait()
+
+    [completed] = bot.fake.calls_to("files.completeUploadExternal")
+    files = completed.params["files"]
+    [title] = [f["title"] for f in (json.loads(files) if isinstance(files, str) else files)]
+    assert len(title) <= 250 and title.startswith("Postmortem INC-1: " + "x" * 200)
+    assert title.count("\u202e") == title.count("\u202c")

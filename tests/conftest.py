@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from slack_bolt import App
 from slack_bolt.request import BoltRequest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from bot import db
 from bot.app import build_app
 from bot.config import Settings
 from bot.demo import FakeSlack, SlashCommand, message_refusal, sign
+from bot.models import Incident, TimelineEntry
 from bot.services import Services, build_services
 
 SECRET = "test-signing-secret"
@@ -228,3 +229,30 @@ def bot(database: Database, fake_slack: FakeSlack, clock: Clock) -> Bot:
     services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
     app = build_app(settings, services)
     return Bot(app=app, services=services, fake=fake_slack, clock=clock)
+
+
+def add_entries(bot: Bot, count: int, text: str, channel: str = CHANNEL) -> None:
+    """Give the channel's open incident `count` entries (#1 first in time) without `count`
+    commands."""
+    with bot.services.sessions() as session:
+        incident = session.scalars(
+            select(Incident).where(Incident.team_id == TEAM, Incident.channel_id == channel)
+        ).one()
+        incident_id, started = incident.id, incident.started_at
+    rows = [
+        {
+            "incident_id": incident_id,
+            "occurred_at": started + timedelta(seconds=n),
+            "recorded_at": started + timedelta(seconds=n),
+            "author_id": ALICE,
+            "kind": "note",
+            "text": f"entry {n + 1}: {text}",
+            "number": n + 1,
+        }
+        for n in range(count)
+    ]
+    with bot.services.engine.begin() as conn:
+        conn.execute(insert(TimelineEntry), rows)
+        conn.execute(
+            update(Incident).where(Incident.id == incident_id).values(last_entry_number=count)
+        )

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, event, insert, select, update
+from sqlalchemy import Engine, event, select
 
 from bot import postmortem
-from bot.models import Incident, TimelineEntry
-from tests.conftest import ALICE, TEAM, Bot
+from bot.models import Incident
+from tests.conftest import TEAM, Bot, add_entries
 
 SIZES = (200, 2_000)
 # Ceilings with room for new features (today: status 4-5, render 4-5, close and publish
@@ -46,28 +45,7 @@ def incident_with_entries(bot: Bot, entries: int) -> str:
     """Open an incident in a channel of its own and give it `entries` notes; its channel."""
     channel = f"C0SIZE{entries:05d}"
     assert bot.command("start A long incident", channel=channel).status == 200
-    with bot.services.sessions() as session:
-        incident = session.scalars(
-            select(Incident).where(Incident.team_id == TEAM, Incident.channel_id == channel)
-        ).one()
-        incident_id, started = incident.id, incident.started_at
-    rows = [
-        {
-            "incident_id": incident_id,
-            "occurred_at": started + timedelta(seconds=n),
-            "recorded_at": started + timedelta(seconds=n),
-            "author_id": ALICE,
-            "kind": "note",
-            "text": f"Entry {n}: the *queue* <depth> & retries",
-            "number": n + 1,
-        }
-        for n in range(entries)
-    ]
-    with bot.services.engine.begin() as conn:
-        conn.execute(insert(TimelineEntry), rows)
-        conn.execute(
-            update(Incident).where(Incident.id == incident_id).values(last_entry_number=entries)
-        )
+    add_entries(bot, entries, "the *queue* <depth> & retries", channel=channel)
     return channel
 
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select, update
 
 from bot.demo import RESPONSE_URL, message_refusal
-from bot.models import Incident, TimelineEntry
-from tests.conftest import ALICE, CHANNEL, TEAM, Bot
+from tests.conftest import ALICE, CHANNEL, Bot, add_entries
 
 
 def section(text: str) -> dict[str, object]:
@@ -43,33 +40,6 @@ def test_fake_slack_refuses_what_slack_documents_it_refuses(
     message: dict[str, object], error: str | None
 ) -> None:
     assert message_refusal(message) == error
-
-
-def add_entries(bot: Bot, count: int, text: str, channel: str = CHANNEL) -> None:
-    """Give the channel's open incident `count` entries (#1 first in time) without `count`
-    commands."""
-    with bot.services.sessions() as session:
-        incident = session.scalars(
-            select(Incident).where(Incident.team_id == TEAM, Incident.channel_id == channel)
-        ).one()
-        incident_id, started = incident.id, incident.started_at
-    rows = [
-        {
-            "incident_id": incident_id,
-            "occurred_at": started + timedelta(seconds=n),
-            "recorded_at": started + timedelta(seconds=n),
-            "author_id": ALICE,
-            "kind": "note",
-            "text": f"entry {n + 1}: {text}",
-            "number": n + 1,
-        }
-        for n in range(count)
-    ]
-    with bot.services.engine.begin() as conn:
-        conn.execute(insert(TimelineEntry), rows)
-        conn.execute(
-            update(Incident).where(Incident.id == incident_id).values(last_entry_number=count)
-        )
 
 
 # 4,000 characters on many lines, of those that escaping lengthens and a broadcast.

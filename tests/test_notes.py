@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Connection, event, select, text
+from sqlalchemy import Connection, Engine, event, select, text
 
 from bot import db, incidents
 from bot.db import make_session_factory
@@ -115,6 +115,14 @@ def _first_write(
     finally:
         event.remove(database.engine, "engine_connect", on_connect)
     return first
+
+
+def _another_process_engine(database: Database) -> Engine:
+    """An engine of its own on the same database, as a second worker process has."""
+    options = database.env.get("PGOPTIONS")
+    return db.make_engine(
+        database.url, **({"connect_args": {"options": options}} if options else {})
+    )
 
 
 def _wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -292,10 +300,7 @@ def test_notes_without_a_request_id_are_each_written(database: Database) -> None
 def test_the_same_request_in_two_processes_at_once_is_written_once(database: Database) -> None:
     """A proxy that retries to another worker: two engines, two writers, the same requests."""
     incident = _start(database, "C1")
-    options = database.env.get("PGOPTIONS")
-    other = db.make_engine(
-        database.url, **({"connect_args": {"options": options}} if options else {})
-    )
+    other = _another_process_engine(database)
     writers = [NoteWriter(database.engine), NoteWriter(other)]
     barrier = threading.Barrier(8)
 
@@ -443,10 +448,7 @@ def test_two_processes_writers_share_the_numbering_without_conflict(
     """Two workers (two engines, two writers) noting into the same channels at once."""
     channels = ["C1", "C2", "C3", "C4"]
     opened = {channel: _start(database, channel) for channel in channels}
-    options = database.env.get("PGOPTIONS")
-    other = db.make_engine(
-        database.url, **({"connect_args": {"options": options}} if options else {})
-    )
+    other = _another_process_engine(database)
     writers = [NoteWriter(database.engine), NoteWriter(other)]
     barrier = threading.Barrier(12)
 

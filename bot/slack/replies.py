@@ -261,8 +261,9 @@ def status(
         ("Summary", incident.summary),
     ]
     known = [f"*{name}:* {quoted(value, 500)}" for name, value in fields if value]
-    if known:
-        blocks.append(_section("\n".join(known)))
+    # Escaping can make each text five times longer (`&` is `&amp;`): a section holds what
+    # fits, so that one long field cannot push the next ones past the section's end.
+    blocks.extend(_section(part) for part in _grouped(known, SECTION_LIMIT))
     if entries:
         hidden = total - len(entries)
         lines = [_entry_line(e, incident.timezone, now, 200) for e in entries]
@@ -334,6 +335,16 @@ def _entry_line(entry: EntryRow, zone: str, now: datetime, limit: int = 300) -> 
     link = f" <{entry.permalink}|(message)>" if entry.permalink else ""
     when = local_time(entry.occurred_at, zone, now=now)
     return f"`#{entry.number}` {when} - {author}{quoted(entry.text, limit)}{link}"
+
+
+def _grouped(lines: Sequence[str], limit: int) -> list[str]:
+    """`lines` joined into as few texts of at most `limit` characters as they fit in."""
+    groups: list[list[str]] = []
+    for line in lines:
+        if not groups or sum(len(x) + 1 for x in groups[-1]) + len(line) > limit:
+            groups.append([])
+        groups[-1].append(line)
+    return ["\n".join(group) for group in groups]
 
 
 def timeline_list(

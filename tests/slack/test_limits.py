@@ -146,3 +146,14 @@ def test_the_uploaded_postmortem_keeps_its_title_within_250_with_directions_clos
     [title] = [f["title"] for f in (json.loads(files) if isinstance(files, str) else files)]
     assert len(title) <= 250 and title.startswith("Postmortem INC-1: " + "x" * 200)
     assert title.count("\u202e") == title.count("\u202c")
+
+
+def test_status_shows_every_field_however_much_escaping_lengthens_them(bot: Bot) -> None:
+    bot.command("start Outage")
+    for field in ("impact", "cause", "resolution", "summary"):
+        assert "set" in bot.command(f"{field} {field} " + "&" * 3900).text
+
+    visible = bot.command("status").visible
+
+    for label in ("Impact:", "Root cause:", "Resolution:", "Summary:"):
+        assert label in visible, label

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -355,21 +355,16 @@ def sample_context() -> PostmortemContext:
 
 def empty_sample_context() -> PostmortemContext:
     """An open incident where nothing was recorded: every optional field empty."""
-    return PostmortemContext(
-        reference="INC-1",
-        title="Checkout is failing",
-        channel_id="C0SAMPLE01",
+    full = sample_context()
+    return replace(
+        full,
         status="ongoing",
-        timezone="UTC",
-        date="Friday 20 November 2026",
-        window=Window(
+        window=replace(
+            full.window,
             phrase="Since 1:06 AM UTC",
-            start="1:06 AM",
             end="1:36 AM",
-            zone="UTC",
             duration="30 minutes",
             ongoing=True,
-            spans_days=False,
         ),
         impact=None,
         cause=None,
@@ -378,6 +373,9 @@ def empty_sample_context() -> PostmortemContext:
         timeline=[],
         actions=[],
         generated_on="2026-11-20 01:36 UTC",
+        severity=None,
+        roles=(),
+        moments=Moments(None, None, None, None, None),
     )
 
 

@@ -197,12 +197,9 @@ def serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         yield server.base
 
 
-def test_serve_refuses_a_database_without_the_schema(
-    database: Database, serve_env: dict[str, str], tmp_path: Path
-) -> None:
-    undo_migrations(database)
-
-    result = subprocess.run(
+def serve_refused(serve_env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`incident-bot serve` run to its end, as when it refuses to start."""
+    return subprocess.run(
         [sys.executable, "-m", "bot", "serve", "--port", str(free_port())],
         env=serve_env,
         cwd=tmp_path,
@@ -210,6 +207,14 @@ def test_serve_refuses_a_database_without_the_schema(
         text=True,
         timeout=120,
     )
+
+
+def test_serve_refuses_a_database_without_the_schema(
+    database: Database, serve_env: dict[str, str], tmp_path: Path
+) -> None:
+    undo_migrations(database)
+
+    result = serve_refused(serve_env, tmp_path)
 
     assert result.returncode == 2
     assert "Run `incident-bot db upgrade`" in result.stderr
@@ -240,14 +245,7 @@ def test_yesterdays_database_is_refused_then_upgraded_and_served_with_its_incide
         assert connection.execute(text(rows)).all() == entries
         assert connection.execute(text("SELECT COUNT(*) FROM postmortems")).scalar() == 1
 
-    refused = subprocess.run(
-        [sys.executable, "-m", "bot", "serve", "--port", str(free_port())],
-        env=serve_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = serve_refused(serve_env, tmp_path)
     assert refused.returncode == 2
     assert "schema is at revision 0003, older than this version's" in refused.stderr
     assert "Run `incident-bot db upgrade`" in refused.stderr

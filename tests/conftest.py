@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from slack_bolt import App
@@ -256,3 +258,18 @@ def add_entries(bot: Bot, count: int, text: str, channel: str = CHANNEL) -> None
         conn.execute(
             update(Incident).where(Incident.id == incident_id).values(last_entry_number=count)
         )
+
+
+T = TypeVar("T")
+
+
+def at_once(count: int, work: Callable[[int], T]) -> list[T]:
+    """`work(0)` … `work(count - 1)`, each in a thread of its own, all released together."""
+    barrier = threading.Barrier(count)
+
+    def run(n: int) -> T:
+        barrier.wait()
+        return work(n)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))

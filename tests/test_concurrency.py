@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from bot import incidents
 from bot.db import make_session_factory
 from bot.models import Incident, Postmortem, TimelineEntry
-from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database
+from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database, at_once
 
 
 def _start(database: Database, channel: str, title: str) -> Incident:
@@ -82,14 +82,7 @@ def test_starts_in_many_channels_at_once_get_distinct_numbers(database: Database
 def test_many_starts_through_the_app_for_one_channel_open_exactly_one(
     bot: Bot, attempts: int
 ) -> None:
-    barrier = threading.Barrier(attempts)
-
-    def start(n: int) -> str:
-        barrier.wait()
-        return bot.command(f"start attempt {n}").text
-
-    with ThreadPoolExecutor(max_workers=attempts) as pool:
-        texts = list(pool.map(start, range(attempts)))
+    texts = at_once(attempts, lambda n: bot.command(f"start attempt {n}").text)
 
     assert sum("opened" in text for text in texts) == 1
     assert sum("already open" in text and "INC-1" in text for text in texts) == attempts - 1
@@ -124,14 +117,7 @@ def test_closes_racing_for_one_incident_close_it_once_and_publish_once(
     bot: Bot, attempts: int
 ) -> None:
     bot.command("start Checkout is down")
-    barrier = threading.Barrier(attempts)
-
-    def close(n: int) -> str:
-        barrier.wait()
-        return bot.command(f"close fixed by {n}").text
-
-    with ThreadPoolExecutor(max_workers=attempts) as pool:
-        texts = list(pool.map(close, range(attempts)))
+    texts = at_once(attempts, lambda n: bot.command(f"close fixed by {n}").text)
     bot.wait()
 
     closed_here = [text for text in texts if "Posting the summary" in text]
@@ -148,14 +134,7 @@ def test_reopens_racing_for_one_incident_reopen_it_once(bot: Bot, attempts: int)
     bot.command("start Checkout is down")
     bot.command("close")
     bot.wait()
-    barrier = threading.Barrier(attempts)
-
-    def reopen(n: int) -> str:
-        barrier.wait()
-        return bot.command(f"reopen errors are back, says {n}").text
-
-    with ThreadPoolExecutor(max_workers=attempts) as pool:
-        texts = list(pool.map(reopen, range(attempts)))
+    texts = at_once(attempts, lambda n: bot.command(f"reopen errors are back, says {n}").text)
 
     assert sum(text == "INC-1 reopened" for text in texts) == 1, texts
     with bot.services.sessions() as session:

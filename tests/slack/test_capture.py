@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 from bot import incidents
 from bot.demo import Fault, signed_event, signed_shortcut
 from bot.models import EntryRevision, TimelineEntry
-from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, TOKEN, Bot, Reply
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, TOKEN, Bot, Reply, at_once
 
 PIN_TS = "1795154400.000100"  # 2026-11-20 06:00:00.0001 UTC
 
@@ -507,14 +506,7 @@ def test_a_pin_in_a_channel_slack_will_not_let_the_bot_read_is_answered_and_logg
 
 def _at_once(bot: Bot, requests: list[tuple[str, dict[str, str]]]) -> list[Reply]:
     """Dispatch every request from a thread of its own, all released together."""
-    barrier = threading.Barrier(len(requests))
-
-    def deliver(request: tuple[str, dict[str, str]]) -> Reply:
-        barrier.wait()
-        return bot.dispatch(*request)
-
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        return list(pool.map(deliver, requests))
+    return at_once(len(requests), lambda n: bot.dispatch(*requests[n]))
 
 
 def test_a_pin_event_and_its_retries_delivered_at_once_make_one_entry_and_use_one_number(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from bot.models import (
     RoleAssignment,
     TimelineEntry,
 )
-from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot
+from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot, at_once
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
 HUM = REFERENCE / "hum-ddos-outage.md"
@@ -790,14 +788,7 @@ def _incidents(bot: Bot) -> list[Incident]:
 def test_the_same_request_delivered_twice_at_once_is_carried_out_once(bot: Bot) -> None:
     bot.command("start Outage")
     request = bot.signed_command("action add a DDoS filter")
-    barrier = threading.Barrier(4)
-
-    def deliver(_: int) -> str:
-        barrier.wait()
-        return bot.dispatch(*request).text
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        answers = list(pool.map(deliver, range(4)))
+    answers = at_once(4, lambda _: bot.dispatch(*request).text)
 
     assert sorted("already" in answer for answer in answers) == [False, True, True, True]
     assert count(bot, Action) == 1

@@ -263,7 +263,9 @@ def status(
     known = [f"*{name}:* {quoted(value, 500)}" for name, value in fields if value]
     # Escaping can make each text five times longer (`&` is `&amp;`): a section holds what
     # fits, so that one long field cannot push the next ones past the section's end.
-    blocks.extend(_section(part) for part in _grouped(known, SECTION_LIMIT))
+    if known:
+        parts = _chunk_lines(known, limit=SECTION_LIMIT)
+        blocks.extend(_section("\n".join(part)) for part in parts)
     if entries:
         hidden = total - len(entries)
         lines = [_entry_line(e, incident.timezone, now, 200) for e in entries]
@@ -337,16 +339,6 @@ def _entry_line(entry: EntryRow, zone: str, now: datetime, limit: int = 300) -> 
     return f"`#{entry.number}` {when} - {author}{quoted(entry.text, limit)}{link}"
 
 
-def _grouped(lines: Sequence[str], limit: int) -> list[str]:
-    """`lines` joined into as few texts of at most `limit` characters as they fit in."""
-    groups: list[list[str]] = []
-    for line in lines:
-        if not groups or sum(len(x) + 1 for x in groups[-1]) + len(line) > limit:
-            groups.append([])
-        groups[-1].append(line)
-    return ["\n".join(group) for group in groups]
-
-
 def timeline_list(
     incident: Incident, *, entries: Sequence[EntryRow], now: datetime, start: int = 0
 ) -> Reply:
@@ -357,13 +349,7 @@ def timeline_list(
             f"*{incident.reference}* has no timeline entries yet: `/incident note <text>`"
         )
     lines = [_entry_line(entry, incident.timezone, now, 200) for entry in entries[start:]]
-    sections: list[list[str]] = [[]]
-    for line in lines:
-        size = sum(len(x) + 1 for x in sections[-1])
-        if sections[-1] and size + len(line) > SECTION_LIMIT - 50:
-            sections.append([])
-        sections[-1].append(line)
-    shown = sections[:TIMELINE_SECTIONS]
+    shown = _chunk_lines(lines, most=TIMELINE_SECTIONS, limit=SECTION_LIMIT - 50)
     following = start + sum(len(part) for part in shown)  # an entry's text may hold newlines
     word = "entry" if len(entries) == 1 else "entries"
     title = f"*{incident.reference} timeline* ({len(entries)} {word})"
@@ -456,12 +442,15 @@ def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
     )
 
 
-def _chunk_lines(lines: Sequence[str], *, most: int) -> list[list[str]]:
-    """`lines` in order, as many as fit in `most` sections of at most SECTION_LIMIT each."""
+def _chunk_lines(
+    lines: Sequence[str], *, most: int | None = None, limit: int = SECTION_LIMIT - 20
+) -> list[list[str]]:
+    """`lines` in order, as many as fit in `most` (or any number of) sections of at most
+    `limit` characters each."""
     chunks: list[list[str]] = [[]]
     size = 0
     for line in lines:
-        if chunks[-1] and size + len(line) + 1 > SECTION_LIMIT - 20:
+        if chunks[-1] and size + len(line) + 1 > limit:
             if len(chunks) == most:
                 break
             chunks.append([])

@@ -437,8 +437,9 @@ def _window_phrase(
 _LINE_END = re.compile(r"\r\n|\r|\n")
 # Backslash-escaped anywhere: code spans, emphasis (* always; _ see below), links and images,
 # autolinks and HTML, entity references; and GitHub's extensions, which most viewers of a .md
-# file have: ~~strikethrough~~ (and ~~~ fences) and | table cells |.
-_MD_INLINE = re.compile(r"[\\`*\[\]<>~|]|&(?=#?\w+;)|_+")
+# file have: ~~strikethrough~~ (and ~~~ fences), | table cells | and $math$ ($PATH and $HOME
+# would be one formula).
+_MD_INLINE = re.compile(r"[\\`*\[\]<>~|$]|&(?=#?\w+;)|_+")
 # What would start a block at the beginning of a line: a heading, a quote, a list item, a
 # thematic break or setext underline. (A table needs an unescaped |, and there is none.)
 _MD_BLOCK_START = re.compile(r"^([#+=>-])")

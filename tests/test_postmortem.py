@@ -850,6 +850,18 @@ def test_a_multi_line_title_stays_one_heading(stories: Stories) -> None:
     assert rendered.md[1].kind == "p" and rendered.md[1].text.startswith("<strong_open>INC-")
 
 
+def test_dollar_signs_are_escaped_so_github_shows_no_math(stories: Stories) -> None:
+    # GitHub (and GitLab) read $...$ and $$...$$ in a .md file as a math formula: "$PATH and
+    # $HOME" would show "PATH and " in italic math and lose both dollar signs. CommonMark has
+    # no math, so it cannot see this; the check is that no $ reaches the file unescaped.
+    typed = "echo $PATH and $HOME; $$x$$ costs $5"
+    rendered = _story_with_everywhere(stories, typed)
+
+    assert re.findall(r"(?<!\\)\$", rendered.markdown) == []
+    assert rendered.md_timeline() == [f"1:10 AM - {typed}"]
+    assert rendered.md[0] == Block("h1", f"Postmortem: {typed}")
+
+
 # Any text a person can store (the use cases refuse NUL and text with nothing visible, and
 # surrogates cannot be encoded).
 PERSON_TEXT = (

@@ -202,6 +202,7 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
         elif key not in ("at", "on"):
             words.append(word)
     cleaned = _UTC_OFFSET.sub(_plain_offset, " ".join(words))
+    cleaned = _NUMERIC_DATE.sub(_month_named, cleaned)
     tzinfos = _known_abbreviations(zone, now)
 
     # Parse twice with different defaults: a field that changes with the default was not typed.
@@ -320,6 +321,18 @@ def _refuse_ambiguous_date(text: str) -> None:
                 f"{calendar.month_abbr[second]} {first}; write the month as a word, as in "
                 f"`{calendar.month_abbr[first]} {second}`, or the date as year-month-day."
             )
+
+
+def _month_named(match: re.Match[str]) -> str:
+    """A numeric date without a year that reads one way (`20/11`, `20.11.`), as `Nov 20`:
+    dateutil reads such dates month first only, and refuses or misreads them day first."""
+    first, second = int(match.group(1)), int(match.group(3))
+    if len(match.group()) > len(match.group(1)) + 1 + len(match.group(3)):
+        return match.group()  # with a year, dateutil reads either order
+    month, day = (second, first) if first > 12 else (first, second)
+    if not 1 <= month <= 12:
+        return match.group()  # no reading at all: dateutil refuses it
+    return f"{calendar.month_abbr[month]} {day}"
 
 
 def _counted_back(text: str) -> timedelta | None:

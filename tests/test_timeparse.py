@@ -326,6 +326,15 @@ def test_a_numeric_date_that_reads_one_way_is_read(typed: str, expected: datetim
     assert parse(typed) == expected
 
 
+@pytest.mark.parametrize(
+    "typed", ["20/11 1:06", "20-11 1:06", "20.11. 01:06", "20.11 01:06", "1:06 AM 20/11"]
+)
+def test_a_day_first_numeric_date_without_a_year_is_read(typed: str) -> None:
+    # Day first is the order of most of the world; 20 cannot be a month, so there is one
+    # reading, as for `11/20 1:06` (month first), which was read while these were refused.
+    assert parse(typed) == utc(2026, 11, 19, 22, 6)
+
+
 @pytest.mark.parametrize("typed", ["NOV 20 1:06 AM", "DEC 25 1:00", "SEPT 5 1:06"])
 def test_upper_case_month_names_are_not_taken_for_zones(typed: str) -> None:
     expected = {"NOV": utc(2026, 11, 19, 22, 6), "DEC": utc(2025, 12, 24, 22, 0)}

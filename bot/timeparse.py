@@ -13,8 +13,9 @@ Only this module knows python-dateutil. The rules, in short:
   of numbers that reads two ways (`03/11`: March or November?).
 * `now`, and a time counted back from it (`10 min ago`, `an hour ago`, `1h30m ago`), are
   read as said; they need no clock time and name no zone.
-* A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`/`Z`,
-  or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`). Other names are refused.
+* A zone may be given: an offset (`+03:00`, `UTC+3`, meaning ahead of UTC), `UTC`/`GMT`
+  (in any case)/`Z`, or the writer's own zone's abbreviations (`EAT`; `PST` and `PDT`).
+  Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
   one that happens twice (clocks going back) is the first of the two, unless the writer
   named the second by its abbreviation (refused while that one is still ahead).
@@ -69,6 +70,8 @@ _NUMERIC_TOKEN = re.compile(
     re.IGNORECASE,
 )
 _ZONE_ABBREVIATION = re.compile(r"[A-Z]{2,5}|Z")
+# Read in any case, as they are in `utc+3`: no other zone has these names.
+_UTC_NAMES = frozenset({"utc", "gmt"})
 # An offset after an ISO time (`T01:06-08:00`), on its own (`01:06 -08:00`), or with a plus
 # (`01:06+03:00`). `10:30-11:00` is left alone: that is more likely a range of two times.
 _ISO_OFFSET = re.compile(r"(t\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)[+-]\d{1,2}(?::?\d{2})?", re.I)
@@ -167,6 +170,7 @@ def _is_time_word(token: str, *, zone_allowed: bool) -> bool:
         token.lower().rstrip(".") in _WORDS
         or _NUMERIC_TOKEN.fullmatch(token) is not None
         or (zone_allowed and _ZONE_ABBREVIATION.fullmatch(token) is not None)
+        or (zone_allowed and token.lower() in _UTC_NAMES)
     )
 
 
@@ -199,6 +203,8 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
             relative_day = _RELATIVE_DAYS[key]
         elif key in _WEEKDAYS:
             weekday = _WEEKDAYS[key]
+        elif key in _UTC_NAMES:
+            words.append(word.upper())  # dateutil knows only UTC and GMT as zones
         elif key not in ("at", "on"):
             words.append(word)
     cleaned = _UTC_OFFSET.sub(_plain_offset, " ".join(words))

@@ -120,6 +120,18 @@ def test_utc_plus_offsets_mean_ahead_of_utc(typed: str, expected: datetime) -> N
     assert parse(typed) == expected
 
 
+@pytest.mark.parametrize(
+    "typed",
+    ["01:06 utc - db failover", "1:06 am gmt - db failover", "Nov 20 01:06 Utc - db failover"],
+)
+def test_utc_and_gmt_in_lower_case_date_the_note(typed: str) -> None:
+    # `utc-05:00` was read, but `utc` alone made the whole text a note stamped now, its
+    # time an hour (or more) from the one typed.
+    assert split_leading_time(typed, zone=NAIROBI, now=NOW) == Leading(
+        when=utc(2026, 11, 20, 1, 6), rest="db failover"
+    )
+
+
 # --- weekdays ---------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ Only this module knows python-dateutil. The rules, in short:
   Other names are refused.
 * A wall time that does not exist (the hour skipped when clocks go forward) is refused;
   one that happens twice (clocks going back) is the first of the two, unless the writer
-  named the second by its abbreviation (refused while that one is still ahead).
+  named the second by its abbreviation (refused while that one is still ahead). A time of
+  day alone is the second when that has already come (at 2 AM, `1:30` is half an hour ago).
 """
 
 from __future__ import annotations
@@ -308,7 +309,14 @@ def _resolve(
         )
     typed_names = [token for token in cleaned.split() if tzinfos.get(token) is zone]
     named = typed_names[-1] if typed_names else None
-    moment = _localize(candidate, target_zone, text, named=named).astimezone(UTC)
+    time_of_day_alone = not has_date and relative_day is None and weekday is None
+    moment = _localize(
+        candidate,
+        target_zone,
+        text,
+        named=named,
+        latest_by=now + FUTURE_TOLERANCE if time_of_day_alone else None,
+    ).astimezone(UTC)
     # The day was chosen by the earlier pass of the wall time; the second pass of an hour the
     # clocks repeat, named by its abbreviation (`1:50 AM PST` at 1:10 AM PST), can still be
     # ahead. Yesterday has no such second pass, so it is refused rather than moved.
@@ -407,11 +415,14 @@ def _is_future(naive: datetime, zone: tzinfo, now: datetime) -> bool:
     return earliest > now.astimezone(UTC) + FUTURE_TOLERANCE
 
 
-def _localize(naive: datetime, zone: tzinfo, typed: str, *, named: str | None) -> datetime:
+def _localize(
+    naive: datetime, zone: tzinfo, typed: str, *, named: str | None, latest_by: datetime | None
+) -> datetime:
     """The wall time `naive` in `zone`: refused if skipped, the first if it happens twice.
 
     When the writer named the zone by the abbreviation of the second (`1:30 AM PST` as the
-    clocks go back), that one is meant.
+    clocks go back), that one is meant. With `latest_by` (a time of day alone), the second
+    is meant when it has come by then: a time of day is its latest past occurrence.
     """
     aware = naive.replace(tzinfo=zone, fold=0)
     if aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
@@ -420,7 +431,11 @@ def _localize(naive: datetime, zone: tzinfo, typed: str, *, named: str | None) -
             f"{_zone_name(zone)}: the clocks skipped that hour."
         )
     second = naive.replace(tzinfo=zone, fold=1)
-    if named is not None and second.utcoffset() != aware.utcoffset() and second.tzname() == named:
+    if second.utcoffset() == aware.utcoffset():
+        return aware
+    if named is not None:
+        return second if second.tzname() == named else aware
+    if latest_by is not None and second.astimezone(UTC) <= latest_by.astimezone(UTC):
         return second
     return aware
 

@@ -393,9 +393,24 @@ def test_fall_back_ambiguous_time_is_the_first_occurrence(typed: str) -> None:
     assert parse(typed, LOS_ANGELES) == utc(2026, 11, 1, 8, 30)  # 1:30 PDT, UTC-7
 
 
-def test_fall_back_time_of_day_is_the_first_occurrence() -> None:
+def test_fall_back_time_of_day_is_the_latest_pass_already_come() -> None:
+    # At 2:00 AM PST both passes of 1:30 are past: 1:30 PST, half an hour ago, is meant, as a
+    # time of day is always its latest past occurrence (not 1:30 PDT, an hour and a half ago).
     two_am_pst = utc(2026, 11, 1, 10, 0)
-    assert parse("1:30", LOS_ANGELES, two_am_pst) == utc(2026, 11, 1, 8, 30)
+    assert parse("1:30", LOS_ANGELES, two_am_pst) == utc(2026, 11, 1, 9, 30)
+
+
+def test_fall_back_time_of_day_during_the_second_pass() -> None:
+    # At 1:40 AM PST, "1:30" is ten minutes ago, not seventy.
+    second_pass = utc(2026, 11, 1, 9, 40)
+    assert parse("1:30", LOS_ANGELES, second_pass) == utc(2026, 11, 1, 9, 30)
+    # 1:55 of the second pass is still ahead; the first pass's 1:55 has come.
+    assert parse("1:55", LOS_ANGELES, second_pass) == utc(2026, 11, 1, 8, 55)
+
+
+def test_fall_back_time_of_day_with_its_first_pass_named() -> None:
+    two_am_pst = utc(2026, 11, 1, 10, 0)
+    assert parse("1:30 AM PDT", LOS_ANGELES, two_am_pst) == utc(2026, 11, 1, 8, 30)
 
 
 def test_fall_back_second_occurrence_when_the_writer_names_it() -> None:

@@ -138,7 +138,7 @@ def _zone(candidate: object) -> str | None:
         return None
     try:
         ZoneInfo(candidate)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder ("America")
         log.warning("users.info gave an unknown zone %r", candidate)
         return None
     return candidate

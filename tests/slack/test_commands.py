@@ -23,6 +23,7 @@ from bot.models import (
     TimelineEntry,
 )
 from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot, at_once
+from tests.slack.test_capture import PIN_TS, reaction
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
 HUM = REFERENCE / "hum-ddos-outage.md"
@@ -193,6 +194,24 @@ def test_note_with_a_time_is_read_in_the_writers_own_zone(bot: Bot) -> None:
         ("Alice saw errors", datetime(2026, 11, 20, 5, 30, tzinfo=UTC)),
         ("Bob saw errors", datetime(2026, 11, 20, 5, 45, tzinfo=UTC)),
     ]
+
+
+@pytest.mark.parametrize("zone", ["America", "Not/A_Zone", "../etc"])
+def test_a_zone_slack_gives_that_is_no_zone_still_keeps_the_persons_name(
+    bot: Bot, zone: str
+) -> None:
+    # A folder of zones ("America") makes ZoneInfo raise IsADirectoryError, not
+    # ZoneInfoNotFoundError; the name Slack gave with it is still the person's.
+    bot.fake.users[BOB] = zone
+    bot.fake.names[BOB] = "bob"
+    bot.command("start Outage")
+    bot.command("note 07:50 - Bob, with a strange zone", user=BOB)  # INCIDENT_TIMEZONE (UTC)
+    reaction(bot, bot.fake.post(CHANNEL, "db is back", user=BOB, ts=PIN_TS))
+    bot.wait()
+
+    noted, pinned = stored_entries(bot)
+    assert noted.occurred_at == datetime(2026, 11, 19, 7, 50, tzinfo=UTC)
+    assert pinned.author_name == "bob"
 
 
 def test_text_that_starts_with_a_number_is_not_a_time(bot: Bot) -> None:

@@ -602,13 +602,12 @@ _BY_NAME = {name: sub for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases
 
 
 def split_subcommand(text: str) -> tuple[str, str]:
-    """`"note 1:06 AM - x"` → `("note", "1:06 AM - x")`; the name is lowercased."""
-    stripped = text.strip()
-    name, _, rest = stripped.partition(" ")
-    if "\n" in name:
-        name, _, more = name.partition("\n")
-        rest = more + (" " + rest if rest else "")
-    return name.lower(), rest.strip()
+    """`"note 1:06 AM - x"` → `("note", "1:06 AM - x")`; the name is lowercased.
+
+    Any whitespace ends the name: a newline, a tab, or a no-break or ideographic space that
+    a phone keyboard, an input method or a paste put there."""
+    name, *rest = text.split(maxsplit=1) or [""]
+    return name.lower(), rest[0].strip() if rest else ""
 
 
 def find_subcommand(name: str) -> Subcommand | None:

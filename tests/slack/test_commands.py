@@ -622,6 +622,21 @@ def test_without_an_open_incident_nothing_is_stored(bot: Bot, typed: str) -> Non
 # --- what people type ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "space",
+    ["\u00a0", "\u3000", "\t", "\u2009"],
+    ids=["no-break space", "ideographic space", "tab", "thin space"],
+)
+def test_any_space_after_the_subcommand_separates_it_from_the_text(bot: Bot, space: str) -> None:
+    # A phone keyboard, an input method or a paste can put a space other than U+0020 there.
+    bot.command("start Outage")
+
+    reply = bot.command(f"note{space}DB back up")
+
+    assert "Added to *INC-1*" in reply.text
+    assert [entry.text for entry in stored_entries(bot)] == ["DB back up"]
+
+
 def test_text_over_the_limit_is_refused_with_the_limit_named(bot: Bot) -> None:
     bot.command("start Outage")
     reply = bot.command("note " + "x" * (MAX_TEXT_LENGTH + 1))

@@ -422,14 +422,19 @@ def handle_commander(call: Call, incident: Incident | None) -> Outcome:
 
 
 def handle_reopen(call: Call, _incident: Incident | None) -> Outcome:
-    incident = incidents.reopen_incident(
-        call.session,
-        team_id=call.team_id,
-        channel_id=call.channel_id,
-        reason=call.text,
-        user_id=call.user_id,
-        now=call.now,
-    )
+    if call.in_conversation():
+        return no_incident(call)
+    try:
+        incident = incidents.reopen_incident(
+            call.session,
+            team_id=call.team_id,
+            channel_id=call.channel_id,
+            reason=call.text,
+            user_id=call.user_id,
+            now=call.now,
+        )
+    except incidents.NoOpenIncidentError:  # the channel never had one
+        return Outcome(replies.nothing_to_reopen(), result="no_incident")
     return Outcome(replies.reopened(incident, reason=call.text, by=call.user_id))
 
 

@@ -467,3 +467,14 @@ def closed_elsewhere(reference: str) -> Reply:
         "`/incident start <title>`."
     )
     return Reply(text=f"{reference} is closed.", blocks=(_section(message),))
+
+
+def nothing_to_reopen() -> Reply:
+    message = (
+        "There is no incident to reopen in this channel: none was ever run here, so nothing "
+        "was recorded.\nStart one with `/incident start <title>`; a closed incident is "
+        "reopened in its own channel."
+    )
+    return Reply(
+        text="There is no incident to reopen in this channel.", blocks=(_section(message),)
+    )

@@ -525,10 +525,32 @@ def test_reopen_reopens_the_incident_the_channel_was_told_about(bot: Bot) -> Non
 
 
 def test_reopen_is_refused_when_something_is_open_or_nothing_was_closed(bot: Bot) -> None:
-    assert "no open incident" in bot.command("reopen why").text.lower()
+    assert "no incident to reopen" in bot.command("reopen why").text.lower()
     bot.command("start Outage")
     assert "open" in bot.command("reopen why").text
     assert "reopen" in bot.command("reopen").text  # missing reason: the usage
+
+
+def test_reopen_where_there_was_never_an_incident_says_so_and_how_to_start_one(
+    bot: Bot,
+) -> None:
+    # Not "There is no open incident": the person knows that, and wants a closed one back.
+    reply = bot.command("reopen the errors came back")
+
+    assert not reply.in_channel
+    assert "no incident to reopen" in reply.text.lower()
+    assert "no open incident" not in reply.visible.lower()
+    assert "/incident start" in reply.visible
+    with bot.services.sessions() as session:
+        assert session.scalars(select(Incident)).first() is None
+        assert session.scalars(select(TimelineEntry)).first() is None
+
+
+def test_reopen_in_a_direct_message_points_to_the_channel(bot: Bot) -> None:
+    reply = bot.command("reopen the errors came back", channel="D0DIRECT01")
+
+    assert not reply.in_channel
+    assert "in the incident's channel" in reply.text
 
 
 def test_list_of_many_incidents_shows_them_all_newest_first(bot: Bot) -> None:

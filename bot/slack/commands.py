@@ -294,8 +294,9 @@ def handle_timeline(call: Call, incident: Incident | None) -> Outcome:
 
 
 def _entry_number(text: str) -> tuple[int, str]:
-    """`"#5 1:10 AM - text"` → `(5, "1:10 AM - text")`."""
-    first, _, rest = text.partition(" ")
+    """`"#5 1:10 AM - text"` → `(5, "1:10 AM - text")`; any whitespace ends the number."""
+    first, *more = text.split(maxsplit=1) or [""]
+    rest = more[0] if more else ""
     digits = first.removeprefix("#")
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 9:  # not "²"
         raise incidents.IncidentError(
@@ -406,7 +407,8 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
 
 def handle_role(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
-    role, _, mention = call.raw.strip().partition(" ")
+    role, *more = call.raw.split(maxsplit=1) or [""]  # any whitespace, as after the name
+    mention = more[0] if more else ""
     roles = call.services.settings.roles
     if role.lower() not in roles:
         raise incidents.IncidentError(

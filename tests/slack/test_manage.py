@@ -100,6 +100,22 @@ def test_bad_edits_and_deletes_are_refused_and_change_nothing(bot: Bot, typed: s
         assert session.scalars(select(EntryRevision)).all() == []
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\t"])
+def test_any_space_separates_the_entry_number_from_the_rest(bot: Bot, space: str) -> None:
+    bot.command("start Outage")
+    bot.command("note first")
+    bot.command("note second")
+
+    edited = bot.command(f"edit 1{space}db back up")
+    timeline = bot.command(f"timeline 2{space}")
+    deleted = bot.command(f"delete 2{space}")
+
+    assert "is now" in edited.text, edited.text
+    assert "from `#2` on" in timeline.visible, timeline.visible
+    assert "is off" in deleted.text, deleted.text
+    assert [text for _, text, _ in live(bot)] == ["db back up"]
+
+
 def test_a_closed_incident_cannot_be_edited(bot: Bot) -> None:
     bot.command("start Outage")
     bot.command("note entry")
@@ -396,6 +412,17 @@ def test_roles_are_announced_recorded_and_shown_in_status(bot: Bot) -> None:
     ]
     status = bot.command("status").visible
     assert "Commander:* Bob" in status and "Scribe:* alice" in status
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\t"])
+def test_any_space_separates_the_role_from_the_person(bot: Bot, space: str) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+
+    reply = bot.command(f"role scribe{space}<@U0BOB00001>", escaped=True)
+
+    assert reply.in_channel, reply.text
+    assert [text for _, text, _ in live(bot)] == ["Bob is now the scribe"]
 
 
 def test_giving_someone_the_role_they_hold_is_refused_and_announces_nothing(bot: Bot) -> None:

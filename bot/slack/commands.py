@@ -7,6 +7,7 @@ holds it commits, see bot/notes.py), so what Slack shows as recorded is on disk.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -606,6 +607,9 @@ SUBCOMMANDS: Sequence[Subcommand] = (
 )
 
 _BY_NAME = {name: sub for sub in SUBCOMMANDS for name in (sub.name, *sub.aliases)}
+# How alike (difflib's ratio) a typed name must be to a subcommand's to be suggested:
+# `ntoe` → `note`, `stauts` → `status`, `comander` → `commander`, not `checkout` → anything.
+SUGGESTION_CUTOFF = 0.6
 
 
 def split_subcommand(text: str) -> tuple[str, str]:
@@ -643,6 +647,12 @@ def _run(
         # The name as typed: help_text escapes it again for Slack.
         typed = shorten_name(slack_text.decode(name))
         problem = f"I don't know `{bidi.contained(typed)}`. Here is what I can do:"
+        meant = difflib.get_close_matches(name, _BY_NAME, n=1, cutoff=SUGGESTION_CUTOFF)
+        if meant:  # a typo under stress: `ntoe`, `stauts`; nothing is run on a guess
+            problem = (
+                f"I don't know `{bidi.contained(typed)}`. Did you mean `/incident {meant[0]}`? "
+                "Nothing was recorded. Here is what I can do:"
+            )
         return Outcome(help_reply(problem), result="unknown_subcommand")
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"

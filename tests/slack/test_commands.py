@@ -599,6 +599,35 @@ def test_unknown_subcommand_is_named_in_the_reply(bot: Bot) -> None:
 
 
 @pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("ntoe DB back up", "note"),
+        ("stauts", "status"),
+        ("clsoe 2:46 AM - fixed", "close"),
+        ("sevrity 1", "severity"),
+        ("comander @ann", "commander"),
+    ],
+)
+def test_a_mistyped_subcommand_is_answered_with_the_one_meant(
+    bot: Bot, typed: str, meant: str
+) -> None:
+    bot.command("start Outage")
+
+    reply = bot.command(typed)
+
+    assert not reply.in_channel
+    assert f"did you mean `/incident {meant}`?" in reply.text.lower(), reply.text
+    assert count(bot, TimelineEntry) == 0 and the_incident(bot).status == "open"
+    assert the_incident(bot).severity is None
+
+
+def test_an_unknown_subcommand_like_none_suggests_nothing(bot: Bot) -> None:
+    reply = bot.command("frobnicate now")
+
+    assert "did you mean" not in reply.text.lower()
+
+
+@pytest.mark.parametrize(
     "typed",
     [
         "note hello",

@@ -44,6 +44,27 @@ def test_a_start_with_a_time_and_no_title_is_refused_and_stores_nothing(bot: Bot
     assert incident_count(bot) == 0
 
 
+@pytest.mark.parametrize("typed", ["note 10:00", "note 8:00 AM", "note 10 min ago"])
+def test_a_note_that_is_only_a_time_is_refused_and_stores_nothing(bot: Bot, typed: str) -> None:
+    # Not a note whose text is "8:00 AM" (with a hint to date it by "8:00" and keep "AM").
+    bot.command("start Outage")
+    reply = bot.command(typed)
+
+    assert "only a time" in reply.text, reply.text
+    assert "/incident note " in reply.text and " - &lt;text&gt;" in reply.text
+    assert entry_texts(bot) == []
+
+
+def test_a_start_that_is_only_a_time_opens_no_incident(bot: Bot) -> None:
+    # Not an incident titled "8:00 AM", announced to the channel.
+    reply = bot.command("start 8:00 AM")
+
+    assert not reply.in_channel
+    assert "only a time" in reply.text, reply.text
+    assert "/incident start 8:00 AM - &lt;title&gt;" in reply.text
+    assert incident_count(bot) == 0
+
+
 def test_an_edit_with_a_time_and_no_text_moves_the_entry_and_keeps_its_text(bot: Bot) -> None:
     bot.command("start 7:00 AM - Outage")
     bot.command("note hello")

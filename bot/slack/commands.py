@@ -120,6 +120,7 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
     if call.in_conversation():
         refusal = "Incidents are run in channels: start this one in a channel, where I can post."
         return Outcome(replies.refusal(refusal), result="refused")
+    _refuse_only_a_time(call.text, "start", "title")
     zone = call.zone()
     leading = timeparse.split_leading_time(call.text, zone=zone, now=call.now)
     try:
@@ -157,7 +158,17 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
     )
 
 
+def _refuse_only_a_time(text: str, subcommand: str, what: str) -> None:
+    """Refuse text that is nothing but a time (`8:00 AM`): it would be stored as the text."""
+    if _time_only(text):
+        raise incidents.EmptyTextError(
+            f"{bidi.quoted(text)} is only a time; the {what} goes after it: "
+            f"`/incident {subcommand} {bidi.contained(text)} - <{what}>`. Nothing was recorded."
+        )
+
+
 def handle_note(call: Call, _incident: Incident | None) -> Outcome:
+    _refuse_only_a_time(call.text, "note", "text")
     leading = call.leading_time()
     occurred_at = leading.when or call.now
     note = notes.NewNote(

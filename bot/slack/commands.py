@@ -383,7 +383,8 @@ def handle_severity(call: Call, incident: Incident | None) -> Outcome:
     return Outcome(replies.severity_set(incident, level=level, previous=previous, by=call.user_id))
 
 
-_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>$")
+# The mention, and perhaps the punctuation a sentence ends with (`@ann.`, `@ann!`).
+_MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>[.!,;:]*$")
 
 
 def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:

@@ -425,6 +425,18 @@ def test_any_space_separates_the_role_from_the_person(bot: Bot, space: str) -> N
     assert [text for _, text, _ in live(bot)] == ["Bob is now the scribe"]
 
 
+@pytest.mark.parametrize("typed", ["commander <@U0BOB00001>.", "role scribe <@U0BOB00001|bob>!"])
+def test_punctuation_after_the_mention_still_gives_the_role(bot: Bot, typed: str) -> None:
+    # The person was mentioned: "Mention the person" would tell them to do what they did.
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+
+    reply = bot.command(typed, escaped=True)
+
+    assert reply.in_channel, reply.text
+    assert "<@U0BOB00001> is now the" in reply.visible
+
+
 def test_giving_someone_the_role_they_hold_is_refused_and_announces_nothing(bot: Bot) -> None:
     bot.fake.names[BOB] = "Bob"
     bot.command("start Outage")

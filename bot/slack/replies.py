@@ -92,12 +92,12 @@ def _placeholders(markdown: str) -> str:
 
 
 def _section(markdown: str) -> SectionBlock:
-    text = shorten(_placeholders(markdown), SECTION_LIMIT)
+    text = slack_text.cut(_placeholders(markdown), SECTION_LIMIT)
     return SectionBlock(text=MarkdownTextObject(text=text))
 
 
 def _context(markdown: str) -> ContextBlock:
-    text = shorten(_placeholders(markdown), SECTION_LIMIT)
+    text = slack_text.cut(_placeholders(markdown), SECTION_LIMIT)
     return ContextBlock(elements=[MarkdownTextObject(text=text)])
 
 

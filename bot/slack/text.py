@@ -10,6 +10,9 @@ from bot import bidi
 _MARKUP = re.compile(r"<([^<>]*)>")
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _ZERO_WIDTH_SPACE = "\u200b"
+# What Slack reads as one piece of markup: an entity, or a link or mention (<@U1>,
+# <#C1|general>, <https://x|label>). Cut inside one, its pieces would show as typed.
+_PIECE = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
 
 
 def decode(text: str) -> str:
@@ -59,6 +62,25 @@ def escape(text: str) -> str:
     a direction control it opens cannot reorder what follows it."""
     escaped = bidi.contained(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _BROADCAST.sub(lambda m: f"@{_ZERO_WIDTH_SPACE}{m.group(1)}", escaped)
+
+
+def cut(markdown: str, limit: int) -> str:
+    """`markdown` in at most `limit` characters. A longer one is cut where no entity, link
+    or mention is split, and ends with `…` and the closes of the directions it opened."""
+    if len(markdown) <= limit:
+        return markdown
+    end = limit - 1
+    while True:
+        for piece in _PIECE.finditer(markdown):
+            if piece.start() >= end:
+                break
+            if piece.end() > end:
+                end = piece.start()
+                break
+        fitted = bidi.contained(markdown[:end] + "…")
+        if len(fitted) <= limit:
+            return fitted
+        end -= len(fitted) - limit
 
 
 def user(user_id: str) -> str:

@@ -157,3 +157,35 @@ def test_status_shows_every_field_however_much_escaping_lengthens_them(bot: Bot)
 
     for label in ("Impact:", "Root cause:", "Resolution:", "Summary:"):
         assert label in visible, label
+
+
+# What Slack reads as one piece when it shows a text: an entity, or a link or mention.
+WHOLE_MARKUP = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
+
+
+def mrkdwn_texts(body: dict[str, object]) -> list[str]:
+    texts: list[str] = []
+    for block in body.get("blocks") or []:  # type: ignore[attr-defined]
+        if block["type"] in ("section", "context"):
+            elements = block.get("elements") or [block["text"]]
+            texts += [e["text"] for e in elements if e["type"] == "mrkdwn"]
+    return texts
+
+
+def assert_no_split_markup(body: dict[str, object]) -> None:
+    for text in mrkdwn_texts(body):
+        left = WHOLE_MARKUP.sub("", text)
+        assert not {"&", "<", ">"} & set(left), text[-60:]
+
+
+@pytest.mark.parametrize("char", ["&", "<", ">", "&<"])
+def test_a_section_cut_for_its_length_splits_no_entity(bot: Bot, char: str) -> None:
+    # Escaped, a long title or severity is longer than a section holds; where it is cut,
+    # `&amp;` must not become `&am…`, which Slack shows as those characters.
+    start = bot.command("start " + char * (2000 // len(char)))
+    status = bot.command("status")
+    severity = bot.command("sev " + char * (4000 // len(char)))
+
+    for reply in (start, status, severity):
+        assert reply.status == 200
+        assert_no_split_markup(reply.body)

@@ -163,3 +163,38 @@ def test_channel_links_a_real_channel_id(channel_id: str, expected: str) -> None
 def test_channel_escapes_anything_else(channel_id: str) -> None:
     assert_cannot_ping(slack_text.channel(channel_id))
     assert not slack_text.channel(channel_id).startswith("<#")
+
+
+WHOLE_MARKUP = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
+
+
+@given(
+    st.lists(
+        st.sampled_from(["<@U0ALICE001>", "<#C0GENERAL1>", "<https://x.example/a|(message)>"])
+        | TEXT.map(slack_text.escape)
+    ).map(" ".join),
+    st.integers(min_value=1, max_value=80),
+)
+def test_a_cut_splits_no_markup_and_closes_what_it_keeps_open(markdown: str, limit: int) -> None:
+    cut = slack_text.cut(markdown, limit)
+
+    assert len(cut) <= limit
+    assert not {"&", "<", ">"} & set(WHOLE_MARKUP.sub("", cut)), cut
+    assert bidi.contained(cut) == cut
+    if len(markdown) <= limit:
+        assert cut == markdown
+    else:
+        assert cut.endswith("…") or cut.rstrip(bidi.POP_EMBEDDING + bidi.POP_ISOLATE)[-1] == "…"
+
+
+@pytest.mark.parametrize(
+    ("markdown", "limit", "cut"),
+    [
+        ("a &amp; b", 6, "a …"),
+        ("opened by <@U0ALICE001>", 20, "opened by …"),
+        ("see <https://x.example/a|(message)> now", 30, "see …"),
+        ("x\u202eabcdef", 6, "x\u202eab…\u202c"),
+    ],
+)
+def test_a_cut_backs_off_to_the_start_of_a_split_piece(markdown: str, limit: int, cut: str) -> None:
+    assert slack_text.cut(markdown, limit) == cut

@@ -420,8 +420,11 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
 
 def handle_role(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
-    role, *more = call.raw.split(maxsplit=1) or [""]  # any whitespace, as after the name
+    # From the text as Slack sent it, where the mention is still markup; the role as typed.
+    # Any whitespace ends the role, as it ends the subcommand's name.
+    raw_role, *more = call.raw.split(maxsplit=1) or [""]
     mention = more[0] if more else ""
+    role = slack_text.decode(raw_role)
     roles = call.services.settings.roles
     if role.lower() not in roles:
         raise incidents.IncidentError(

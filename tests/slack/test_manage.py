@@ -525,6 +525,23 @@ def test_bad_role_assignments_are_refused(bot: Bot, typed: str) -> None:
     assert live(bot) == []
 
 
+@pytest.mark.parametrize(
+    ("arrived", "named"),
+    [
+        ("role r&amp;d <@U0BOB00001>", "“r&amp;d”"),
+        ("role <@U0BOB00001|bob> scribe", "“@bob”"),
+    ],
+)
+def test_a_role_that_is_not_one_is_named_as_typed(bot: Bot, arrived: str, named: str) -> None:
+    # The role is read from the text as Slack sent it (escaped, mentions as markup): the
+    # refusal must name it as the person typed it, escaped once.
+    bot.command("start Outage")
+    reply = bot.command(arrived, escaped=True)
+
+    assert named in reply.body["blocks"][0]["text"]["text"]
+    assert "&amp;amp;" not in reply.visible and "U0BOB00001" not in reply.visible
+
+
 # --- reopen and list ------------------------------------------------------------------------
 
 

@@ -172,10 +172,10 @@ def noted(
     if unseparated:
         head, rest = quoted(unseparated[0], 64), unseparated[1]
         # The edit is given whole, to be copied, only while it fits beside the echo; a
-        # shortened text in it would replace the note's with the shortened one.
-        text_part = (
-            quoted(rest) if len(rest) <= EDIT_HINT_TEXT else "&lt;the text without the time&gt;"
-        )
+        # shortened text in it would replace the note's with the shortened one. A backtick
+        # would end the code span the edit is shown in: nothing in mrkdwn escapes it.
+        fits = len(rest) <= EDIT_HINT_TEXT and "`" not in rest
+        text_part = quoted(rest) if fits else "&lt;the text without the time&gt;"
         said += f"\nMeant it at {head}? `/incident edit {number} {head} - {text_part}`"
     return simple(said)
 

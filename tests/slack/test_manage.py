@@ -216,6 +216,19 @@ def test_the_edit_suggested_for_a_long_note_never_holds_a_shortened_text(bot: Bo
     ), reply.text[-300:]
 
 
+def test_the_edit_suggested_for_a_note_with_a_backtick_never_holds_a_broken_code_span(
+    bot: Bot,
+) -> None:
+    # The edit is shown in `…`; a backtick of the note's would end it early, and what is
+    # left would be read as formatting, not copied as the text.
+    bot.command("start 8:00 AM - Outage")
+    reply = bot.command("note 8:50 AM rolled back `api` to v1")
+    assert (
+        "Meant it at 8:50 AM? `/incident edit 1 8:50 AM - &lt;the text without the time&gt;`"
+        in reply.text
+    ), reply.text
+
+
 @pytest.mark.parametrize(
     "typed", ["note 8:50 AM - rolled back", "note 500 errors at 8:50", "note now it works"]
 )

@@ -53,11 +53,17 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# A line break, and the spaces around it: a header or a file's title shows one line.
+_LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]\s*")
+
+
 def plain(text: str, limit: int) -> str:
-    """Typed text for a plain_text field of at most `limit` characters, its directions
-    closed: what the closes add is cut from the text first, so that they fit too."""
+    """Typed text for a one-line plain_text field of at most `limit` characters: its lines
+    joined by spaces, each closing the directions it opened, then cut; what the closes
+    add is cut from the text first, so that they fit too."""
+    line = _LINE_BREAK.sub(" ", bidi.contained(text))
     cut = limit
-    while len(fitted := bidi.contained(shorten(text, cut))) > limit:
+    while len(fitted := bidi.contained(shorten(line, cut))) > limit:
         cut = max(1, cut - (len(fitted) - limit))
     return fitted
 

@@ -189,3 +189,18 @@ def test_a_section_cut_for_its_length_splits_no_entity(bot: Bot, char: str) -> N
     for reply in (start, status, severity):
         assert reply.status == 200
         assert_no_split_markup(reply.body)
+
+
+def test_a_title_on_several_lines_is_one_line_in_the_header_and_the_file_title(bot: Bot) -> None:
+    # A header and a file's title show one line; each typed line's direction is closed
+    # where that line ends, before the next is put beside it.
+    reply = bot.command("start Checkout \u202edown\n\nsecond line\r\nthird")
+    bot.command("close")
+    bot.wait()
+
+    [header] = [b["text"]["text"] for b in reply.body["blocks"] if b["type"] == "header"]
+    assert header == "INC-1: Checkout \u202edown\u202c second line third"
+    [completed] = bot.fake.calls_to("files.completeUploadExternal")
+    files = completed.params["files"]
+    [title] = [f["title"] for f in (json.loads(files) if isinstance(files, str) else files)]
+    assert title == "Postmortem INC-1: Checkout \u202edown\u202c second line third"

@@ -120,6 +120,16 @@ def test_an_unknown_subcommand_is_named_as_typed_not_as_slack_escaped_it(bot: Bo
     assert "&amp;amp;" not in reply.visible
 
 
+def test_an_unknown_subcommand_with_a_backtick_is_named_without_a_broken_code_span(
+    bot: Bot,
+) -> None:
+    # Nothing in mrkdwn escapes a backtick inside `…`: it would end the span early.
+    reply = bot.command("no`te x")
+
+    assert "I don't know “no`te”. Here is what I can do:" in reply.text
+    assert "`no`te`" not in reply.visible
+
+
 # --- text with nothing visible is empty ---------------------------------------------------
 # Zero-width spaces and joiners, direction marks and control characters are not whitespace
 # to `str.strip`, but they show nothing: an entry of them would be a blank line.

@@ -661,11 +661,13 @@ def _run(
     if subcommand is None:
         # The name as typed: help_text escapes it again for Slack.
         typed = shorten_name(slack_text.decode(name))
-        problem = f"I don't know `{bidi.contained(typed)}`. Here is what I can do:"
+        # Shown as code, unless it holds a backtick: nothing escapes one inside `…`.
+        named = bidi.quoted(typed) if "`" in typed else f"`{bidi.contained(typed)}`"
+        problem = f"I don't know {named}. Here is what I can do:"
         meant = difflib.get_close_matches(name, _BY_NAME, n=1, cutoff=SUGGESTION_CUTOFF)
         if meant:  # a typo under stress: `ntoe`, `stauts`; nothing is run on a guess
             problem = (
-                f"I don't know `{bidi.contained(typed)}`. Did you mean `/incident {meant[0]}`? "
+                f"I don't know {named}. Did you mean `/incident {meant[0]}`? "
                 "Nothing was recorded. Here is what I can do:"
             )
         return Outcome(help_reply(problem), result="unknown_subcommand")

@@ -227,7 +227,7 @@ def close_summary(
     )
     return Reply(
         text=f"{incident.reference} resolved: {title}",
-        blocks=(_section("\n".join(lines)), _context(context)),
+        blocks=(*_sections(lines), _context(context)),
         in_channel=True,
     )
 
@@ -241,11 +241,11 @@ def status(
     roles: dict[str, str] | None = None,
 ) -> Reply:
     started_at = local_time(incident.started_at, incident.timezone, now=now)
-    header = (
-        f"*{incident.reference}*: {quoted(incident.title, 1000)}\n"
-        f"Open since {started_at}, opened by {slack_text.user(incident.opened_by)}"
-    )
-    blocks: list[Block] = [_section(header)]
+    header = [
+        f"*{incident.reference}*: {quoted(incident.title, 1000)}",
+        f"Open since {started_at}, opened by {slack_text.user(incident.opened_by)}",
+    ]
+    blocks: list[Block] = _sections(header)
     fields = [
         ("Severity", incident.severity),
         *((role.capitalize(), name) for role, name in (roles or {}).items()),
@@ -270,8 +270,7 @@ def status(
     # Escaping can make each text five times longer (`&` is `&amp;`): a section holds what
     # fits, so that one long field cannot push the next ones past the section's end.
     if known:
-        parts = _chunk_lines(known, limit=SECTION_LIMIT)
-        blocks.extend(_section("\n".join(part)) for part in parts)
+        blocks.extend(_sections(known))
     if entries:
         hidden = total - len(entries)
         lines = [_entry_line(e, incident.timezone, now, 200) for e in entries]
@@ -446,6 +445,12 @@ def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
     return Reply(
         text=f"{len(found)} open incident{'' if len(found) == 1 else 's'}", blocks=tuple(blocks)
     )
+
+
+def _sections(lines: Sequence[str]) -> list[Block]:
+    """`lines` in as many sections as they need: a line escaping made longer than a section
+    holds is cut at its end, and the lines after it start the next one."""
+    return [_section("\n".join(part)) for part in _chunk_lines(lines, limit=SECTION_LIMIT)]
 
 
 def _chunk_lines(

@@ -204,3 +204,21 @@ def test_a_title_on_several_lines_is_one_line_in_the_header_and_the_file_title(b
     files = completed.params["files"]
     [title] = [f["title"] for f in (json.loads(files) if isinstance(files, str) else files)]
     assert title == "Postmortem INC-1: Checkout \u202edown\u202c second line third"
+
+
+def test_a_long_title_leaves_the_lines_after_it_in_the_summary_and_the_status(bot: Bot) -> None:
+    # Escaped, a title of 2,000 `&` is 10,000 characters: cut to the section's 3,000, it
+    # must not take the window, the impact, the cause or who opened it with it.
+    bot.command("start " + "&" * 2000)
+    bot.command("impact checkout returned 503")
+    bot.command("cause a bad deploy")
+    status = bot.command("status").visible
+    bot.command("close")
+    bot.wait()
+
+    assert "Open since" in status and f"opened by <@{ALICE}>" in status
+    [posted] = bot.fake.calls_to("chat.postMessage")
+    blocks = posted.params["blocks"]
+    summary = json.dumps(json.loads(blocks) if isinstance(blocks, str) else blocks)
+    for shown in ("*Window:*", "*Impact:* checkout returned 503", "*Root cause:* a bad deploy"):
+        assert shown in summary, shown

@@ -174,7 +174,7 @@ def noted(
     """`unseparated` is a time the text starts with but did not set off with " - ", and
     the rest of the text: the reply says how to date entry `number` by it."""
     when = local_time(occurred_at, timezone, now=now)
-    said = f"Added to *{reference}* at {when}: {quoted(text)}"
+    said = [f"Added to *{reference}* at {when}: {quoted(text)}"]
     if unseparated:
         head, rest = quoted(unseparated[0], 64), unseparated[1]
         # The edit is given whole, to be copied, only while it fits beside the echo; a
@@ -182,8 +182,9 @@ def noted(
         # would end the code span the edit is shown in: nothing in mrkdwn escapes it.
         fits = len(rest) <= EDIT_HINT_TEXT and "`" not in rest
         text_part = quoted(rest) if fits else "&lt;the text without the time&gt;"
-        said += f"\nMeant it at {head}? `/incident edit {number} {head} - {text_part}`"
-    return simple(said)
+        said.append(f"Meant it at {head}? `/incident edit {number} {head} - {text_part}`")
+    # The advice has a section of its own when the echo, escaped, fills one.
+    return Reply(text="\n".join(said), blocks=_sections(said))
 
 
 def already_noted(reference: str, number: int) -> Reply:

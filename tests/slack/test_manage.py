@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -214,6 +215,17 @@ def test_the_edit_suggested_for_a_long_note_never_holds_a_shortened_text(bot: Bo
         "Meant it at 8:50 AM? `/incident edit 1 8:50 AM - &lt;the text without the time&gt;`"
         in (reply.text)
     ), reply.text[-300:]
+
+
+def test_the_edit_suggested_for_a_note_escaping_lengthens_is_shown_below_the_echo(
+    bot: Bot,
+) -> None:
+    # 700 `&` are 3,500 characters escaped: the echo is cut to its section, not the advice.
+    bot.command("start 8:00 AM - Outage")
+    reply = bot.command("note 8:50 AM " + "&" * 700)
+
+    blocks = json.dumps(reply.body["blocks"], ensure_ascii=False)
+    assert "Meant it at 8:50 AM? `/incident edit 1 8:50 AM - " in blocks
 
 
 def test_the_edit_suggested_for_a_note_with_a_backtick_never_holds_a_broken_code_span(

@@ -124,10 +124,10 @@ def test_an_unknown_subcommand_with_a_backtick_is_named_without_a_broken_code_sp
     bot: Bot,
 ) -> None:
     # Nothing in mrkdwn escapes a backtick inside `…`: it would end the span early.
-    reply = bot.command("no`te x")
+    reply = bot.command("xy`zzy x")
 
-    assert "I don't know “no`te”. Here is what I can do:" in reply.text
-    assert "`no`te`" not in reply.visible
+    assert "I don't know “xy`zzy”. Here is what I can do:" in reply.text
+    assert "`xy`zzy`" not in reply.visible
 
 
 # --- text with nothing visible is empty ---------------------------------------------------

@@ -10,11 +10,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -117,6 +117,31 @@ def record_request(
     except IntegrityError:
         session.rollback()  # the transaction held nothing else yet
         raise RepeatedRequestError(command) from None
+
+
+# Slack signs every request with the time it was sent and Bolt refuses one signed more than
+# 5 minutes before it arrives, so a request handled longer ago than that cannot come again.
+# A day leaves room for a server clock that is hours off.
+REQUESTS_KEPT = timedelta(days=1)
+
+
+def forget_handled_requests(session: Session, *, now: datetime, limit: int) -> int:
+    """Forget up to `limit` of the requests handled more than `REQUESTS_KEPT` before `now`,
+    oldest first; how many. Rows another transaction is forgetting are left to it."""
+    oldest = (
+        select(HandledRequest.request_id)
+        .where(HandledRequest.handled_at < now - REQUESTS_KEPT)
+        .order_by(HandledRequest.handled_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer at a time
+    )
+    forgotten = session.scalars(
+        delete(HandledRequest)
+        .where(HandledRequest.request_id.in_(oldest.scalar_subquery()))
+        .returning(HandledRequest.request_id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(forgotten.all())
 
 
 def find_open_incident(

@@ -149,6 +149,8 @@ class HandledRequest(Base):
     Notes keep theirs on their entry instead (`TimelineEntry.request_id`)."""
 
     __tablename__ = "handled_requests"
+    # The oldest are forgotten first (bot.incidents.forget_handled_requests).
+    __table_args__ = (Index("ix_handled_requests_handled_at", "handled_at"),)
 
     request_id: Mapped[str] = mapped_column(String(REQUEST_ID_LENGTH), primary_key=True)
     team_id: Mapped[str] = mapped_column(SLACK_ID)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from jinja2 import Environment
 from slack_sdk import WebClient
@@ -22,7 +22,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot import db, postmortem
+from bot import db, incidents, postmortem
 from bot.config import Settings
 from bot.notes import NoteWriter
 from bot.slack.middleware import time_left
@@ -83,6 +83,45 @@ class FollowUps:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class RequestPruning:
+    """Forgets the requests too old to come again (`incidents.forget_handled_requests`), a
+    batch at a time, after a command's answer: the command itself asks nothing more of the
+    database. One batch at a time per process, every `every` at most (the first `every`
+    after the process's first command); a full batch means more are waiting, and the next
+    command starts the next one."""
+
+    def __init__(self, *, batch: int = 1000, every: timedelta = timedelta(minutes=10)) -> None:
+        self.batch = batch
+        self.every = every
+        self._lock = threading.Lock()
+        self._running = False
+        self._next: datetime | None = None  # None: no command seen yet
+
+    def start(self, services: Services) -> None:
+        """Submit a batch to the follow-ups if one is due and none is running."""
+        now = services.clock()
+        with self._lock:
+            if self._next is None:
+                self._next = now + self.every
+            if self._running or now < self._next:
+                return
+            self._running = True
+        services.followups.submit(
+            lambda: self._run(services, now), what="forgetting requests handled long ago"
+        )
+
+    def _run(self, services: Services, now: datetime) -> None:
+        forgotten = 0
+        try:
+            with services.sessions() as session:
+                forgotten = incidents.forget_handled_requests(session, now=now, limit=self.batch)
+                session.commit()
+        finally:
+            with self._lock:
+                self._running = False
+                self._next = now if forgotten >= self.batch else now + self.every
+
+
 @dataclass
 class Services:
     """What listeners need besides the request: storage, templates, clocks and helpers."""
@@ -95,6 +134,7 @@ class Services:
     followups: FollowUps = field(default_factory=FollowUps)
     clock: Callable[[], datetime] = utc_now
     notes: NoteWriter = field(init=False)
+    pruning: RequestPruning = field(default_factory=RequestPruning)
 
     def __post_init__(self) -> None:
         self.notes = NoteWriter(self.engine)

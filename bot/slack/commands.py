@@ -779,6 +779,7 @@ def handle_incident_command(
     ack(**outcome.reply.as_ack())
     if outcome.followup is not None:
         services.followups.submit(outcome.followup, what=outcome.doing)
+    services.pruning.start(services)
     request_log.info(
         json.dumps(
             {

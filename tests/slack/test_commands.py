@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
+from bot import incidents
 from bot.demo import Fault, SlashCommand, hum_replay
 from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import (
     Action,
     EntryRevision,
     FieldChange,
+    HandledRequest,
     Incident,
     Postmortem,
     RoleAssignment,
     TimelineEntry,
 )
-from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, SECRET, TEAM, Bot, at_once
+from bot.services import RequestPruning
+from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, NOW, SECRET, TEAM, Bot, at_once
 from tests.slack.test_capture import PIN_TS, reaction
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
@@ -864,6 +867,77 @@ def test_commands_without_a_trigger_id_still_run(bot: Bot) -> None:
     bot.dispatch(*action)
     bot.dispatch(*action)
     assert count(bot, Action) == 2
+
+
+def handled(bot: Bot) -> list[str]:
+    """The commands whose requests are remembered, oldest first."""
+    with bot.services.sessions() as session:
+        query = select(HandledRequest.command).order_by(HandledRequest.handled_at)
+        return list(session.scalars(query))
+
+
+def test_requests_handled_over_a_day_ago_are_forgotten_and_recent_ones_kept(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("impact users see 503s")
+    bot.wait()
+    assert handled(bot) == ["start", "impact"]
+    bot.clock.advance(days=1, minutes=1)  # Slack sends no request again after 5 minutes
+
+    recent = bot.signed_command("action add a filter")
+    bot.dispatch(*recent)
+    bot.wait()
+
+    assert handled(bot) == ["action"]
+    assert "already" in bot.dispatch(*recent).text  # what is kept still refuses a replay
+    assert count(bot, Action) == 1
+
+
+def test_forgetting_old_requests_is_done_in_batches_until_none_is_left(bot: Bot) -> None:
+    bot.services.pruning = RequestPruning(batch=2, every=timedelta(minutes=10))
+    with bot.services.engine.begin() as connection:
+        connection.execute(
+            insert(HandledRequest),
+            [
+                {"request_id": f"old{n}", "team_id": TEAM, "command": "old", "handled_at": NOW}
+                for n in range(5)
+            ],
+        )
+    bot.clock.advance(days=2)
+    bot.command("start Outage")  # the first command a process sees: the first batch in 10 min
+    bot.wait()
+    assert handled(bot).count("old") == 5
+    bot.clock.advance(minutes=10)
+
+    left = []
+    for typed in ("impact users see 503s", "cause a bad deploy", "summary bad", "fix undo"):
+        bot.command(typed)
+        bot.wait()
+        left.append(handled(bot).count("old"))
+
+    assert left == [3, 1, 0, 0]  # a full batch: the next command starts another at once
+    assert len(handled(bot)) == 5
+
+
+def test_two_workers_forgetting_at_once_forget_each_old_request_once(bot: Bot) -> None:
+    old = bot.clock.now
+    with bot.services.engine.begin() as connection:
+        connection.execute(
+            insert(HandledRequest),
+            [
+                {"request_id": f"old{n}", "team_id": TEAM, "command": "impact", "handled_at": old}
+                for n in range(6)
+            ],
+        )
+    later = bot.clock.advance(days=2)
+
+    def forget(_: int) -> int:
+        with bot.services.sessions() as session:
+            forgotten = incidents.forget_handled_requests(session, now=later, limit=6)
+            session.commit()
+            return forgotten
+
+    assert sum(at_once(2, forget)) == 6
+    assert handled(bot) == []
 
 
 # --- the reference incident ---------------------------------------------------------------

@@ -639,11 +639,12 @@ def signed_shortcut(
     user_id: str = DEMO_USER,
     response_url: str = "https://hooks.slack.com/app/T0/1/x",
 ) -> tuple[str, dict[str, str]]:
-    """A message shortcut's interactivity payload as Slack posts it (form-encoded, signed)."""
+    """A message shortcut's interactivity payload as Slack posts it (form-encoded, signed),
+    with a trigger_id of its own (the same body sent twice is a replay)."""
     payload = {
         "type": "message_action",
         "callback_id": callback_id,
-        "trigger_id": "1.2.3",
+        "trigger_id": new_trigger_id(),
         "action_ts": f"{time.time():.6f}",
         "team": {"id": team_id, "domain": "demo"},
         "channel": {"id": channel_id, "name": "incident"},

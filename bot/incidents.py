@@ -54,9 +54,9 @@ class NoOpenIncidentError(IncidentError):
 
 
 class RepeatedRequestError(IncidentError):
-    def __init__(self, command: str) -> None:
+    def __init__(self, what: str) -> None:
         super().__init__(
-            f"This `/incident {command}` request was already received and answered; "
+            f"This {what} request was already received and answered; "
             "receiving it again changed nothing."
         )
 
@@ -105,10 +105,17 @@ def check_text(text: str, *, what: str = "text") -> str:
 
 
 def record_request(
-    session: Session, *, request_id: str, team_id: str, command: str, now: datetime
+    session: Session,
+    *,
+    request_id: str,
+    team_id: str,
+    command: str,
+    now: datetime,
+    what: str | None = None,
 ) -> None:
     """Remember a request as the first thing its transaction does; `RepeatedRequestError`
-    if it was answered before (on PostgreSQL, once the first delivery's transaction ends)."""
+    if it was answered before (on PostgreSQL, once the first delivery's transaction ends).
+    `what` names the request to the person (by default, the `/incident` command)."""
     session.add(
         HandledRequest(request_id=request_id, team_id=team_id, command=command, handled_at=now)
     )
@@ -116,7 +123,7 @@ def record_request(
         session.flush()
     except IntegrityError:
         session.rollback()  # the transaction held nothing else yet
-        raise RepeatedRequestError(command) from None
+        raise RepeatedRequestError(what or f"`/incident {command}`") from None
 
 
 # Slack signs every request with the time it was sent and Bolt refuses one signed more than

@@ -26,6 +26,7 @@ from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
 from bot.slack import text as slack_text
+from bot.slack.commands import request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
 from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED
 
@@ -371,6 +372,18 @@ def register(app: App, services: Services) -> None:
                     client=client,
                     author_name=names(team_id, context.bot_token),
                 )
+                trigger_id = request_id(body)
+                if trigger_id is not None:
+                    # The same request again (a replay, a proxy's retry) must not bring back
+                    # an entry taken off since the first.
+                    incidents.record_request(
+                        session,
+                        request_id=trigger_id,
+                        team_id=team_id,
+                        command=SHORTCUT_CALLBACK_ID,
+                        now=services.clock(),
+                        what="“Add to incident timeline”",
+                    )
                 entry, created = timeline.capture_message(
                     session,
                     incident=incident,
@@ -396,6 +409,7 @@ def register(app: App, services: Services) -> None:
         ack()
         reply = replies.captured(reference=reference, number=number, created=created)
         respond(**reply.as_ack(), replace_original=False)
+        services.pruning.start(services)
         if created:
             services.followups.submit(
                 react(context.bot_token, channel, message.ts, add=True),

@@ -567,6 +567,33 @@ def test_an_edit_event_delivered_twice_and_at_once_is_one_revision(bot: Bot) -> 
     assert (revision.old_text, revision.new_text) == ("DB at 90% CPU", "DB at 99% CPU")
 
 
+def test_a_replayed_shortcut_does_not_bring_back_an_entry_taken_off_since(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)
+    message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
+    request = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message=message,
+        team_id=TEAM,
+        channel_id=CHANNEL,
+        user_id=BOB,
+        response_url=bot.fake.response_url("shortcut"),
+    )
+    bot.dispatch(*request)
+    assert ":warning:" not in bot.command("delete 1").visible
+    bot.wait()
+
+    assert bot.dispatch(*request).status == 200  # a proxy's retry, or someone replaying it
+    bot.wait()
+
+    assert entries(bot) == []
+    [_, again] = bot.fake.wait_for_responses(2)
+    assert "already" in again["text"], again
+    shortcut(bot, message)  # someone adding it again on purpose brings it back
+    assert [e.text for e in entries(bot)] == ["rolled back"]
+
+
 def test_the_shortcut_delivered_twice_at_once_makes_one_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)

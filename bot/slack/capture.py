@@ -260,6 +260,21 @@ def register(app: App, services: Services) -> None:
         message = to_message(
             raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
         )
+        event_id = request_id(body, "event_id")
+        if event_id is not None:
+            # Slack retries an event whose answer was slow though it was handled, and a proxy
+            # may send one again: the entry may have been taken off since, and must stay off.
+            try:
+                incidents.record_request(
+                    session,
+                    request_id=event_id,
+                    team_id=team_id,
+                    command="reaction_added",
+                    now=services.clock(),
+                )
+            except incidents.RepeatedRequestError:
+                log.info("pin on %s/%s was handled before (%s); ignoring it", channel, ts, event_id)
+                return
         try:
             _, created = timeline.capture_message(
                 session,
@@ -278,6 +293,7 @@ def register(app: App, services: Services) -> None:
                 react(context.bot_token, channel, ts, add=True),
                 what=f"confirming the pin on {channel}/{ts}",
             )
+        services.pruning.start(services)
 
     @with_session(services.sessions)
     def handle_reaction_removed(

@@ -723,12 +723,13 @@ def shorten_name(name: str) -> str:
     return replies.shorten(name, 40)
 
 
-def request_id(command: dict[str, Any]) -> str | None:
-    """The command's trigger_id, if Slack sent one that fits where it is kept."""
-    trigger_id = command.get("trigger_id")
-    if not isinstance(trigger_id, str) or not 0 < len(trigger_id) <= REQUEST_ID_LENGTH:
+def request_id(payload: dict[str, Any], key: str = "trigger_id") -> str | None:
+    """The request's id (a command's trigger_id, an event's event_id), if Slack sent one that
+    fits where it is kept."""
+    found = payload.get(key)
+    if not isinstance(found, str) or not 0 < len(found) <= REQUEST_ID_LENGTH:
         return None
-    return trigger_id
+    return found
 
 
 def handle_incident_command(

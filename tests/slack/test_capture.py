@@ -536,6 +536,51 @@ def test_a_pin_event_and_its_retries_delivered_at_once_make_one_entry_and_use_on
     assert [e.number for e in entries(bot)] == [1, 2]  # no number was used up
 
 
+def _pin_event(bot: Bot, ts: str, event_id: str, *, retry_num: int | None = None) -> Reply:
+    """Ev1 as Slack first sent it (or retried it), whatever the message's reactions are now."""
+    event = {
+        "type": "reaction_added",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "event_ts": "1795154400.000200",
+    }
+    return bot.dispatch(
+        *signed_event(SECRET, event, team_id=TEAM, event_id=event_id, retry_num=retry_num)
+    )
+
+
+def test_a_pin_event_delivered_again_after_the_pin_was_removed_adds_nothing(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned by mistake", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=True)
+    _pin_event(bot, ts, "Ev1")
+    reaction(bot, ts, user=BOB, added=False)
+    bot.wait()
+
+    assert _pin_event(bot, ts, "Ev1").status == 200  # a proxy sends the first one again
+    bot.wait()
+
+    assert entries(bot) == []
+    assert len(bot.fake.calls_to("reactions.add")) == 1  # the first one's check mark only
+
+
+def test_slack_retrying_a_pin_it_thought_failed_does_not_undo_a_deletion(bot: Bot) -> None:
+    # Slack retries an event whose answer took over 3 seconds, though it was handled; the
+    # person may have deleted the entry meanwhile and left the pin on the message.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "not part of it after all", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=True)
+    _pin_event(bot, ts, "Ev1")
+    assert ":warning:" not in bot.command("delete 1").visible
+    bot.wait()
+
+    assert _pin_event(bot, ts, "Ev1", retry_num=1).status == 200
+    bot.wait()
+
+    assert entries(bot) == []
+
+
 def test_an_edit_event_delivered_twice_and_at_once_is_one_revision(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)

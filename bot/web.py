@@ -11,8 +11,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.adapter.wsgi.http_request import WsgiHttpRequest
 from sqlalchemy import Engine
 
 from bot import db
@@ -66,9 +67,31 @@ def _readiness(engine: Engine) -> tuple[int, dict[str, Any]]:
 _CHECKS: dict[str, _Check] = {"/healthz": _liveness, "/readyz": _readiness}
 
 
+class UnreadableBodyError(Exception):
+    """A request body Bolt could not read into a Slack payload."""
+
+
+class _SlackHandler(SlackRequestHandler):
+    """Bolt's WSGI adapter, telling a body it cannot read from a failure of the app.
+
+    Bolt reads the body, and picks fields out of it, before it checks the signature: JSON
+    that is not JSON, bytes that are not UTF-8, JSON that is not an object (`[1]`, `null`,
+    `payload=7`) or is nested too deep raise there, for anyone who can reach the port.
+    """
+
+    def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
+        try:
+            bolt_request = BoltRequest(
+                body=request.get_body(), query=request.query_string, headers=request.get_headers()
+            )
+        except (ValueError, LookupError, TypeError, AttributeError, RecursionError) as error:
+            raise UnreadableBodyError(type(error).__name__) from error
+        return self.app.dispatch(bolt_request)
+
+
 def build_wsgi(app: App, services: Services) -> WsgiApp:
     """Answer health checks ourselves and route everything else to Bolt's WSGI adapter."""
-    slack = SlackRequestHandler(app, path=SLACK_PATH)
+    slack = _SlackHandler(app, path=SLACK_PATH)
 
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         check = _CHECKS.get(environ.get("PATH_INFO", ""))
@@ -83,9 +106,8 @@ def build_wsgi(app: App, services: Services) -> WsgiApp:
             return _json(start_response, 413, {"error": "the body is too large"})
         try:
             return slack(environ, start_response)
-        except ValueError:
-            # Bolt parses the body before it checks the signature: JSON that is not JSON, or
-            # bytes that are not UTF-8, raise there. Slack never sends such a body.
+        except UnreadableBodyError:
+            # Slack never sends such a body.
             log.info("refused a body Bolt could not parse", exc_info=True)
             return _json(start_response, 400, {"error": "the body is not a Slack request"})
 

@@ -366,6 +366,25 @@ def test_a_body_bolt_cannot_parse_is_a_400_not_a_crash(
     assert post(wsgi, body, content_type) == 400
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"[1]", "application/json"),
+        (b"null", "application/json"),
+        (b"7", "application/json"),
+        (b"payload=%5B1%5D", "application/x-www-form-urlencoded"),
+        (b"payload=7", None),
+        (b'{"authorizations": "x"}', "application/json"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    ],
+)
+def test_json_that_is_not_an_object_is_a_400_not_an_escaped_exception(
+    wsgi: WsgiApp, body: bytes, content_type: str | None
+) -> None:
+    # Unsigned: Bolt reads the body before it checks the signature, so anyone can send these.
+    assert post(wsgi, body, content_type) == 400
+
+
 def test_a_form_that_is_not_signed_is_a_401(wsgi: WsgiApp) -> None:
     body = b"command=%2Fincident&text=start+x&team_id=T1&channel_id=C1&user_id=U1"
     assert post(wsgi, body, "application/x-www-form-urlencoded") == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -736,6 +737,28 @@ def test_missing_signature_is_rejected(bot: Bot) -> None:
     body = START_X
     assert bot.dispatch(body, {"content-type": "application/x-www-form-urlencoded"}).status == 401
     assert count(bot, Incident) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-slack-request-timestamp", "soon"),
+        ("x-slack-request-timestamp", "1700000000.5"),
+        ("x-slack-request-timestamp", ""),
+        ("x-slack-signature", "v0=\u00e9"),
+        ("x-slack-signature", "v0=" + "\u0660" * 64),
+    ],
+)
+def test_a_malformed_signature_header_is_a_401_not_a_500(
+    bot: Bot, caplog: pytest.LogCaptureFixture, header: str, value: str
+) -> None:
+    # Anyone can send these; they are not Slack's, and not the app's failure to log as one.
+    body = START_X
+    headers = {**bot.signed(body), header: value}
+    with caplog.at_level(logging.INFO):
+        assert bot.dispatch(body, headers).status == 401
+    assert count(bot, Incident) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # --- the same request twice ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import build_app
-from bot.demo import FakeSlack, Fault
+from bot.demo import RESPONSE_URL, FakeSlack, Fault
 from bot.models import Incident, Postmortem, TimelineEntry
 from bot.services import build_services
 from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, Database, Reply, make_settings
@@ -189,3 +190,21 @@ def test_a_long_rate_limit_on_users_info_leaves_the_command_on_time(bot: Bot) ->
     assert reply.in_channel and "INC-1" in reply.text
     with bot.services.sessions() as session:
         assert session.scalars(select(Incident.timezone)).one() == "UTC"  # INCIDENT_TIMEZONE
+
+
+def test_a_response_url_slack_fails_to_answer_is_not_written_to_the_log(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A response URL lets whoever holds it post in the channel as the app for 30 minutes; a
+    # 5xx from it is tried again, and the SDK's note of the retry must not name it.
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.private.add(CHANNEL)
+    bot.fake.fail(RESPONSE_URL, Fault(status=503))
+    bot.command("start Outage")
+    with caplog.at_level(logging.INFO):  # as `serve` logs
+        bot.command("close")
+        bot.wait()
+
+    assert bot.fake.wait_for_responses(2)  # the retry was answered
+    url = bot.fake.response_url(CHANNEL)
+    assert [r.getMessage() for r in caplog.records if url in r.getMessage()] == []

@@ -34,6 +34,9 @@ BOT_SCOPES = (
 )
 OAUTH_STATE_EXPIRATION_S = 600
 log = logging.getLogger(__name__)
+# The logger of slack_sdk's WebhookClient, which answers through response URLs: ours (tell)
+# and Bolt's respond().
+WEBHOOK_CLIENT_LOGGER = "slack_sdk.webhook.client"
 
 
 class IncidentApp(App):
@@ -87,6 +90,7 @@ def build_app(
     own token. Otherwise it runs on SLACK_BOT_TOKEN alone.
     """
     logger = logging.getLogger("bot.bolt")
+    quiet_response_urls()
     client = web_client(settings, None if settings.multi_workspace else settings.slack_bot_token)
     if settings.multi_workspace:
         installations = SQLAlchemyInstallationStore(
@@ -139,6 +143,13 @@ def build_app(
         _acknowledge_uninstalls(app)
     register(app, services)
     return app
+
+
+def quiet_response_urls() -> None:
+    """Keep response URLs out of the log: each lets whoever holds it post in its channel as
+    the app for 30 minutes, and slack_sdk's WebhookClient notes every retry (a refused
+    connection, a 5xx, a 429) at INFO with the whole URL. Its warnings name only the error."""
+    logging.getLogger(WEBHOOK_CLIENT_LOGGER).setLevel(logging.WARNING)
 
 
 def _acknowledge_uninstalls(app: App) -> None:

@@ -18,10 +18,6 @@ from bot.slack import replies
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
-# The SDK's client for a response URL notes each retry at INFO with the URL, which lets
-# whoever reads it post in the channel as the app for 30 minutes; it says only warnings.
-_response_url_log = logging.getLogger("bot.slack.response_url")
-_response_url_log.setLevel(logging.WARNING)
 
 # Slack could not be reached or did not answer in full: timeouts and refusals (OSError), an
 # answer cut off mid-body (http.client.IncompleteRead), the SDK's own errors.
@@ -185,9 +181,8 @@ def tell(response_url: str | None, reply: Reply) -> None:
     if not response_url:
         return
     try:
-        client = WebhookClient(
-            response_url, timeout=10, retry_handlers=retry_handlers(), logger=_response_url_log
-        )
+        # Its log says only warnings, which do not name the URL (app.quiet_response_urls).
+        client = WebhookClient(response_url, timeout=10, retry_handlers=retry_handlers())
         response = client.send(**reply.as_ack())
     except Exception:
         log.exception("could not answer through the response URL")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -660,3 +662,29 @@ def test_the_shortcut_delivered_twice_at_once_makes_one_entry(bot: Bot) -> None:
     answers = sorted(r["text"] for r in bot.fake.wait_for_responses(3))
     assert sum("already" in answer for answer in answers) == 2, answers
     assert len(bot.fake.calls_to("reactions.add")) == 1
+
+
+def test_a_shortcut_answer_that_cannot_reach_its_response_url_does_not_log_the_url(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A response URL lets whoever holds it post in the channel as the app for 30 minutes.
+    # Bolt's respond() tries a refused connection again; the SDK's note of that retry must
+    # not name the URL.
+    with socket.socket() as closed:  # a port no one listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/response/shortcut"
+    message = {"type": "message", "user": ALICE, "text": "x", "ts": PIN_TS}
+    body, headers = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message=message,
+        team_id=TEAM,
+        channel_id=CHANNEL,
+        user_id=BOB,
+        response_url=url,
+    )
+    with caplog.at_level(logging.INFO):  # as `serve` logs
+        bot.dispatch(body, headers)
+
+    assert [r.getMessage() for r in caplog.records if url in r.getMessage()] == []
+    assert entries(bot, live=False) == []

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -759,6 +760,22 @@ def test_a_malformed_signature_header_is_a_401_not_a_500(
         assert bot.dispatch(body, headers).status == 401
     assert count(bot, Incident) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_refused_signature_does_not_put_the_request_in_the_log(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Slack's own request, arriving late (a server clock that drifted, a slow proxy): it is
+    # refused, and its response URL (which can post in the channel) and the verification
+    # token must not be logged with it.
+    body, _ = bot.signed_command("note the body of a refused request")
+    headers = bot.signed(body, timestamp=int(time.time()) - 10 * 60)
+    with caplog.at_level(logging.INFO):  # as `serve` logs
+        assert bot.dispatch(body, headers).status == 401
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    url = bot.fake.response_url(CHANNEL)
+    assert url not in logged and quote(url, safe="") not in logged
+    assert "legacy-verification-token" not in logged
 
 
 # --- the same request twice ----------------------------------------------------------------

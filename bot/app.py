@@ -56,15 +56,19 @@ class IncidentApp(App):
     An HTTP request is answered 401 unless it is signed with the signing secret, before Bolt
     looks at it: Bolt's own check raised on a malformed timestamp or signature (a 500 and an
     error in the log), and logged the whole body of every request it refused, response URL
-    and verification token included. Bolt's check still runs after ours, and passes.
+    and verification token included. Bolt's check still runs after ours, and passes. With
+    no secret given (`verify_requests_with`), every HTTP request is refused. Slack's
+    `ssl_check`, which Bolt answers before its own check, is left to Bolt.
     """
 
-    def __init__(self, *, signing_secret: str | None = None, **kwargs: Any) -> None:
-        super().__init__(signing_secret=signing_secret, **kwargs)
-        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
+    _verifier: SignatureVerifier | None = None
+
+    def verify_requests_with(self, signing_secret: str) -> None:
+        """Refuse, before Bolt, any HTTP request not signed with `signing_secret`."""
+        self._verifier = SignatureVerifier(signing_secret)
 
     def dispatch(self, req: BoltRequest) -> BoltResponse:
-        if req.mode == "http" and not self._signed(req):
+        if req.mode == "http" and not self._signed(req) and req.body.get("ssl_check") != "1":
             log.info("refused a request whose signature is missing, malformed, stale or wrong")
             return BoltResponse(status=401, body={"error": "invalid request"})
         if req.mode == "http" and not req.body and "payload" in req.raw_body:
@@ -133,7 +137,7 @@ def build_app(
             installation_store=installations,
             # Bolt takes an Authorize instance here (App.__init__ checks for one), though its
             # annotation only names callables.
-            authorize=authorize,
+            authorize=authorize,  # type: ignore[arg-type]
             # Bolt's own says only "reinstall", also when auth.test was merely rate limited.
             user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
@@ -150,6 +154,8 @@ def build_app(
             user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
         _acknowledge_uninstalls(app)
+    if settings.slack_signing_secret:
+        app.verify_requests_with(settings.slack_signing_secret)
     register(app, services)
     return app
 

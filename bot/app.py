@@ -16,7 +16,7 @@ from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from slack_sdk.signature import SignatureVerifier
 
 from bot.config import Settings
-from bot.services import Services, web_client
+from bot.services import Services, SlackClient, web_client
 from bot.slack import register, replies
 from bot.slack.middleware import COMMAND_DEADLINE_S, answering
 
@@ -50,8 +50,9 @@ class IncidentApp(App):
     reads the raw body.
 
     Every request is answered when its listener returns, within Slack's 3 seconds: the Web
-    API calls made meanwhile (Bolt's auth.test, the listener's) wait on a rate limit only as
-    long as that allows (see `services.RateLimitRetryHandler`).
+    API calls made meanwhile (Bolt's auth.test, the listener's) wait on a rate limit, or on
+    a slow Slack, only as long as that allows (see `services.RateLimitRetryHandler` and
+    `services.SlackClient`).
 
     An HTTP request is answered 401 unless it is signed with the signing secret, before Bolt
     looks at it: Bolt's own check raised on a malformed timestamp or signature (a 500 and an
@@ -90,6 +91,14 @@ class IncidentApp(App):
         if not signature.isascii():
             return False
         return self._verifier.is_valid(req.raw_body, timestamp, signature)
+
+    def _init_context(self, req: BoltRequest) -> None:
+        super()._init_context(req)
+        # Bolt gives each request a plain WebClient of its own, made from the app's; the
+        # listeners' calls must give up when the answer is due, as the app's client's do.
+        if isinstance(self.client, SlackClient):
+            token, team_id = req.context.client.token, req.context.team_id
+            req.context["client"] = self.client.copy(token=token, team_id=team_id)
 
 
 def build_app(

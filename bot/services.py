@@ -10,6 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.request import Request
 
 from jinja2 import Environment
 from slack_sdk import WebClient
@@ -162,12 +164,54 @@ def build_services(
 
 def web_client(settings: Settings, token: str | None) -> WebClient:
     """A Web API client that retries what Slack asks to be retried, a bounded number of times."""
-    return WebClient(
+    return SlackClient(
         token=token,
         base_url=settings.slack_api_url,
         timeout=settings.slack_timeout,
         retry_handlers=retry_handlers(),
     )
+
+
+class SlackClient(WebClient):
+    """A Web API client whose calls, made while a request is being answered, give up when
+    the answer is due: Slack wants it within 3 seconds, and a Slack that is slow to answer
+    (not a 429) would otherwise hold the request for the whole `timeout`.
+
+    After the answer (follow-ups) each attempt waits the whole `timeout`.
+    """
+
+    def __init__(self, *, timeout: int, **kwargs: Any) -> None:
+        self.patience = timeout  # seconds an attempt may take when no answer is due
+        super().__init__(timeout=timeout, **kwargs)
+
+    @property  # type: ignore[override]  # urllib takes any number of seconds, not only whole ones
+    def timeout(self) -> float:
+        left = time_left()
+        return self.patience if left is None else max(0.0, min(self.patience, left - AFTER_RETRY_S))
+
+    @timeout.setter
+    def timeout(self, value: int) -> None:
+        self.patience = value
+
+    def copy(self, *, token: str | None, team_id: str | None) -> SlackClient:
+        """A client like this one for another token (Bolt makes one for each request)."""
+        return SlackClient(
+            token=token,
+            base_url=self.base_url,
+            timeout=self.patience,
+            ssl=self.ssl,
+            proxy=self.proxy,
+            headers=self.headers,
+            team_id=team_id,
+            logger=self.logger,
+            retry_handlers=list(self.retry_handlers),
+        )
+
+    def _perform_urllib_http_request_internal(self, url: str, req: Request) -> dict[str, Any]:
+        if self.timeout <= 0:
+            # Raised as a timeout is: the retry handlers do not try it again.
+            raise TimeoutError(f"no time left to call {url} before the answer is due")
+        return super()._perform_urllib_http_request_internal(url, req)
 
 
 def retry_handlers() -> list[RetryHandler]:

@@ -202,6 +202,8 @@ class FakeSlack:
             return
         if path.startswith("/response/"):
             fault = self._take_fault(RESPONSE_URL)
+            if fault is not None and fault.delay:
+                time.sleep(fault.delay)
             if fault is not None and fault.status != 200:
                 # Slack answers a response URL in plain text: `expired_url`, `used_url`, ...
                 headers = (

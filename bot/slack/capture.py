@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext, BoltRequest, Respond
+from slack_bolt import Ack, App, BoltContext, BoltRequest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web import SlackResponse
@@ -28,7 +28,7 @@ from bot.slack import replies
 from bot.slack import text as slack_text
 from bot.slack.commands import request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
-from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED
+from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, tell
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,19 @@ def register(app: App, services: Services) -> None:
 
     @with_session(services.sessions)
     def handle_timeline_shortcut(
-        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, respond: Respond
+        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient
     ) -> None:
         session: Session = context["db"]
+        response_url = body.get("response_url")
+
+        def respond(reply: replies.Reply) -> None:
+            """Answer the person after the shortcut is acknowledged: Slack wants that within
+            3 seconds, and the response URL may be slow to take the reply."""
+            services.followups.submit(
+                lambda: tell(response_url, reply, replace_original=False),
+                what="answering a shortcut",
+            )
+
         team_id = team_of(context, body)
         channel = str((body.get("channel") or {}).get("id", ""))
         user = str((body.get("user") or {}).get("id", ""))
@@ -379,7 +389,7 @@ def register(app: App, services: Services) -> None:
                 )
                 if incident is None:
                     ack()
-                    respond(**replies.no_open_incident().as_ack(), replace_original=False)
+                    respond(replies.no_open_incident())
                     return
                 end_lookup(session)
                 message = to_message(
@@ -413,18 +423,18 @@ def register(app: App, services: Services) -> None:
         except IncidentError as error:
             session.rollback()
             ack()
-            respond(**replies.refusal(str(error)).as_ack(), replace_original=False)
+            respond(replies.refusal(str(error)))
             return
         except SQLAlchemyError:
             log.warning("could not add a message to the timeline", exc_info=True)
             rollback_quietly(session)
             ack()
             trouble = replies.could_not_confirm() if committing else replies.could_not_record()
-            respond(**trouble.as_ack(), replace_original=False)
+            respond(trouble)
             return
         ack()
         reply = replies.captured(reference=reference, number=number, created=created)
-        respond(**reply.as_ack(), replace_original=False)
+        respond(reply)
         services.pruning.start(services)
         if created:
             services.followups.submit(

@@ -176,14 +176,14 @@ def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> 
         call()
 
 
-def tell(response_url: str | None, reply: Reply) -> None:
+def tell(response_url: str | None, reply: Reply, *, replace_original: bool | None = None) -> None:
     """Answer through the command's response URL; a failure here is only logged."""
     if not response_url:
         return
     try:
         # Its log says only warnings, which do not name the URL (app.quiet_response_urls).
         client = WebhookClient(response_url, timeout=10, retry_handlers=retry_handlers())
-        response = client.send(**reply.as_ack())
+        response = client.send(**reply.as_ack(), replace_original=replace_original)
     except Exception:
         log.exception("could not answer through the response URL")
         return

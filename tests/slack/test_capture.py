@@ -292,6 +292,7 @@ def test_the_message_shortcut_adds_a_message_and_confirms_to_the_person(bot: Bot
         "thread_ts": "1795154300.000001",
     }
     assert shortcut(bot, message).status == 200
+    bot.wait()  # the reply goes after the answer: the second one must not overtake it
     assert shortcut(bot, message).status == 200  # twice: still one entry
     bot.wait()
     [entry] = entries(bot)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import db, incidents, postmortem
 from bot.config import Settings
 from bot.notes import NoteWriter
-from bot.slack.middleware import time_left
+from bot.slack.middleware import AFTER_RETRY_S, time_left
 from bot.slack.people import UserDirectory
 
 log = logging.getLogger(__name__)
@@ -221,10 +221,6 @@ def retry_handlers() -> list[RetryHandler]:
         RateLimitRetryHandler(max_retry_count=2),
         ServerErrorRetryHandler(max_retry_count=2),
     ]
-
-
-# What a request needs after the retried call: the call itself, the commit, the answer.
-AFTER_RETRY_S = 0.5
 
 
 class RateLimitRetryHandler(RateLimitErrorRetryHandler):

@@ -27,6 +27,10 @@ Listener = Callable[..., None]
 # request waits on Slack's Retry-After past it either.
 COMMAND_DEADLINE_S = 2.2
 
+# What a request needs after a call to Slack (or its retry): the call itself, the commit,
+# the answer. A call made while answering may take the time left less this.
+AFTER_RETRY_S = 0.5
+
 # When (time.monotonic()) the request this thread is handling must be answered; None in work
 # done after the answer (follow-ups), which may wait as long as Slack asks.
 _answer_by: ContextVar[float | None] = ContextVar("answer_by", default=None)

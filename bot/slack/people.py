@@ -15,6 +15,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot.slack.middleware import AFTER_RETRY_S, time_left
+
 log = logging.getLogger(__name__)
 
 # Slack gives a command 3 seconds; the database write needs some of them.
@@ -38,9 +40,9 @@ class Person:
 class UserDirectory:
     """A cache of (workspace, user) -> `Person`, filled by `users.info` in the background.
 
-    A lookup waits at most `timeout` for Slack; one that answers later still fills the cache
-    for the next command. Whatever cannot be learnt falls back: the zone to `fallback`, the
-    name to the user id.
+    A lookup waits at most `timeout` for Slack, and no longer than the request being answered
+    can spare; one that answers later still fills the cache for the next command. Whatever
+    cannot be learnt falls back: the zone to `fallback`, the name to the user id.
     """
 
     def __init__(
@@ -80,12 +82,16 @@ class UserDirectory:
             if future is None:
                 future = self._executor.submit(self._lookup, key, token)
                 self._pending[key] = future
+        wait = self._timeout
+        left = time_left()
+        if left is not None:
+            # Other calls to Slack may have used the request's time already; what follows
+            # the lookup (the commit, the answer) still needs its share.
+            wait = max(0.0, min(wait, left - AFTER_RETRY_S))
         try:
-            return future.result(timeout=self._timeout)
+            return future.result(timeout=wait)
         except FutureTimeout:
-            log.warning(
-                "users.info for %s took over %.1fs; using fallbacks", user_id, self._timeout
-            )
+            log.warning("users.info for %s took over %.1fs; using fallbacks", user_id, wait)
             return Person(zone=None, name=None)
 
     def _lookup(self, key: tuple[str, str], token: str | None) -> Person:

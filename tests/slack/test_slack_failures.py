@@ -260,3 +260,24 @@ def test_a_shortcut_is_answered_while_its_response_url_is_slow(bot: Bot) -> None
 
     assert reply.status == 200
     assert [entry.text for entry in entries(bot)] == ["rolled back"]
+
+
+def test_a_shortcut_slowed_by_slack_twice_still_records_the_message(patient: Bot) -> None:
+    """Once Slack has been slow to give the permalink, there is no time left to wait for the
+    author's name either: the message is recorded under the fallback, not refused as if the
+    database had not answered."""
+    carol = "U0CAROL001"
+    patient.fake.users[carol] = "UTC"
+    patient.command("start Outage")
+    ts = patient.fake.post(CHANNEL, "rolled back", user=carol, ts=PIN_TS)
+    message = {"type": "message", "user": carol, "text": "rolled back", "ts": ts}
+    patient.fake.fail("chat.getPermalink", Fault(delay=60))
+    patient.fake.fail("users.info", Fault(delay=60))
+
+    reply = answered(lambda: shortcut(patient, message))
+
+    assert reply.status == 200
+    [response] = patient.fake.wait_for_responses(1)
+    assert "#1" in response["text"], response["text"]
+    [entry] = entries(patient)
+    assert entry.text == "rolled back" and entry.author_id == carol

@@ -217,10 +217,78 @@ class SlackClient(WebClient):
 def retry_handlers() -> list[RetryHandler]:
     """Connection errors, 429 (after its Retry-After) and 5xx: each tried again twice at most."""
     return [
-        ConnectionErrorRetryHandler(max_retry_count=2),
+        ConnectionRetryHandler(max_retry_count=2),
         RateLimitRetryHandler(max_retry_count=2),
-        ServerErrorRetryHandler(max_retry_count=2),
+        ServerRetryHandler(max_retry_count=2),
     ]
+
+
+class BackoffWithinAnswer(RetryHandler):
+    """Tried again after a growing wait (0.5 s, 1 s...), unless, while a request is being
+    answered, the wait would leave too little time for the answer: the SDK's handlers add up
+    to a second at random to each wait, so a request could sleep past Slack's 3 seconds.
+
+    After the answer (follow-ups) it waits as the SDK's handlers do.
+    """
+
+    def _within_answer(self, state: RetryState) -> bool:
+        left = time_left()
+        return left is None or _backoff(state) + AFTER_RETRY_S <= left
+
+    def prepare_for_next_attempt(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        if time_left() is None:
+            super().prepare_for_next_attempt(
+                state=state, request=request, response=response, error=error
+            )
+            return
+        state.next_attempt_requested = True
+        time.sleep(_backoff(state))
+        state.increment_current_attempt()
+
+
+def _backoff(state: RetryState) -> float:
+    """The SDK's wait before the next attempt, without its random part."""
+    return BACKOFF_S * 2.0 ** int(state.current_attempt)
+
+
+BACKOFF_S = 0.5  # the SDK's default backoff factor
+
+
+class ConnectionRetryHandler(BackoffWithinAnswer, ConnectionErrorRetryHandler):
+    """A connection error is tried again, within the answer's time (`BackoffWithinAnswer`)."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        retry = super()._can_retry(state=state, request=request, response=response, error=error)
+        return retry and self._within_answer(state)
+
+
+class ServerRetryHandler(BackoffWithinAnswer, ServerErrorRetryHandler):
+    """A 500 or 503 is tried again, within the answer's time (`BackoffWithinAnswer`)."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        retry = super()._can_retry(state=state, request=request, response=response, error=error)
+        return retry and self._within_answer(state)
 
 
 class RateLimitRetryHandler(RateLimitErrorRetryHandler):

@@ -281,3 +281,23 @@ def test_a_shortcut_slowed_by_slack_twice_still_records_the_message(patient: Bot
     assert "#1" in response["text"], response["text"]
     [entry] = entries(patient)
     assert entry.text == "rolled back" and entry.author_id == carol
+
+
+def test_server_errors_on_the_shortcut_are_retried_only_while_the_answer_can_wait(
+    bot: Bot,
+) -> None:
+    """Each retry of a 5xx waits longer (0.5 s, then 1 s, each plus up to 1 s at random);
+    inside a request, a retry that could not end before the answer is due is not made, and
+    the message is recorded without its link rather than refused as if the database had
+    not answered."""
+    bot.command("start Outage")
+    message = pinned_message(bot)
+    bot.fake.fail("chat.getPermalink", Fault(status=503, times=10))
+
+    reply = answered(lambda: shortcut(bot, message))
+
+    assert reply.status == 200
+    [response] = bot.fake.wait_for_responses(1)
+    assert "#1" in response["text"], response["text"]
+    [entry] = entries(bot)
+    assert entry.text == "rolled back" and entry.permalink is None

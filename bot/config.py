@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,12 +28,14 @@ class ConfigError(Exception):
 class Settings:
     """Everything the bot reads from its environment, validated once at start-up."""
 
-    slack_bot_token: str | None
-    slack_signing_secret: str | None
-    slack_app_token: str | None
+    # Not in the repr (a traceback, a debugger, a log line): they let anyone act as the app,
+    # and the URL may hold the database's password.
+    slack_bot_token: str | None = field(repr=False)
+    slack_signing_secret: str | None = field(repr=False)
+    slack_app_token: str | None = field(repr=False)
     slack_client_id: str | None
-    slack_client_secret: str | None
-    database_url: str
+    slack_client_secret: str | None = field(repr=False)
+    database_url: str = field(repr=False)
     slack_api_url: str
     incident_timezone: str
     templates_dir: Path | None

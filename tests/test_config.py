@@ -375,3 +375,22 @@ def test_issue3_settings_are_read() -> None:
     defaults = load({})
     assert (defaults.timeline_emoji, defaults.incident_channels) == ("pushpin", False)
     assert defaults.severities == ("SEV1", "SEV2", "SEV3", "SEV4")
+
+
+def test_secrets_are_not_in_the_settings_repr() -> None:
+    # A traceback, a debugger or a log line that shows the settings (or the services that
+    # hold them) must not show what lets someone act as the app or read its database.
+    settings = load(
+        {
+            "SLACK_BOT_TOKEN": "xoxb-secret-bot-token",
+            "SLACK_SIGNING_SECRET": "secret-signing",
+            "SLACK_APP_TOKEN": "xapp-secret-app-token",
+            "SLACK_CLIENT_ID": "123.456",
+            "SLACK_CLIENT_SECRET": "secret-client",
+            "DATABASE_URL": "postgresql+psycopg://bot:db-password@db.internal/incidents",
+        }
+    )
+    shown = repr(settings)
+    for secret in ("xoxb-secret", "secret-signing", "xapp-secret", "secret-client", "db-password"):
+        assert secret not in shown
+    assert "incident_timezone='UTC'" in shown  # the rest is still there to read

@@ -117,7 +117,9 @@ class FakeSlack:
     # Messages people posted, by (channel, ts): what conversations.history/replies return.
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     channel_names: dict[str, str] = field(default_factory=dict)  # name -> id of existing channels
-    oauth_codes: dict[str, str] = field(default_factory=dict)  # OAuth code -> workspace
+    # OAuth code -> the workspace it installs in, or an organization (an `E…` id) it installs
+    # in org-wide (Enterprise Grid): the token is then the organization's, for all its workspaces.
+    oauth_codes: dict[str, str] = field(default_factory=dict)
     socket_mode_url: str | None = None  # what apps.connections.open hands out
 
     def __post_init__(self) -> None:
@@ -280,14 +282,20 @@ class FakeSlack:
     def _answer(self, method: str, params: dict[str, Any], token: str | None) -> dict[str, Any]:
         number = next(self._ids)
         if method == "auth.test":
+            owner = self.tokens.get(token or "", self.team_id)
             return {
                 "ok": True,
                 "url": "https://demo.slack.com/",
                 "team": "Demo",
-                "team_id": self.tokens.get(token or "", self.team_id),
+                "team_id": owner,
                 "user": "incident-bot",
                 "user_id": self.bot_user_id,
                 "bot_id": "B0BOT00001",
+                **(
+                    {"enterprise_id": owner, "is_enterprise_install": True}
+                    if _is_organization(owner)
+                    else {}
+                ),
             }
         if method == "oauth.v2.access":
             team = self.oauth_codes.get(str(params.get("code", "")))
@@ -296,6 +304,7 @@ class FakeSlack:
             minted = f"xoxb-{team}-{number}"
             with self._lock:
                 self.tokens[minted] = team
+            org_wide = _is_organization(team)
             return {
                 "ok": True,
                 "access_token": minted,
@@ -303,9 +312,9 @@ class FakeSlack:
                 "scope": "commands,chat:write",
                 "bot_user_id": self.bot_user_id,
                 "app_id": "A0DEMO0001",
-                "team": {"id": team, "name": f"Workspace {team}"},
-                "enterprise": None,
-                "is_enterprise_install": False,
+                "team": None if org_wide else {"id": team, "name": f"Workspace {team}"},
+                "enterprise": {"id": team, "name": f"Org {team}"} if org_wide else None,
+                "is_enterprise_install": org_wide,
                 "authed_user": {"id": "U0INSTALL1"},
             }
         if method == "users.info":
@@ -407,6 +416,11 @@ class FakeSlack:
                 return {"ok": False, "error": "message_not_found"}
             return {"ok": True, "type": "message", "channel": channel, "message": copied}
         if method == "conversations.create":
+            with self._lock:
+                owner = self.tokens.get(token or "", "")
+            if _is_organization(owner) and not params.get("team_id"):
+                # An org-wide token must say which of the organization's workspaces.
+                return {"ok": False, "error": "missing_argument"}
             name = str(params.get("name", ""))
             if len(name) > 80:
                 return {"ok": False, "error": "invalid_name_maxlength"}
@@ -499,6 +513,11 @@ class FakeSlack:
             return list(self.uploads.values())[index].decode()
 
 
+def _is_organization(owner: str) -> bool:
+    """Whether a token's owner is an Enterprise Grid organization (`E…`), not a workspace."""
+    return owner.startswith("E")
+
+
 def _params(raw: bytes, content_type: str) -> dict[str, Any]:
     if not raw:
         return {}
@@ -553,6 +572,9 @@ class SlashCommand:
     user_id: str = DEMO_USER
     response_url: str = "https://hooks.slack.com/commands/T0/1/x"
     channel_name: str = "incident"  # "directmessage" in a DM, "mpdm-…" in a group DM
+    # The organization of an org-wide (Enterprise Grid) install; `team_id` is then the
+    # organization's workspace the command was typed in.
+    enterprise_id: str | None = None
 
     def body(self, text: str, *, escaped: bool = False, with_trigger_id: bool = True) -> str:
         """The form body for `/incident <text>`; `text` is what the person typed.
@@ -571,9 +593,11 @@ class SlashCommand:
             "command": "/incident",
             "text": text if escaped else slack_escape(text),
             "api_app_id": "A0DEMO0001",
-            "is_enterprise_install": "false",
+            "is_enterprise_install": "false" if self.enterprise_id is None else "true",
             "response_url": self.response_url,
         }
+        if self.enterprise_id is not None:
+            fields["enterprise_id"] = self.enterprise_id
         if with_trigger_id:
             fields["trigger_id"] = new_trigger_id()
         return urlencode(fields)

@@ -183,10 +183,13 @@ class Bot:
         channel: str = CHANNEL,
         team: str = TEAM,
         escaped: bool = False,
+        enterprise: str | None = None,
     ) -> Reply:
         """Send `/incident <typed>` as Slack would: escaped, form-encoded and signed."""
         return self.dispatch(
-            *self.signed_command(typed, user=user, channel=channel, team=team, escaped=escaped)
+            *self.signed_command(
+                typed, user=user, channel=channel, team=team, escaped=escaped, enterprise=enterprise
+            )
         )
 
     def signed_command(
@@ -198,14 +201,17 @@ class Bot:
         team: str = TEAM,
         escaped: bool = False,
         with_trigger_id: bool = True,
+        enterprise: str | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """The body and headers of `/incident <typed>`, to send (and perhaps send again)."""
+        """The body and headers of `/incident <typed>`, to send (and perhaps send again); with
+        `enterprise`, typed in workspace `team` of that org-wide installed organization."""
         slash = SlashCommand(
             secret=SECRET,
             team_id=team,
             channel_id=channel,
             user_id=user,
             response_url=self.fake.response_url(channel),
+            enterprise_id=enterprise,
         )
         return slash.signed(typed, escaped=escaped, with_trigger_id=with_trigger_id)
 

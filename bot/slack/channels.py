@@ -37,12 +37,17 @@ def open_incident_channel(
     services: Services,
     *,
     incident_id: int,
+    team_id: str,
     origin_channel: str,
     starter: str,
     token: str | None,
     response_url: str | None,
 ) -> None:
-    """Create the incident's channel, move the incident there, invite the starter, post there."""
+    """Create the incident's channel, move the incident there, invite the starter, post there.
+
+    The channel is created in workspace `team_id`: an org-wide (Enterprise Grid) install's
+    token serves all the organization's workspaces and Slack refuses to create a channel
+    with it unless told which one (a workspace's own token ignores it)."""
     with services.sessions() as session:
         incident = session.get_one(Incident, incident_id)
         names = [channel_name(incident, attempt) for attempt in range(1, MAX_ATTEMPTS + 1)]
@@ -51,7 +56,7 @@ def open_incident_channel(
     why = "every name was taken"
     for name in names:
         try:
-            created = str(client.conversations_create(name=name)["channel"]["id"])
+            created = str(client.conversations_create(name=name, team_id=team_id)["channel"]["id"])
             break
         except SlackApiError as error:
             if error.response.get("error") == "name_taken":

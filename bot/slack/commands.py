@@ -140,11 +140,13 @@ def handle_start(call: Call, _: Incident | None) -> Outcome:
     if call.services.settings.incident_channels:
         services, incident_id, origin = call.services, incident.id, call.channel_id
         starter, token, response_url = call.user_id, call.token, call.response_url
+        team_id = call.team_id
 
         def followup() -> None:
             channels.open_incident_channel(
                 services,
                 incident_id=incident_id,
+                team_id=team_id,
                 origin_channel=origin,
                 starter=starter,
                 token=token,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from slack_bolt.request import BoltRequest
@@ -17,13 +18,16 @@ from tests.conftest import Bot, Clock, Database, make_settings
 from tests.slack.test_slack_failures import answered
 
 
-def _multi_workspace_bot(database: Database, fake: FakeSlack, clock: Clock) -> Bot:
+def _multi_workspace_bot(
+    database: Database, fake: FakeSlack, clock: Clock, **overrides: Any
+) -> Bot:
     settings = make_settings(
         database.url,
         fake.api_url,
         slack_bot_token=None,
         slack_client_id="1111.2222",
         slack_client_secret="client-secret",
+        **overrides,
     )
     services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
     return Bot(app=build_app(settings, services), services=services, fake=fake, clock=clock)
@@ -116,3 +120,23 @@ def test_a_rate_limited_auth_test_is_answered_in_time_with_what_to_do(multi: Bot
     with multi.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Incident)) == 0
     assert "INC-1" in multi.command("start Outage", team="T0FIRST001").text  # once Slack answers
+
+
+def test_an_org_wide_install_opens_incident_channels_in_the_workspace_of_the_command(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    # An org-wide (Enterprise Grid) install has one token for all the organization's
+    # workspaces, and conversations.create must be told which of them the channel is for.
+    bot = _multi_workspace_bot(database, fake_slack, clock, incident_channels=True)
+    install(bot, "E0ORG00001")
+
+    reply = bot.command("start Checkout down", team="T0ORGWS001", enterprise="E0ORG00001")
+    bot.wait()
+
+    assert "INC-1" in reply.text
+    [create] = fake_slack.calls_to("conversations.create")
+    assert create.params.get("team_id") == "T0ORGWS001"
+    new_channel = fake_slack.channel_names["inc-20261120-checkout-down"]
+    with bot.services.sessions() as session:
+        incident = session.scalars(select(Incident)).one()
+        assert (incident.team_id, incident.channel_id) == ("T0ORGWS001", new_channel)

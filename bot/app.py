@@ -9,6 +9,8 @@ from urllib.parse import parse_qsl
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization.authorize import InstallationStoreAuthorize
+from slack_bolt.oauth.callback_options import FailureArgs
+from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_bolt.request.internals import build_context
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
@@ -101,6 +103,28 @@ class IncidentApp(App):
             req.context["client"] = self.client.copy(token=token, team_id=team_id)
 
 
+class IncidentOAuthFlow(OAuthFlow):
+    """Bolt's OAuth flow, whose callback answers with its failure page, not a bare 500, when
+    Slack cannot be reached to finish the install or the database cannot keep it: Bolt
+    catches only Slack's own error answers there."""
+
+    def handle_callback(self, request: BoltRequest) -> BoltResponse:
+        try:
+            return super().handle_callback(request)
+        except Exception as error:  # a dropped link, a timeout, the database
+            log.warning("could not finish an install: %s", error, exc_info=True)
+            return self.failure_handler(
+                FailureArgs(
+                    request=request,
+                    reason="slack_or_database_unreachable",
+                    error=error,
+                    suggested_status_code=503,
+                    settings=self.settings,
+                    default=self.default_callback_options,
+                )
+            )
+
+
 def build_app(
     settings: Settings, services: Services, *, token_verification_enabled: bool = True
 ) -> App:
@@ -142,7 +166,7 @@ def build_app(
             client=client,
             process_before_response=True,
             logger=logger,
-            oauth_settings=oauth_settings,
+            oauth_flow=IncidentOAuthFlow(client=client, logger=logger, settings=oauth_settings),
             installation_store=installations,
             # Bolt takes an Authorize instance here (App.__init__ checks for one), though its
             # annotation only names callables.

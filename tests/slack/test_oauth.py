@@ -140,3 +140,24 @@ def test_an_org_wide_install_opens_incident_channels_in_the_workspace_of_the_com
     with bot.services.sessions() as session:
         incident = session.scalars(select(Incident)).one()
         assert (incident.team_id, incident.channel_id) == ("T0ORGWS001", new_channel)
+
+
+def test_an_install_slack_cannot_finish_gets_a_page_that_says_so(multi: Bot) -> None:
+    # oauth.v2.access never answers whole (the link drops, every retry too): Bolt catches
+    # only SlackApiError there, so the installer got a bare 500 and the log a traceback.
+    team = "T0FIRST001"
+    multi.fake.oauth_codes[f"code-{team}"] = team
+    flow = multi.app.oauth_flow
+    assert flow is not None
+    page = flow.handle_installation(_request())
+    location = page.headers.get("location", [""])[0] if page.status == 302 else page.body
+    state_match = re.search(r"state=([\w-]+)", location)
+    assert state_match, location
+    cookie = page.headers["set-cookie"][0].split(";", 1)[0]
+    multi.fake.fail("oauth.v2.access", Fault(cut=True, times=10))
+
+    done = flow.handle_callback(_request(f"code=code-{team}&state={state_match.group(1)}", cookie))
+
+    assert done.status == 503
+    assert "/slack/install" in done.body
+    assert team not in multi.fake.tokens.values()

@@ -467,7 +467,11 @@ def actions(session: Session, *, incident: Incident) -> list[str]:
 
 
 def get_incident(session: Session, *, team_id: str | None, number: int) -> Incident:
-    """An incident by number; `team_id` may be left out while the database holds one workspace."""
+    """An incident by number; `team_id` may be left out while the database holds one workspace.
+
+    With several, a number is refused without it even when one workspace alone has it: the
+    person may be asking for another workspace's, which has none.
+    """
     query = select(Incident).where(Incident.number == number)
     if team_id is not None:
         query = query.where(Incident.team_id == team_id)
@@ -475,8 +479,13 @@ def get_incident(session: Session, *, team_id: str | None, number: int) -> Incid
     if not found:
         where = f" in workspace {team_id}" if team_id else ""
         raise IncidentNotFoundError(f"There is no INC-{number}{where}.")
-    if len(found) > 1:
+    if team_id is None and session.scalar(select(func.count(Incident.team_id.distinct()))) != 1:
         teams = sorted(session.scalars(select(Incident.team_id).where(Incident.number == number)))
+        if len(teams) == 1:
+            raise IncidentNotFoundError(
+                f"The database holds several workspaces and INC-{number} is in {teams[0]}'s: "
+                f"if that is the one, name it with --team {teams[0]}."
+            )
         raise IncidentNotFoundError(
             f"INC-{number} exists in several workspaces ({', '.join(teams)}); name one with --team."
         )

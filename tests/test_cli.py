@@ -448,3 +448,31 @@ def test_help_says_what_each_option_is_and_its_default(
     shown = " ".join(capsys.readouterr().out.split())
     for phrase in says:
         assert phrase in shown, shown
+
+
+def test_export_asks_for_the_workspace_even_when_only_one_has_the_number(
+    tmp_path: Path,
+) -> None:
+    # Someone of the second workspace asking for its INC-2, which it does not have, must not
+    # be handed the first workspace's INC-2 without a word.
+    url = f"sqlite:///{tmp_path / 'incidents.db'}"
+    engine = db.make_engine(url)
+    db.create_schema(engine)
+    now = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    with db.make_session_factory(engine)() as session:
+        for team, channel in (("T0AAAAAAA1", "C1"), ("T0AAAAAAA1", "C2"), ("T0BBBBBBB1", "C1")):
+            incidents.start_incident(
+                session,
+                team_id=team,
+                channel_id=channel,
+                user_id="U1",
+                title="Outage",
+                started_at=now,
+                timezone="UTC",
+                now=now,
+            )
+        session.commit()
+        with pytest.raises(incidents.IncidentNotFoundError, match="--team T0AAAAAAA1"):
+            incidents.get_incident(session, team_id=None, number=2)
+        assert incidents.get_incident(session, team_id="T0AAAAAAA1", number=2).number == 2
+    engine.dispose()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
+from select import POLLIN, poll
 from typing import Any
 
 from alembic import command
@@ -35,7 +36,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -103,13 +104,41 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_timeout", PG_POOL_TIMEOUT_S)
     kwargs.setdefault("pool_recycle", 300)
     # No pre-ping: a ping on a link that hangs would wait outside any deadline (it runs
-    # before the pool says which thread holds the connection). A connection that died
-    # while idle fails its first statement instead; that command is answered "could not
-    # record, try again" and the pool replaces every connection older than the failure.
+    # before the pool says which thread holds the connection). A connection the server
+    # closed while it sat idle (a restart, pg_terminate_backend) is found without a round
+    # trip instead, by `_replace_closed_links`.
     kwargs.setdefault("pool_pre_ping", False)
     engine = create_engine(url, **kwargs)
+    _replace_closed_links(engine)  # before _track_holders: a replaced link is never held
     _track_holders(engine)
     return engine
+
+
+def _replace_closed_links(engine: Engine) -> None:
+    """Hand out no pooled PostgreSQL connection that the server has already closed.
+
+    A server that restarts, or ends a backend, says so on each idle connection and closes
+    it; without this the next command to take that connection from the pool would fail
+    ("could not record") on a database that is up. An idle connection is sent nothing
+    otherwise (the bot never LISTENs), so one with anything to read, or its end, is dead:
+    the pool replaces it with a new connection before the command uses it.
+    """
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if _closed_by_server(dbapi_connection):
+            raise DisconnectionError("the server closed this connection while it was idle")
+
+
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    pgconn = getattr(dbapi_connection, "pgconn", None)
+    if pgconn is None:
+        return False
+    if dbapi_connection.closed or pgconn.status != 0:  # 0: libpq's CONNECTION_OK
+        return True
+    poller = poll()
+    poller.register(pgconn.socket, POLLIN)
+    return bool(poller.poll(0))
 
 
 # --- deadlines --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
 from bot import db
@@ -258,3 +258,46 @@ def test_the_message_shortcut_with_the_database_gone_says_so_and_stores_nothing(
     assert "could not record" in told["text"] and "try again" in told["text"]
     faulty.proxy.heal()
     assert faulty.direct_count() == 0
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
+def test_the_first_command_after_the_database_restarts_is_recorded(bot: Bot) -> None:
+    """A restart of PostgreSQL (or pg_terminate_backend, an idle timeout) closes every pooled
+    connection while it sits idle: the next command must get a live one, not fail on it."""
+    engine = bot.services.engine
+    engine.dispose()  # every connection from here on is seen by `remember`
+    backends: set[int] = set()
+
+    def remember(dbapi_connection: Any, _record: object) -> None:
+        backends.add(dbapi_connection.info.backend_pid)
+
+    event.listen(engine, "connect", remember)
+    assert "INC-1" in bot.command("start Outage").text
+    assert "Added to" in bot.command("note before").text
+    assert db.ping(engine)
+    assert backends
+
+    admin = create_engine(make_url(TEST_DATABASE_URL))
+    try:
+        with admin.connect() as connection:
+            for pid in backends:
+                connection.execute(select(func.pg_terminate_backend(pid)))
+            for _ in range(100):  # each backend says why and closes its socket, then exits
+                alive = connection.scalar(
+                    select(func.count())
+                    .select_from(text("pg_stat_activity"))
+                    .where(text("pid = ANY(:pids)").bindparams(pids=list(backends)))
+                )
+                if not alive:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the terminated backends did not exit")
+    finally:
+        admin.dispose()
+
+    reply, _ = timed(lambda: bot.command("note after the restart"))
+    assert "Added to" in reply.text
+    assert db.ping(engine)
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2

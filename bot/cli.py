@@ -232,6 +232,9 @@ def _refuse_unless_schema_current(settings: Settings, *, doing: str = "start") -
 
     from bot import db
 
+    refused = _refuse_an_in_memory_database(settings)
+    if refused:
+        return refused
     missing = _missing_sqlite_file(settings.database_url)
     if missing:
         print(
@@ -268,6 +271,9 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     from bot import db
 
     settings = Settings.load()
+    refused = _refuse_an_in_memory_database(settings)
+    if refused:
+        return refused
     where = _shown(settings.database_url)
     engine = db.make_engine(settings.database_url)
     try:
@@ -286,6 +292,24 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
         engine.dispose()
     print(f"incident-bot: database {where}: {upgrade.describe()}")
     return 0
+
+
+def _refuse_an_in_memory_database(settings: Settings) -> int:
+    """2, having said why, when DATABASE_URL is SQLite in memory: each process (and each
+    thread of a worker) would have a database of its own, gone when it ends, so an upgrade
+    would create a schema no one sees and nothing recorded would be kept."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:"):
+        return 0
+    print(
+        f"incident-bot: DATABASE_URL={_shown(settings.database_url)} is a SQLite database in "
+        "memory, which keeps nothing once the process ends; name a file, e.g. "
+        "sqlite:///incidents.db.",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _missing_sqlite_file(database_url: str) -> str | None:

@@ -463,3 +463,24 @@ def test_db_upgrade_says_when_the_database_cannot_be_reached(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "could not upgrade the database at sqlite:///" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("db", "upgrade"), {}), (("serve",), SLACK_ENV["serve"]), (("export", "INC-1"), {})],
+)
+def test_an_in_memory_sqlite_database_is_refused_as_one_that_keeps_nothing(
+    url: str, args: tuple[str, ...], env: dict[str, str], tmp_path: Path
+) -> None:
+    """It is gone when the process ends: `db upgrade` must not say it created the schema,
+    and `serve` must not send the operator to run it."""
+    database = Database(url=url, engine=db.make_engine(url))
+
+    result = run_cli(database, *args, cwd=tmp_path, env=env)
+
+    assert result.returncode == 2
+    assert "in memory" in result.stderr and "sqlite:///incidents.db" in result.stderr
+    assert "created the schema" not in result.stdout
+    assert "Run `incident-bot db upgrade`" not in result.stderr
+    assert "Traceback" not in result.stderr

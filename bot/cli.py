@@ -358,7 +358,9 @@ def _export(args: argparse.Namespace) -> int:
         return refused
     engine = db.make_engine(settings.database_url)
     try:
-        with db.make_session_factory(engine)() as session:
+        # Without the write lock on SQLite: a large export takes seconds, and the bot's
+        # writers go on meanwhile. One snapshot throughout, on both databases.
+        with db.make_session_factory(db.read_only(engine))() as session:
             incident = incidents.get_incident(
                 session, team_id=args.team, number=int(match.group(1))
             )

@@ -304,6 +304,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.connection.driver_connection.execute("BEGIN")  # a reader: no lock to take
+            return
         conn.info["holds_writer_lock"] = writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
             # On the driver's own cursor: SQLAlchemy's execution path would cost a note more
@@ -327,6 +330,19 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "rollback")
     def _on_rollback(conn: Any) -> None:
         _release_writer(conn)
+
+
+# The execution option that marks an engine's transactions as reads (`read_only`).
+READ_ONLY = "incident_bot_read_only"
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool, for transactions that only read and see one moment of the
+    database throughout: on SQLite a plain BEGIN, without the write lock, so that writers go
+    on meanwhile (WAL keeps the reader's snapshot); on PostgreSQL REPEATABLE READ."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{READ_ONLY: True})
+    return engine.execution_options(isolation_level="REPEATABLE READ")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import incidents
-from bot.db import make_session_factory
+from bot.db import make_session_factory, read_only
 from bot.models import Incident, Postmortem, TimelineEntry
 from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database, at_once
 
@@ -166,3 +166,21 @@ def test_a_command_racing_an_uncommitted_close_is_told_it_is_closed(bot: Bot, ty
         closed = session.get_one(Incident, incident.id)
         assert (closed.impact, closed.severity) == (None, None)
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 0
+
+
+def test_a_reader_such_as_export_neither_holds_up_notes_nor_sees_them_midway(bot: Bot) -> None:
+    """`incident-bot export` reads a whole incident, which takes seconds for a large one. On
+    SQLite it took the write lock like any transaction, so notes typed meanwhile waited and
+    were answered "could not record"; on PostgreSQL each of its statements saw the writes
+    committed since the one before. A read-only session holds no lock and sees one moment."""
+    bot.command("start Checkout is down")
+    bot.command("note first")
+    reading = make_session_factory(read_only(bot.services.engine))
+    with reading() as session:
+        before = session.scalar(select(func.count()).select_from(TimelineEntry))
+        answer = bot.command("note typed while the export reads")
+        after = session.scalar(select(func.count()).select_from(TimelineEntry))
+    assert "Added to" in answer.text
+    assert before == after == 1
+    with bot.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2

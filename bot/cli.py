@@ -9,9 +9,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.config import ConfigError, Settings
 from bot.db import SchemaError
+
+if TYPE_CHECKING:
+    from slack_sdk.socket_mode.builtin import SocketModeClient
 
 log = logging.getLogger("bot")
 
@@ -158,11 +162,24 @@ def _socket(_args: argparse.Namespace) -> int:
         ) from None
     log.info("answering Slack over Socket Mode; stop with SIGTERM or Ctrl-C")
     _wait_for_a_stop()
-    # Take no more envelopes, let the listeners running finish (close() waits for them),
-    # then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
+    _finish_envelopes(handler.client)
     handler.close()  # type: ignore[no-untyped-call]
+    # Then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
     services.followups.finish(FOLLOWUP_GRACE_S)
     return 0
+
+
+def _finish_envelopes(client: SocketModeClient) -> None:
+    """Take no more envelopes and let the listeners running finish, on a connection still open.
+
+    The client's close() disconnects first and waits for its listeners after, so a command
+    being carried out was recorded but its answer had no connection to go on: the person
+    was told it failed, as gunicorn's graceful stop does not do to a request it serves.
+    Envelopes not yet taken are left unacknowledged; Slack delivers them again.
+    """
+    client.closed = True  # its message processor stops taking envelopes from the queue
+    client.message_processor.shutdown()  # type: ignore[no-untyped-call]
+    client.message_workers.shutdown(wait=True)
 
 
 def _wait_for_a_stop() -> None:

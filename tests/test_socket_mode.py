@@ -103,3 +103,22 @@ def test_a_postmortem_still_posting_when_the_process_stops_is_named_in_its_log(
 
     assert process.wait(timeout=40) == 0, log.read_text()
     assert "publishing the postmortem of INC-1" in log.read_text()
+
+
+def test_a_command_in_flight_when_the_process_stops_is_still_answered(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """A deploy stops the bot while it is carrying out a command: the command is recorded,
+    and Slack is told so, as gunicorn's graceful stop answers the requests it is serving."""
+    process, log = socket_process
+    fake_slack.fail("users.info", Fault(delay=1.5))  # the caller's time zone, slow to come
+    slash = SlashCommand(secret="unused", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+    envelope = socket_mode.deliver("slash_commands", dict(parse_qsl(slash.body("start Down"))))
+    assert fake_slack.wait_for("users.info"), "the command was not being carried out"
+
+    process.send_signal(signal.SIGTERM)
+
+    assert "opened" in str(socket_mode.ack(envelope)["payload"]["text"]), log.read_text()
+    assert process.wait(timeout=30) == 0, log.read_text()

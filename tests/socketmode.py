@@ -45,16 +45,28 @@ class SocketModeServer:
         with self._lock:
             assert self._lock.wait_for(lambda: self._link is not None, timeout), "no client came"
 
-    def deliver(self, kind: str, payload: dict[str, Any]) -> str:
-        """Send one envelope (`slash_commands`, `events_api`, `interactive`); its id."""
-        envelope_id = str(uuid.uuid4())
+    def deliver(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        envelope_id: str | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+    ) -> str:
+        """Send one envelope (`slash_commands`, `events_api`, `interactive`); its id.
+
+        Slack delivers an envelope that was not acknowledged in time again, with the same
+        id and `retry_attempt` counting up (0 the first time, with `retry_reason` empty).
+        """
+        envelope_id = envelope_id or str(uuid.uuid4())
         envelope = {
             "envelope_id": envelope_id,
             "type": kind,
             "payload": payload,
             "accepts_response_payload": kind != "events_api",
-            "retry_attempt": 0,
-            "retry_reason": "",
+            "retry_attempt": retry_attempt,
+            "retry_reason": retry_reason,
         }
         self._send(_TEXT, json.dumps(envelope).encode())
         return envelope_id

@@ -6,17 +6,21 @@ its Web API FakeSlack.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from sqlalchemy import select
 
-from bot.demo import FakeSlack, Fault, SlashCommand
-from tests.conftest import ALICE, TEAM, Database
+from bot.demo import FakeSlack, Fault, SlashCommand, signed_event
+from bot.models import TimelineEntry
+from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Database
 from tests.socketmode import SocketModeServer
 from tests.test_migrations import cli_env
 
@@ -122,3 +126,37 @@ def test_a_command_in_flight_when_the_process_stops_is_still_answered(
 
     assert "opened" in str(socket_mode.ack(envelope)["payload"]["text"]), log.read_text()
     assert process.wait(timeout=30) == 0, log.read_text()
+
+
+def pin_event(ts: str, event_id: str) -> dict[str, Any]:
+    """Bob's pin reaction on a message in CHANNEL, as the payload of an events_api envelope."""
+    event = {
+        "type": "reaction_added",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "event_ts": "1795154400.000200",
+    }
+    payload: dict[str, Any] = json.loads(
+        signed_event("unused", event, team_id=TEAM, event_id=event_id)[0]
+    )
+    return payload
+
+
+@pytest.mark.usefixtures("socket_process")
+def test_a_pin_delivered_for_the_first_time_is_not_taken_for_slacks_retry(
+    fake_slack: FakeSlack, socket_mode: SocketModeServer, database: Database
+) -> None:
+    """Socket Mode says `retry_attempt: 0` on a first delivery. Over HTTP a first delivery
+    is recorded without asking Slack whether the pin is still there (only a retry, which
+    may come minutes later, asks), and Slack may not show a reaction just added yet."""
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    ts = fake_slack.post(CHANNEL, "payments answer 500", user=ALICE, ts="1795154400.000100")
+
+    socket_mode.ack(socket_mode.deliver("events_api", pin_event(ts, "Ev1")))
+
+    assert fake_slack.wait_for("reactions.add"), "the pin was not recorded"
+    with database.engine.connect() as conn:
+        texts = list(conn.scalars(select(TimelineEntry.text)))
+    assert any("payments answer 500" in text for text in texts)
+    assert not fake_slack.calls_to("reactions.get")

@@ -450,8 +450,13 @@ def register(app: App, services: Services) -> None:
 
 
 def is_retry(request: BoltRequest) -> bool:
-    """Whether Slack is sending this event again (it says so in X-Slack-Retry-Num)."""
-    return bool(request.headers.get("x-slack-retry-num"))
+    """Whether Slack is sending this event again (it says so in X-Slack-Retry-Num).
+
+    Over HTTP the header comes only with a retry. Over Socket Mode every envelope says
+    `retry_attempt`, 0 the first time, and Bolt hands it on as the header.
+    """
+    retry_num = (request.headers.get("x-slack-retry-num") or [""])[0].strip()
+    return retry_num not in ("", "0")
 
 
 def _still_pinned(client: WebClient, channel: str, ts: str, pin: str, *, unknown: bool) -> bool:

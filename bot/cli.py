@@ -154,8 +154,14 @@ def _socket(_args: argparse.Namespace) -> int:
     try:
         handler.connect()  # type: ignore[no-untyped-call]
     except SlackApiError as error:  # apps.connections.open, the one call made before serving
-        if error.response.status_code != 200:
-            raise
+        if error.response.status_code != 200:  # not Slack's answer to a token (a 5xx, a 404)
+            print(
+                f"incident-bot: {settings.slack_api_url} (SLACK_API_URL) could not open a "
+                f"Socket Mode connection (apps.connections.open): HTTP "
+                f"{error.response.status_code}",
+                file=sys.stderr,
+            )
+            return 1
         raise ConfigError(
             f"SLACK_APP_TOKEN was refused by Slack ({error.response.get('error')}); it must be "
             "an app-level token with connections:write, from the app's Basic Information page."

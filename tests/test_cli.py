@@ -426,6 +426,29 @@ def test_socket_mode_on_an_app_token_slack_refuses_names_the_token(tmp_path: Pat
     assert "Traceback" not in result.stderr
 
 
+def test_socket_mode_when_slack_cannot_open_a_connection_says_so_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """apps.connections.open answers 503 (Slack is down, or SLACK_API_URL is not Slack): the
+    bot stops as `serve` does when Slack cannot be reached, saying what answered."""
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0
+    slack = FakeSlack().start()
+    slack.fail("apps.connections.open", Fault(status=503, times=10))
+    try:
+        env = {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-x"}
+        result = bot_cli("socket", cwd=tmp_path, env={**env, "SLACK_API_URL": slack.api_url})
+    finally:
+        slack.stop()
+
+    assert result.returncode == 1, result.stderr
+    said = (
+        f"incident-bot: {slack.api_url} (SLACK_API_URL) could not open a Socket Mode "
+        "connection (apps.connections.open): HTTP 503"
+    )
+    assert said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- --help ---------------------------------------------------------------------------------
 
 

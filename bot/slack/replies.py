@@ -73,8 +73,9 @@ EDIT_HINT_TEXT = 300
 
 
 def quoted(text: str, limit: int = 2500) -> str:
-    """Typed text for mrkdwn: escaped, mention-safe, shortened for Slack's block limits."""
-    return slack_text.escape(shorten(text, limit))
+    """Typed text for mrkdwn: escaped, mention-safe, unable to format, shortened for Slack's
+    block limits."""
+    return slack_text.typed(shorten(text, limit))
 
 
 def local_time(moment: datetime, zone: str, *, now: datetime | None = None) -> str:
@@ -176,13 +177,17 @@ def noted(
     when = local_time(occurred_at, timezone, now=now)
     said = [f"Added to *{reference}* at {when}: {quoted(text)}"]
     if unseparated:
-        head, rest = quoted(unseparated[0], 64), unseparated[1]
+        time, rest = unseparated
         # The edit is given whole, to be copied, only while it fits beside the echo; a
         # shortened text in it would replace the note's with the shortened one. A backtick
-        # would end the code span the edit is shown in: nothing in mrkdwn escapes it.
+        # would end the code span the edit is shown in: nothing in mrkdwn escapes it. Inside
+        # the span nothing else formats, and what is copied must be what was typed.
         fits = len(rest) <= EDIT_HINT_TEXT and "`" not in rest
-        text_part = quoted(rest) if fits else "&lt;the text without the time&gt;"
-        said.append(f"Meant it at {head}? `/incident edit {number} {head} - {text_part}`")
+        text_part = slack_text.escape(rest) if fits else "&lt;the text without the time&gt;"
+        code = slack_text.escape(shorten(time, 64))
+        said.append(
+            f"Meant it at {quoted(time, 64)}? `/incident edit {number} {code} - {text_part}`"
+        )
     # The advice has a section of its own when the echo, escaped, fills one.
     return Reply(text="\n".join(said), blocks=_sections(said))
 
@@ -339,7 +344,7 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
 
 
 def _entry_line(entry: EntryRow, zone: str, now: datetime, limit: int = 300) -> str:
-    author = f"{slack_text.escape(entry.author_name)}: " if entry.author_name else ""
+    author = f"{slack_text.typed(entry.author_name)}: " if entry.author_name else ""
     link = f" <{entry.permalink}|(message)>" if entry.permalink else ""
     when = local_time(entry.occurred_at, zone, now=now)
     return f"`#{entry.number}` {when} - {author}{quoted(entry.text, limit)}{link}"

@@ -13,6 +13,16 @@ _ZERO_WIDTH_SPACE = "\u200b"
 # What Slack reads as one piece of markup: an entity, or a link or mention (<@U1>,
 # <#C1|general>, <https://x|label>). Cut inside one, its pieces would show as typed.
 _PIECE = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
+# Slack's mrkdwn has no escape character. `*bold*`, `_italic_` and `~strike~` open and close
+# only at a word's edge, so a marker between two letters or digits (`db_primary_1`) is plain;
+# any other gets a zero-width space on each side. Then it can neither open nor close
+# formatting, whether Slack takes that space for a space or for part of a word.
+_MARKER = re.compile(r"(?<![^\W_])[*_~]|[*_~](?![^\W_])")
+# A backtick opens code (and ``` a block that runs to the end of the message) even inside a
+# word, so no space is sure to stop it: typed text shows U+02CB MODIFIER LETTER GRAVE ACCENT.
+_BACKTICK = str.maketrans("`", "\u02cb")
+# `>` (sent as `&gt;`) at the start of a line quotes it, and `>>>` all that follows.
+_QUOTE = re.compile(r"^([^\S\n]*)&gt;", re.MULTILINE)
 
 
 def decode(text: str) -> str:
@@ -62,6 +72,16 @@ def escape(text: str) -> str:
     a direction control it opens cannot reorder what follows it."""
     escaped = bidi.contained(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _BROADCAST.sub(lambda m: f"@{_ZERO_WIDTH_SPACE}{m.group(1)}", escaped)
+
+
+def typed(text: str) -> str:
+    """Stored text to show among the bot's own mrkdwn: escaped as `escape` does, and unable
+    to format itself or what is around it (bold, italics, strikes, code, quotes)."""
+    inert = _MARKER.sub(
+        lambda m: f"{_ZERO_WIDTH_SPACE}{m.group()}{_ZERO_WIDTH_SPACE}",
+        escape(text).translate(_BACKTICK),
+    )
+    return _QUOTE.sub(rf"\1{_ZERO_WIDTH_SPACE}&gt;", inert)
 
 
 def cut(markdown: str, limit: int) -> str:

@@ -784,3 +784,72 @@ def test_a_refused_invite_still_leaves_the_header_in_the_new_channel(
     [header] = fake_slack.calls_to("chat.postMessage")
     assert header.params["channel"] == new_channel and "INC-1" in header.params["text"]
     assert any(f"<#{new_channel}>" in r["text"] for r in fake_slack.wait_for_responses(1))
+
+
+# --- typed text among the bot's own mrkdwn ----------------------------------------------
+
+ZWSP = "\u200b"
+MARKERS = "*_~`"
+
+
+def formatting_markers(mrkdwn: str) -> list[int]:
+    """Where Slack could open or close bold, italics, a strike or code in `mrkdwn`: a marker
+    at a word's edge (a space or punctuation on one side, not a space on the other), with a
+    zero-width space read both as a space and as part of a word."""
+    found: set[int] = set()
+    for zwsp_is_space in (True, False):
+
+        def space(c: str, zwsp_is_space: bool = zwsp_is_space) -> bool:
+            return c.isspace() or (zwsp_is_space and c == ZWSP)
+
+        def edge(c: str, zwsp_is_space: bool = zwsp_is_space) -> bool:
+            return space(c) or not (c.isalnum() or (not zwsp_is_space and c == ZWSP))
+
+        for at, char in enumerate(mrkdwn):
+            if char not in MARKERS:
+                continue
+            before = mrkdwn[at - 1] if at else " "
+            after = mrkdwn[at + 1] if at + 1 < len(mrkdwn) else " "
+            if char == "`" or (edge(before) and not space(after)):
+                found.add(at)
+            if edge(after) and not space(before):
+                found.add(at)
+    return sorted(found)
+
+
+def test_typed_formatting_cannot_change_how_other_entries_or_the_bots_text_look(
+    bot: Bot,
+) -> None:
+    typed = [
+        "```kubectl logs",
+        "*unclosed bold",
+        "_half italic",
+        "~gone",
+        "one `tick",
+        "two\n>>> quoted from here on",
+        "snake_case_name and 2*3*4 stay",
+    ]
+    bot.command("start Outage")
+    for note in typed:
+        bot.command(f"note {note}")
+
+    for command in ("timeline", "status"):
+        sections = [
+            block["text"]["text"]
+            for block in bot.command(command).body["blocks"]
+            if block["type"] == "section" and "`#1`" in block["text"]["text"]
+        ]
+        assert len(sections) == 1, command
+        shown = sections[0]
+        # The bot's own code spans, `#1` to `#7`, are the only formatting left.
+        ours = re.compile(r"`#\d+`")
+        assert len(ours.findall(shown)) == len(typed)
+        rest = ours.sub(lambda m: "#" * len(m.group()), shown)
+        rest = rest.replace("*Timeline*", "#" * len("*Timeline*"))
+        assert formatting_markers(rest) == [], (command, rest)
+        assert re.search(r"^\s*&gt;", shown, re.MULTILINE) is None
+        # Readable as typed once the zero-width spaces, which Slack does not show, are gone.
+        # A backtick shows as U+02CB, which looks like one and cannot start code.
+        visible = shown.replace(ZWSP, "").replace("&gt;", ">").replace("\u02cb", "`")
+        for note in typed:
+            assert note in visible, (command, note)

@@ -198,3 +198,13 @@ def test_a_cut_splits_no_markup_and_closes_what_it_keeps_open(markdown: str, lim
 )
 def test_a_cut_backs_off_to_the_start_of_a_split_piece(markdown: str, limit: int, cut: str) -> None:
     assert slack_text.cut(markdown, limit) == cut
+
+
+@given(TEXT | st.text(alphabet="*_~`> \nab"))
+def test_typed_text_shows_as_stored_and_never_pings(stored: str) -> None:
+    shown = slack_text.typed(stored)
+    assert_cannot_ping(shown)
+    # Only zero-width spaces and backticks' look-alike (U+02CB) stand between it and the text.
+    restored = slack_text.decode(shown).replace(ZWSP, "").replace("\u02cb", "`")
+    assert restored == bidi.contained(stored).replace(ZWSP, "").replace("\u02cb", "`")
+    assert "`" not in shown

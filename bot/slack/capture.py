@@ -23,28 +23,21 @@ from sqlalchemy.orm import Session
 from bot import db, incidents, timeline
 from bot.incidents import IncidentError
 from bot.models import Incident
-from bot.services import Services, web_client
+from bot.services import Services
 from bot.slack import replies
 from bot.slack import text as slack_text
 from bot.slack.commands import request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
-from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, tell
+from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, tell
 
 log = logging.getLogger(__name__)
 
 SHORTCUT_CALLBACK_ID = "add_to_timeline"
-# The bot's own reaction that says "this message is on the timeline".
-CONFIRMATION = "white_check_mark"
-CONFIRMATION_FALLBACK = "memo"  # used when people pin with white_check_mark themselves
 # Pages read to find one message: the range is that message alone (and a thread's parent).
 MAX_PAGES = 5
 # Refusals that Slack's retries of the event would meet again: the bot is no longer in the
 # channel (or the channel is gone), or its token is no longer accepted.
 CANNOT_READ = NOT_A_MEMBER | TOKEN_REFUSED
-
-
-def confirmation_emoji(pin: str) -> str:
-    return CONFIRMATION if pin != CONFIRMATION else CONFIRMATION_FALLBACK
 
 
 def slack_time(ts: str) -> datetime:
@@ -196,24 +189,12 @@ def end_lookup(session: Session) -> None:
 
 def register(app: App, services: Services) -> None:
     pin = services.settings.timeline_emoji
-    confirm = confirmation_emoji(pin)
 
     def names(team_id: str, token: str | None) -> Callable[[str], str | None]:
         return lambda user: services.people.name_for(team_id=team_id, user_id=user, token=token)
 
     def react(token: str | None, channel: str, ts: str, *, add: bool) -> Callable[[], None]:
-        def work() -> None:
-            client = web_client(services.settings, token)
-            try:
-                if add:
-                    client.reactions_add(channel=channel, timestamp=ts, name=confirm)
-                else:
-                    client.reactions_remove(channel=channel, timestamp=ts, name=confirm)
-            except SlackApiError as error:
-                if error.response.get("error") not in ("already_reacted", "no_reaction"):
-                    log.warning("could not change the confirmation on %s: %s", ts, error)
-
-        return work
+        return lambda: confirm_capture(services, token, channel, ts, add=add)
 
     def pinned(
         event: dict[str, Any], context: BoltContext, team_id: str

@@ -350,7 +350,20 @@ def handle_delete(call: Call, incident: Incident | None) -> Outcome:
     entry = timeline.delete_entry(
         call.session, incident=incident, number=number, user_id=call.user_id, now=call.now
     )
-    return Outcome(replies.entry_deleted(incident, entry=entry))
+    followup = None
+    if entry.source_channel and entry.source_ts:
+        # A pinned message's check mark says it is on the timeline: it is not any more.
+        services, token = call.services, call.token
+        channel, ts = entry.source_channel, entry.source_ts
+
+        def followup() -> None:
+            publish.confirm_capture(services, token, channel, ts, add=False)
+
+    return Outcome(
+        replies.entry_deleted(incident, entry=entry),
+        followup=followup,
+        doing=f"taking the confirmation off {entry.source_channel}/{entry.source_ts}",
+    )
 
 
 def _moment_handler(moment: incidents.Moment) -> Handler:

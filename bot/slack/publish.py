@@ -33,6 +33,30 @@ CANNOT_POST = {
 # token revoked, the workspace deactivated it): nothing more will get through until it is
 # reinstalled, but a command's response URL still answers in the channel.
 TOKEN_REFUSED = {"invalid_auth", "token_revoked", "token_expired", "account_inactive"}
+# The bot's own reaction that says "this message is on the timeline".
+CONFIRMATION = "white_check_mark"
+CONFIRMATION_FALLBACK = "memo"  # used when people pin with white_check_mark themselves
+
+
+def confirmation_emoji(pin: str) -> str:
+    return CONFIRMATION if pin != CONFIRMATION else CONFIRMATION_FALLBACK
+
+
+def confirm_capture(
+    services: Services, token: str | None, channel: str, ts: str, *, add: bool
+) -> None:
+    """Put the confirmation on a message that joined the timeline, or take it off one that
+    left it; a failure is only logged."""
+    confirm = confirmation_emoji(services.settings.timeline_emoji)
+    client = web_client(services.settings, token)
+    try:
+        if add:
+            client.reactions_add(channel=channel, timestamp=ts, name=confirm)
+        else:
+            client.reactions_remove(channel=channel, timestamp=ts, name=confirm)
+    except SlackApiError as error:
+        if error.response.get("error") not in ("already_reacted", "no_reaction"):
+            log.warning("could not change the confirmation on %s: %s", ts, error)
 
 
 def publish_postmortem(

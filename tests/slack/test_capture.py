@@ -125,6 +125,28 @@ def test_removing_the_pin_removes_the_entry_but_keeps_the_record(bot: Bot) -> No
     assert "pinned by mistake" not in bot.fake.uploaded_text()
 
 
+def test_deleting_a_pinned_entry_takes_the_confirmation_off_its_message(bot: Bot) -> None:
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned, then deleted", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    bot.wait()
+    assert len(bot.fake.calls_to("reactions.add")) == 1
+
+    assert "is off" in bot.command("delete 1").text
+    bot.wait()
+
+    # The check mark said "this message is on the timeline"; it is not any more.
+    [taken_off] = bot.fake.calls_to("reactions.remove")
+    assert taken_off.params == {"channel": CHANNEL, "timestamp": ts, "name": "white_check_mark"}
+    names = [r["name"] for r in bot.fake.messages[(CHANNEL, ts)].get("reactions", [])]
+    assert names == ["pushpin"]
+    # A typed note has no message to take anything off.
+    bot.command("note typed")
+    bot.command("delete 2")
+    bot.wait()
+    assert len(bot.fake.calls_to("reactions.remove")) == 1
+
+
 def test_the_entry_stays_while_someone_else_still_pins_it(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "important", user=ALICE, ts=PIN_TS)

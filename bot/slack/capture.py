@@ -26,7 +26,7 @@ from bot.models import Incident
 from bot.services import Services
 from bot.slack import replies
 from bot.slack import text as slack_text
-from bot.slack.commands import request_id
+from bot.slack.commands import NOT_HERE, in_conversation, request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
 from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, tell
 
@@ -370,7 +370,11 @@ def register(app: App, services: Services) -> None:
                 )
                 if incident is None:
                     ack()
-                    respond(replies.no_open_incident())
+                    where = body.get("channel") or {}
+                    if in_conversation(channel, str(where.get("name", ""))):
+                        respond(replies.refusal(NOT_HERE))  # a start is refused there too
+                    else:
+                        respond(replies.no_open_incident())
                     return
                 end_lookup(session)
                 message = to_message(

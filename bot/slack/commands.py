@@ -56,11 +56,7 @@ class Call:
 
     def in_conversation(self) -> bool:
         """True in a direct or group message, where the bot can neither post nor upload."""
-        return (
-            self.channel_id.startswith("D")
-            or self.channel_name == "directmessage"
-            or self.channel_name.startswith("mpdm-")
-        )
+        return in_conversation(self.channel_id, self.channel_name)
 
     def zone(self) -> ZoneInfo:
         """The caller's time zone (Slack's `users.info`), or the configured fallback."""
@@ -80,6 +76,15 @@ class Call:
         if not separator or not timeparse.looks_like_time(head):
             return timeparse.Leading(when=None, rest=self.text)
         return timeparse.split_leading_time(self.text, zone=self.zone(), now=self.now)
+
+
+def in_conversation(channel_id: str, channel_name: str) -> bool:
+    """Whether Slack's channel is a direct or group message, where no incident is run."""
+    return (
+        channel_id.startswith("D")
+        or channel_name == "directmessage"
+        or channel_name.startswith("mpdm-")
+    )
 
 
 @dataclass(frozen=True)
@@ -721,11 +726,14 @@ def _run(
         return Outcome(replies.refusal(str(error)), result="refused")
 
 
+# In a direct or group message: there is no incident here, and none can be started.
+NOT_HERE = "Incidents are run in channels: use `/incident` in the incident's channel."
+
+
 def no_incident(call: Call) -> Outcome:
     """The answer to a command that needs an open incident where there is none."""
     if call.in_conversation():
-        refusal = "Incidents are run in channels: use `/incident` in the incident's channel."
-        return Outcome(replies.refusal(refusal), result="no_incident")
+        return Outcome(replies.refusal(NOT_HERE), result="no_incident")
     latest = incidents.latest_incident(
         call.session, team_id=call.team_id, channel_id=call.channel_id
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -324,6 +325,17 @@ def test_the_message_shortcut_adds_a_message_and_confirms_to_the_person(bot: Bot
     responses = bot.fake.wait_for_responses(2)
     assert "#1" in responses[0]["text"] and "already" in responses[1]["text"]
     assert all(r.get("response_type") != "in_channel" for r in responses)
+
+
+def test_the_shortcut_in_a_direct_message_points_to_the_incidents_channel(bot: Bot) -> None:
+    bot.command("start Outage")
+    message = {"type": "message", "user": ALICE, "text": "x", "ts": PIN_TS}
+    assert shortcut(bot, message, channel="D0DM000001").status == 200
+    [response] = bot.fake.wait_for_responses(1)
+    # Not "start one": a start is refused in a direct message.
+    text = json.dumps(response)
+    assert "in the incident's channel" in text and "/incident start" not in text
+    assert entries(bot) == []
 
 
 def test_the_shortcut_without_an_open_incident_says_so_and_stores_nothing(bot: Bot) -> None:

@@ -240,7 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def reply_blocks() -> None:
             replies.noted(
-                incident.reference, incident.timezone, occurred_at=now, text="hello there", now=now
+                incident.reference,
+                incident.timezone,
+                occurred_at=now,
+                text="hello there",
+                now=now,
+                number=1,
             ).as_ack()
 
         def reply_dict() -> dict[str, Any]:

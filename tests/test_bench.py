@@ -58,3 +58,28 @@ def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None
         assert row["total_s"] > 0 and row["peak_rss_mb"] > 0
     assert results["targets"]
     assert (out / "results.svg").read_text().startswith("<svg")
+
+
+def test_the_note_cost_breakdown_runs_every_part(tmp_path: Path) -> None:
+    # BENCHMARKS.md quotes its figures; it rotted once (a reply's signature changed under it).
+    out = tmp_path / "note_cost.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.note_cost", "--count", "3", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    results = json.loads(out.read_text())
+    assert results["database"] == "sqlite"
+    parts = results["cpu_us"]
+    for part in (
+        "bare Bolt: dispatch an ack-only /incident",
+        "bot: dispatch /incident note (everything)",
+        "bot.notes: NoteWriter.add, one note alone (its own transaction)",
+        "reply: replies.noted().as_ack() (Block Kit objects)",
+    ):
+        assert parts[part] > 0, part

@@ -151,6 +151,13 @@ def _socket(_args: argparse.Namespace) -> int:
         return refused
     services = build_services(settings, create_schema=False)
     handler = SocketModeHandler(build_app(settings, services), settings.slack_app_token)
+    # slack_sdk logs a WebSocket it could not open and goes on, retrying every few seconds.
+    # After a disconnect that is what we want; on a first start it hides a wrong URL, a
+    # proxy or a firewall behind "answering Slack" while nothing is answered.
+    # Its monitor would also try again at once, while this start gives up.
+    failures: list[Exception] = []
+    handler.client.on_error_listeners.append(failures.append)
+    handler.client.default_auto_reconnect_enabled = False
     try:
         handler.connect()  # type: ignore[no-untyped-call]
     except SlackApiError as error:  # apps.connections.open, the one call made before serving
@@ -166,6 +173,19 @@ def _socket(_args: argparse.Namespace) -> int:
             f"SLACK_APP_TOKEN was refused by Slack ({error.response.get('error')}); it must be "
             "an app-level token with connections:write, from the app's Basic Information page."
         ) from None
+    handler.client.on_error_listeners.remove(failures.append)
+    if not handler.client.is_connected():
+        reason = str(failures[0]) if failures else "it did not answer the WebSocket handshake"
+        print(
+            f"incident-bot: could not open the Socket Mode connection at "
+            f"{_without_query(handler.client.wss_uri)} (the URL apps.connections.open "
+            f"handed out): {reason}",
+            file=sys.stderr,
+        )
+        handler.close()  # type: ignore[no-untyped-call]
+        return 1
+    handler.client.default_auto_reconnect_enabled = True
+    handler.client.auto_reconnect_enabled = True
     log.info("answering Slack over Socket Mode; stop with SIGTERM or Ctrl-C")
     _wait_for_a_stop()
     _finish_envelopes(handler.client)
@@ -173,6 +193,11 @@ def _socket(_args: argparse.Namespace) -> int:
     # Then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
     services.followups.finish(FOLLOWUP_GRACE_S)
     return 0
+
+
+def _without_query(url: str | None) -> str:
+    """A URL without its query, which for Socket Mode holds a ticket to connect with."""
+    return str(url).split("?", 1)[0]
 
 
 def _finish_envelopes(client: SocketModeClient) -> None:

@@ -79,11 +79,24 @@ class SocketModeServer:
 
     # --- the wire ------------------------------------------------------------------------
 
+    def drop(self) -> None:
+        """Close the client's connection, as Slack does now and then; it should come back."""
+        with self._lock:
+            link, self._link = self._link, None
+        assert link is not None, "no client is connected"
+        with self._sending:
+            link.sendall(struct.pack("!BBH", 0x80 | _CLOSE, 2, 1001))  # 1001: going away
+        link.close()
+
     def _accept(self) -> None:
-        try:
-            link, _ = self._listener.accept()
-        except OSError:  # stopped
-            return
+        while True:
+            try:
+                link, _ = self._listener.accept()
+            except OSError:  # stopped
+                return
+            threading.Thread(target=self._serve, args=(link,), daemon=True).start()
+
+    def _serve(self, link: socket.socket) -> None:
         request = b""
         while b"\r\n\r\n" not in request:
             request += link.recv(4096)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,3 +161,55 @@ def test_a_pin_delivered_for_the_first_time_is_not_taken_for_slacks_retry(
         texts = list(conn.scalars(select(TimelineEntry.text)))
     assert any("payments answer 500" in text for text in texts)
     assert not fake_slack.calls_to("reactions.get")
+
+
+def unreachable_url(fake_slack: FakeSlack, kind: str) -> str:
+    """A WebSocket URL nothing answers at (`refused`), or where an HTTP server that is not a
+    WebSocket server does (`not-websocket`): FakeSlack's own port."""
+    if kind == "refused":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+        return f"ws://127.0.0.1:{port}/link/?ticket=test"
+    return fake_slack.api_url.replace("http://", "ws://", 1).rstrip("/") + "/link/?ticket=test"
+
+
+@pytest.mark.parametrize("kind", ["refused", "not-websocket"])
+def test_a_first_start_that_cannot_open_the_socket_mode_connection_says_so_and_stops(
+    database: Database, fake_slack: FakeSlack, tmp_path: Path, kind: str
+) -> None:
+    """slack_sdk only logs a WebSocket it could not open: the bot said it was answering
+    Slack over Socket Mode, and went on trying for ever, while no command reached it."""
+    url = unreachable_url(fake_slack, kind)
+    fake_slack.socket_mode_url = url
+    env = {"SLACK_BOT_TOKEN": "xoxb-x", "SLACK_APP_TOKEN": "xapp-x"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "socket"],
+        env=cli_env(database, {**env, "SLACK_API_URL": fake_slack.api_url}),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"still running after 30 s, having logged:\n{stderr}")
+
+    assert process.returncode == 1, stderr
+    assert "answering Slack over Socket Mode" not in stderr
+    assert f"could not open the Socket Mode connection at {url.split('?')[0]} " in stderr
+    assert "ticket=" not in stderr
+
+
+@pytest.mark.usefixtures("socket_process")
+def test_a_connection_slack_closes_later_is_opened_again(socket_mode: SocketModeServer) -> None:
+    """Only a first start that cannot connect gives up; Slack closes connections now and
+    then (a refresh, a deploy of theirs), and the bot opens a new one as slack_sdk does."""
+    assert "opened" in command(socket_mode, "start Checkout is down")
+
+    socket_mode.drop()
+    socket_mode.wait_connected()
+
+    assert "Added to" in command(socket_mode, "note payments 500 since the deploy")

@@ -143,6 +143,14 @@ def _socket(_args: argparse.Namespace) -> int:
     from bot.services import FOLLOWUP_GRACE_S, build_services
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
+    if settings.multi_workspace:
+        # The app would go by installations alone, which only `serve` takes (/slack/install
+        # and Slack's OAuth redirect are HTTP), and leave SLACK_BOT_TOKEN unused.
+        raise ConfigError(
+            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set, but `socket` runs in one "
+            "workspace on SLACK_BOT_TOKEN: installing in several workspaces needs `serve`. "
+            "Unset both to use Socket Mode."
+        )
     _check_templates(settings)
     refused = _refuse_unless_schema_current(settings) or (
         _refuse_unless_slack_accepts_the_token(settings)

@@ -499,3 +499,26 @@ def test_export_asks_for_the_workspace_even_when_only_one_has_the_number(
             incidents.get_incident(session, team_id=None, number=2)
         assert incidents.get_incident(session, team_id="T0AAAAAAA1", number=2).number == 2
     engine.dispose()
+
+
+def test_socket_mode_refuses_the_multi_workspace_variables_naming_them(tmp_path: Path) -> None:
+    """Installing in several workspaces goes through /slack/install and an OAuth redirect,
+    which only `serve` answers: `socket` set up that way ignored SLACK_BOT_TOKEN (after
+    checking it) and told every command of a workspace not installed by `serve` that the
+    app was not authorized, while logging that it was answering Slack."""
+    assert bot_cli("db", "upgrade", cwd=tmp_path).returncode == 0
+    env = {
+        "SLACK_BOT_TOKEN": "xoxb-x",
+        "SLACK_APP_TOKEN": "xapp-x",
+        "SLACK_CLIENT_ID": "1.2",
+        "SLACK_CLIENT_SECRET": "shh",
+        "SLACK_API_URL": "http://127.0.0.1:9/api/",  # not asked: the refusal comes first
+    }
+
+    result = bot_cli("socket", cwd=tmp_path, env=env)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "incident-bot: configuration error: SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set"
+    ), result.stderr
+    assert "shh" not in result.stderr and "Traceback" not in result.stderr

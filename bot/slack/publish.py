@@ -69,6 +69,7 @@ def publish_postmortem(
     response_url: str | None,
 ) -> None:
     """Render and keep the postmortem, then post the summary and the Markdown file."""
+    failure: Exception | None = None  # of the template, told once the session is closed
     try:
         with services.sessions() as session:
             incident = session.get_one(Incident, incident_id)
@@ -84,7 +85,7 @@ def publish_postmortem(
                 markdown = postmortem.render(services.templates, context)
             except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
                 log.exception("rendering the postmortem of %s failed", incident.reference)
-                tell(response_url, replies.refusal(f"The postmortem template failed: {error}"))
+                failure = error
                 markdown = None
             if markdown is not None:
                 incidents.record_postmortem(
@@ -104,6 +105,10 @@ def publish_postmortem(
             ),
         )
         return
+    # Not inside the session: a slow response URL would hold its connection (and on SQLite
+    # the write lock every command needs) for as long as Slack took.
+    if failure is not None:
+        tell(response_url, replies.refusal(f"The postmortem template failed: {failure}"))
 
     client = web_client(services.settings, token)
 

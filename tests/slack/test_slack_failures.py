@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -301,3 +303,37 @@ def test_server_errors_on_the_shortcut_are_retried_only_while_the_answer_can_wai
     assert "#1" in response["text"], response["text"]
     [entry] = entries(bot)
     assert entry.text == "rolled back" and entry.permalink is None
+
+
+def test_a_failed_template_is_reported_without_holding_a_database_connection(
+    database: Database, fake_slack: FakeSlack, clock: Clock, tmp_path: Path
+) -> None:
+    """The postmortem's template fails on this incident's data (it passed the start-up
+    check): the person is told through the response URL, which may be slow. That call was
+    made inside the follow-up's transaction, holding a pooled connection (and on SQLite the
+    process's write lock, which every command needs) for as long as Slack took."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "postmortem.md.j2").write_text(
+        "# {{ pm.title }}\n{% if pm.title == 'Outage' %}{{ pm.title.nothing_here() }}{% endif %}\n"
+    )
+    settings = make_settings(database.url, fake_slack.api_url, templates_dir=folder)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    bot.fake.fail(RESPONSE_URL, Fault(delay=3))
+    bot.command("start Outage")
+
+    assert "is closed" in bot.command("close 9:00 AM - fixed").text
+
+    def answering_slowly() -> bool:  # the fault is taken as the request arrives
+        return not bot.fake.faults.get(RESPONSE_URL)
+
+    for _ in range(1000):
+        if answering_slowly():
+            break
+        time.sleep(0.01)
+    assert answering_slowly(), "the template's failure was not being reported"
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    bot.wait()
+    responses = bot.fake.wait_for_responses(1)
+    assert any("The postmortem template failed" in r["text"] for r in responses)

@@ -698,6 +698,7 @@ def _run(
     if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
+    _look_up_people(subcommand, call)
     if subcommand.records_request and call.request_id is not None:
         try:
             incidents.record_request(
@@ -724,6 +725,26 @@ def _run(
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
         return Outcome(replies.refusal(str(error)), result="refused")
+
+
+# Subcommands that may read a time in the caller's zone, and those that name a person.
+_READ_A_TIME = frozenset({"start", "close", "edit", "detected", "mitigated"})
+_NAME_A_PERSON = frozenset({"commander", "role"})
+
+
+def _look_up_people(subcommand: Subcommand, call: Call) -> None:
+    """Ask Slack about the caller (for their zone) and a person the command names before the
+    command's transaction begins: Slack may take up to a second, and meanwhile the request's
+    record (on SQLite, the process's write lock) and the incident's row lock would be held.
+    The answers are cached, so the handler's own lookups then cost nothing."""
+    people, team_id, token = call.services.people, call.team_id, call.token
+    if subcommand.name == "start" or (
+        subcommand.name in _READ_A_TIME and any(c.isdigit() for c in call.text)
+    ):
+        people.person(team_id=team_id, user_id=call.user_id, token=token)
+    if subcommand.name in _NAME_A_PERSON:
+        for user_id in re.findall(r"<@([UW][A-Z0-9]+)[|>]", call.raw):
+            people.person(team_id=team_id, user_id=user_id, token=token)
 
 
 # In a direct or group message: there is no incident here, and none can be started.

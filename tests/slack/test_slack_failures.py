@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from bot.app import build_app
 from bot.demo import RESPONSE_URL, FakeSlack, Fault
 from bot.models import Incident, Postmortem, TimelineEntry
 from bot.services import build_services
-from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, Database, Reply, make_settings
+from tests.conftest import ALICE, BOB, CHANNEL, TOKEN, Bot, Clock, Database, Reply, make_settings
 from tests.slack.test_capture import PIN_TS, entries, reaction, shortcut
 
 
@@ -337,3 +338,40 @@ def test_a_failed_template_is_reported_without_holding_a_database_connection(
     bot.wait()
     responses = bot.fake.wait_for_responses(1)
     assert any("The postmortem template failed" in r["text"] for r in responses)
+
+
+@pytest.mark.parametrize(
+    ("first", "typed", "user"),
+    [
+        (None, "start Outage", BOB),
+        ("start Outage", "edit 1 9:00 AM - db failover", BOB),
+        ("start Outage", "close 9:00 AM - fixed", BOB),
+        ("start Outage", "commander <@U0CAROL001|carol>", ALICE),
+    ],
+)
+def test_slack_is_asked_about_people_before_the_commands_transaction(
+    bot: Bot, first: str | None, typed: str, user: str
+) -> None:
+    """`users.info` may take a second; asked inside the command's transaction, it kept the
+    request's record (on SQLite the process's write lock, which every command needs) and
+    the incident's row lock meanwhile."""
+    bot.fake.users["U0CAROL001"] = "Europe/Berlin"
+    if first is not None:
+        bot.command(first)
+        if "edit" in typed:
+            bot.command("note the db failed over")
+    bot.fake.fail("users.info", Fault(delay=0.8))
+
+    with ThreadPoolExecutor(1) as pool:
+        # A mention goes as Slack sends it, as markup.
+        answer = pool.submit(bot.command, typed, user=user, escaped="<@" in typed)
+        for _ in range(500):
+            if not bot.fake.faults.get("users.info"):  # taken as the call arrived
+                break
+            time.sleep(0.01)
+        assert not bot.fake.faults.get("users.info"), "Slack was not asked about anyone"
+        held = bot.services.engine.pool.checkedout()  # type: ignore[attr-defined]
+        reply = answer.result(timeout=30)
+
+    assert held == 0
+    assert reply.status == 200 and ":warning:" not in reply.text

@@ -19,6 +19,11 @@ _CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 # The line endings every output keeps (Markdown, HTML via <br>, Slack); each line is closed
 # on its own, so it stays closed wherever an output splits or joins lines.
 _LINE_END = re.compile(r"(\r\n|\r|\n)")
+# Typed text quoted in a message of ours is held between these two noncharacters (Unicode
+# keeps them for a program's own use), so that what shows the message can tell the person's
+# words from ours: in Slack, a `*` or a backtick typed must not format our text around it.
+_TYPED_OPEN, _TYPED_CLOSE = "\ufdd0", "\ufdd1"
+_TYPED = re.compile(f"{_TYPED_OPEN}([^{_TYPED_OPEN}{_TYPED_CLOSE}]*){_TYPED_CLOSE}")
 
 
 def contained(text: str) -> str:
@@ -36,8 +41,23 @@ def contained(text: str) -> str:
 
 
 def quoted(text: str) -> str:
-    """Typed text quoted in the middle of a sentence of ours: “text”, its direction closed."""
-    return f"“{contained(text)}”"
+    """Typed text quoted in the middle of a sentence of ours: “text”, its direction closed,
+    and marked as typed for `typed_parts` (`unmarked` takes the marks out)."""
+    return f"“{_TYPED_OPEN}{contained(unmarked(text))}{_TYPED_CLOSE}”"
+
+
+def unmarked(message: str) -> str:
+    """`message` without the marks `quoted` puts around typed text."""
+    return message.replace(_TYPED_OPEN, "").replace(_TYPED_CLOSE, "")
+
+
+def typed_parts(message: str) -> list[tuple[str, bool]]:
+    """`message` in order as (part, typed) pairs: our words, and the text `quoted` marked."""
+    parts: list[tuple[str, bool]] = []
+    for number, part in enumerate(_TYPED.split(message)):
+        if part:
+            parts.append((unmarked(part), number % 2 == 1))
+    return parts
 
 
 def _contained_line(line: str) -> str:

@@ -108,7 +108,17 @@ _AGO_LIMIT = timedelta(days=7)
 
 
 class TimeParseError(ValueError):
-    """The text starts with something meant as a time that cannot be read as one."""
+    """The text starts with something meant as a time that cannot be read as one.
+
+    As with IncidentError, `str()` is the message and `message` keeps the marks of `bidi.quoted`.
+    """
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return bidi.unmarked(self.message)
 
 
 @dataclass(frozen=True)

@@ -408,7 +408,7 @@ def register(app: App, services: Services) -> None:
         except IncidentError as error:
             session.rollback()
             ack()
-            respond(replies.refusal(str(error)))
+            respond(replies.refusal(error.message))
             return
         except SQLAlchemyError:
             log.warning("could not add a message to the timeline", exc_info=True)

@@ -724,7 +724,7 @@ def _run(
         return subcommand.handler(call, incident)
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
-        return Outcome(replies.refusal(str(error)), result="refused")
+        return Outcome(replies.refusal(error.message), result="refused")
 
 
 # Subcommands that may read a time in the caller's zone, and those that name a person.

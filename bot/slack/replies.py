@@ -114,8 +114,9 @@ def simple(message: str) -> Reply:
 
 
 def refusal(message: str) -> Reply:
-    """A request that was not carried out; `message` is plain text and gets escaped."""
-    safe = slack_text.escape(message)
+    """A request that was not carried out; `message` is plain text and gets escaped, and the
+    typed text it quotes (`bidi.quoted`) cannot format it."""
+    safe = slack_text.message(message)
     return Reply(text=safe, blocks=(_section(f":warning: {safe}"),))
 
 
@@ -329,8 +330,11 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
     lines = [f"`/incident {usage}`  {description}" for usage, description in rows]
     body = "*Incident commands*\n" + "\n".join(lines)
     blocks: list[Block] = []
+    fallback = body
     if problem:
-        blocks.append(_section(f":warning: {slack_text.escape(problem)}"))
+        shown = slack_text.message(problem)
+        blocks.append(_section(f":warning: {shown}"))
+        fallback = f"{shown}\n{body}"
     blocks.append(_section(body))
     blocks.append(
         _context(
@@ -339,7 +343,6 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
             "`mitigated` take it alone, no ` - `). Without it, the entry is stamped now."
         )
     )
-    fallback = (slack_text.escape(problem) + "\n" if problem else "") + body
     return Reply(text=fallback, blocks=blocks)
 
 

@@ -84,6 +84,14 @@ def typed(text: str) -> str:
     return _QUOTE.sub(rf"\1{_ZERO_WIDTH_SPACE}&gt;", inert)
 
 
+def message(text: str) -> str:
+    """A message of ours that may quote typed text (`bidi.quoted`), for mrkdwn: our words
+    escaped, so that our code spans and bold still show, and each quoted text as `typed`."""
+    return "".join(
+        typed(part) if is_typed else escape(part) for part, is_typed in bidi.typed_parts(text)
+    )
+
+
 def cut(markdown: str, limit: int) -> str:
     """`markdown` in at most `limit` characters. A longer one is cut where no entity, link
     or mention is split, and ends with `…` and the closes of the directions it opened."""

@@ -853,3 +853,61 @@ def test_typed_formatting_cannot_change_how_other_entries_or_the_bots_text_look(
         visible = shown.replace(ZWSP, "").replace("&gt;", ">").replace("\u02cb", "`")
         for note in typed:
             assert note in visible, (command, note)
+
+
+# --- typed text quoted in a refusal -----------------------------------------------------------
+
+# As Slack sends it: what was typed is `*bold* _x_ ... @channel @here &amp; >>> quoted`.
+SENT = "*bold* _x_ one `tick ```block ~s~ <!channel> @here &amp;amp;\n&gt;&gt;&gt; quoted"
+WORD = "*b*_x_`t```~s~&amp;amp;"  # one word, for what any whitespace ends
+
+
+@pytest.mark.parametrize(
+    ("sent", "quoted", "ours"),
+    [
+        (f"severity {SENT}", SENT, []),
+        (f"role {WORD} <@U0BOB00001>", WORD, []),
+        (
+            f"edit {WORD} new text",
+            WORD,
+            ["`/incident timeline`", "`/incident edit 3 1:10 AM - new text`"],
+        ),
+        (f"detected {SENT}", " ".join(SENT.split()), ["`1:06 AM`", "`2026-11-20 01:06`"]),
+        ("note 25:00 - db down", "25:00", ["`1:06 AM`", "`13:06`", "`2026-11-20 01:06`"]),
+        ("start 8:00 AM", "8:00 AM", ["`/incident start 8:00 AM - &lt;title&gt;`"]),
+        (f"{WORD} now", WORD, []),
+        ("*stauts*` x", "*stauts*`", ["`/incident status`"]),
+    ],
+    ids=[
+        "severity",
+        "role",
+        "entry_number",
+        "detected",
+        "note_time",
+        "start_time_only",
+        "subcommand",
+        "subcommand_typo",
+    ],
+)
+def test_typed_text_in_a_refusal_cannot_format_it(
+    bot: Bot, sent: str, quoted: str, ours: list[str]
+) -> None:
+    if not sent.startswith("start"):
+        bot.command("start Outage")
+    reply = bot.command(sent, escaped=True)
+
+    assert not reply.in_channel and len(live(bot)) == 0
+    section = reply.body["blocks"][0]["text"]["text"]
+    for shown in (reply.text.split("\n*Incident commands*")[0], section):
+        # The bot's own code spans are whole; besides them, nothing can format.
+        rest = shown
+        for span in ours:
+            assert span in rest, (span, shown)
+            rest = rest.replace(span, "#" * len(span))
+        assert formatting_markers(rest) == [], rest
+        assert re.search(r"^\s*&gt;", shown, re.MULTILINE) is None, shown
+        assert re.search(r"@(channel|here)\b", shown) is None, shown
+        # What was typed shows as typed, escaped once, the zero-width spaces aside.
+        visible = shown.replace(ZWSP, "").replace("\u02cb", "`")
+        assert f"“{quoted.replace('<!channel>', '@channel')}" in visible, shown
+        assert "&amp;amp;amp;" not in shown and "\ufdd0" not in shown, shown

@@ -43,7 +43,13 @@ def contained(text: str) -> str:
 def quoted(text: str) -> str:
     """Typed text quoted in the middle of a sentence of ours: “text”, its direction closed,
     and marked as typed for `typed_parts` (`unmarked` takes the marks out)."""
-    return f"“{_TYPED_OPEN}{contained(unmarked(text))}{_TYPED_CLOSE}”"
+    return f"“{marked(text)}”"
+
+
+def marked(text: str) -> str:
+    """Typed text in a sentence of ours without quotes (a person's name): its direction
+    closed, and marked as typed as `quoted` marks it."""
+    return f"{_TYPED_OPEN}{contained(unmarked(text))}{_TYPED_CLOSE}"
 
 
 def unmarked(message: str) -> str:

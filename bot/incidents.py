@@ -583,7 +583,7 @@ def assign_role(
     holder = current_roles(session, incident=incident).get(role)
     if holder is not None and holder.user_id == user_id:
         raise IncidentError(
-            f"{bidi.contained(holder.user_name)} is already the {role} of {incident.reference}."
+            f"{bidi.marked(holder.user_name)} is already the {role} of {incident.reference}."
         )
     assignment = RoleAssignment(
         incident_id=incident.id,

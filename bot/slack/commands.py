@@ -417,15 +417,16 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
     user_id, label = match.group(1), (match.group(2) or "").strip()
     person = call.services.people.person(team_id=call.team_id, user_id=user_id, token=call.token)
     name = label or person.name or f"@{user_id}"
+    shown = bidi.marked(name)  # its owner typed it: in a refusal, it cannot format ours
     if person.unknown:
         raise incidents.IncidentError(
-            f"Slack does not know {name} in this workspace; mention someone from the list "
+            f"Slack does not know {shown} in this workspace; mention someone from the list "
             "that opens when you type @."
         )
     if person.is_bot:
-        raise incidents.IncidentError(f"{name} is an app; give the {role} role to a person.")
+        raise incidents.IncidentError(f"{shown} is an app; give the {role} role to a person.")
     if person.deactivated:
-        raise incidents.IncidentError(f"{name} is no longer in this workspace.")
+        raise incidents.IncidentError(f"{shown} is no longer in this workspace.")
     incidents.assign_role(
         call.session,
         incident=incident,

@@ -911,3 +911,25 @@ def test_typed_text_in_a_refusal_cannot_format_it(
         visible = shown.replace(ZWSP, "").replace("\u02cb", "`")
         assert f"“{quoted.replace('<!channel>', '@channel')}" in visible, shown
         assert "&amp;amp;amp;" not in shown and "\ufdd0" not in shown, shown
+
+
+NAME = "*Graf* _ana_ `x` ~s~"  # a display name, which its owner typed
+
+
+@pytest.mark.parametrize("kind", ["bots", "deactivated", "holder"])
+def test_a_name_in_a_refusal_cannot_format_it(bot: Bot, kind: str) -> None:
+    bot.fake.users["U0GRAFANA1"] = "UTC"
+    bot.fake.names["U0GRAFANA1"] = NAME
+    bot.command("start Outage")
+    if kind == "holder":
+        bot.command("commander <@U0GRAFANA1>", escaped=True)
+    else:
+        getattr(bot.fake, kind).add("U0GRAFANA1")
+
+    reply = bot.command("commander <@U0GRAFANA1>", escaped=True)
+
+    assert not reply.in_channel
+    section = reply.body["blocks"][0]["text"]["text"]
+    for shown in (reply.text, section):
+        assert formatting_markers(shown) == [], shown
+        assert NAME in shown.replace(ZWSP, "").replace("\u02cb", "`"), shown

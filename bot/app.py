@@ -59,9 +59,9 @@ class IncidentApp(App):
     An HTTP request is answered 401 unless it is signed with the signing secret, before Bolt
     looks at it: Bolt's own check raised on a malformed timestamp or signature (a 500 and an
     error in the log), and logged the whole body of every request it refused, response URL
-    and verification token included. Bolt's check still runs after ours, and passes. With
-    no secret given (`verify_requests_with`), every HTTP request is refused. Slack's
-    `ssl_check`, which Bolt answers before its own check, is left to Bolt.
+    and verification token included. Ours replaces Bolt's (`request_verification_enabled`
+    is off in `build_app`). With no secret given (`verify_requests_with`), every HTTP request
+    is refused. Slack's `ssl_check`, which Bolt answers before its own check, is left to Bolt.
     """
 
     _verifier: SignatureVerifier | None = None
@@ -163,6 +163,9 @@ def build_app(
         )
         app = IncidentApp(
             signing_secret=settings.slack_signing_secret,
+            # IncidentApp checks every HTTP request's signature before Bolt: a second check
+            # would only cost another HMAC per request.
+            request_verification_enabled=False,
             client=client,
             process_before_response=True,
             logger=logger,
@@ -178,6 +181,9 @@ def build_app(
     else:
         app = IncidentApp(
             signing_secret=settings.slack_signing_secret,
+            # IncidentApp checks every HTTP request's signature before Bolt: a second check
+            # would only cost another HMAC per request.
+            request_verification_enabled=False,
             client=client,
             # Run listeners to completion before answering: the acknowledgement is sent only
             # after the entry is committed, and Bolt does not poll for ack() every 10 ms.

@@ -231,7 +231,17 @@ class BackoffWithinAnswer(RetryHandler):
     After the answer (follow-ups) it waits as the SDK's handlers do.
     """
 
-    def _within_answer(self, state: RetryState) -> bool:
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        # The SDK's handler (next in the subclass's bases) says whether to retry at all.
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
         left = time_left()
         return left is None or _backoff(state) + AFTER_RETRY_S <= left
 
@@ -264,31 +274,9 @@ BACKOFF_S = 0.5  # the SDK's default backoff factor
 class ConnectionRetryHandler(BackoffWithinAnswer, ConnectionErrorRetryHandler):
     """A connection error is tried again, within the answer's time (`BackoffWithinAnswer`)."""
 
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        retry = super()._can_retry(state=state, request=request, response=response, error=error)
-        return retry and self._within_answer(state)
-
 
 class ServerRetryHandler(BackoffWithinAnswer, ServerErrorRetryHandler):
     """A 500 or 503 is tried again, within the answer's time (`BackoffWithinAnswer`)."""
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        retry = super()._can_retry(state=state, request=request, response=response, error=error)
-        return retry and self._within_answer(state)
 
 
 class RateLimitRetryHandler(RateLimitErrorRetryHandler):

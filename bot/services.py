@@ -223,13 +223,17 @@ def retry_handlers() -> list[RetryHandler]:
     ]
 
 
-class BackoffWithinAnswer(RetryHandler):
-    """Tried again after a growing wait (0.5 s, 1 s...), unless, while a request is being
-    answered, the wait would leave too little time for the answer: the SDK's handlers add up
-    to a second at random to each wait, so a request could sleep past Slack's 3 seconds.
+class WithinAnswer(RetryHandler):
+    """An SDK retry handler (next in the subclass's bases) that, while a request is being
+    answered, retries only when its wait (`_wait`) leaves `AFTER_RETRY_S` for the answer, and
+    then waits exactly that: the SDK adds up to a second at random to each wait to spread
+    many clients' retries, a second the answer does not have.
 
-    After the answer (follow-ups) it waits as the SDK's handlers do.
+    After the answer (follow-ups) it retries and waits as the SDK's handler does.
     """
+
+    def _wait(self, state: RetryState, response: HttpResponse | None) -> float:
+        raise NotImplementedError
 
     def _can_retry(
         self,
@@ -239,11 +243,10 @@ class BackoffWithinAnswer(RetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        # The SDK's handler (next in the subclass's bases) says whether to retry at all.
         if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
         left = time_left()
-        return left is None or _backoff(state) + AFTER_RETRY_S <= left
+        return left is None or self._wait(state, response) + AFTER_RETRY_S <= left
 
     def prepare_for_next_attempt(
         self,
@@ -259,8 +262,15 @@ class BackoffWithinAnswer(RetryHandler):
             )
             return
         state.next_attempt_requested = True
-        time.sleep(_backoff(state))
+        time.sleep(self._wait(state, response))
         state.increment_current_attempt()
+
+
+class BackoffWithinAnswer(WithinAnswer):
+    """Tried again after a growing wait (0.5 s, 1 s...), within the answer's time."""
+
+    def _wait(self, state: RetryState, _response: HttpResponse | None) -> float:
+        return _backoff(state)
 
 
 def _backoff(state: RetryState) -> float:
@@ -279,7 +289,7 @@ class ServerRetryHandler(BackoffWithinAnswer, ServerErrorRetryHandler):
     """A 500 or 503 is tried again, within the answer's time (`BackoffWithinAnswer`)."""
 
 
-class RateLimitRetryHandler(RateLimitErrorRetryHandler):
+class RateLimitRetryHandler(WithinAnswer, RateLimitErrorRetryHandler):
     """A 429 is tried again after its Retry-After, unless that wait would take the request
     being handled past its answer's deadline: Slack would show the person an error (or send
     the event again) while the bot slept. The call then fails as Slack answered it.
@@ -287,37 +297,8 @@ class RateLimitRetryHandler(RateLimitErrorRetryHandler):
     After the answer (follow-ups) it waits as long as Slack asks, as the SDK's handler does.
     """
 
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if not super()._can_retry(state=state, request=request, response=response, error=error):
-            return False
-        left = time_left()
-        return left is None or _retry_after(response) + AFTER_RETRY_S <= left
-
-    def prepare_for_next_attempt(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> None:
-        if time_left() is None:
-            super().prepare_for_next_attempt(
-                state=state, request=request, response=response, error=error
-            )
-            return
-        # The SDK adds up to a second at random to spread many clients' retries; within a
-        # request that second is one the answer does not have.
-        state.next_attempt_requested = True
-        time.sleep(_retry_after(response))
-        state.increment_current_attempt()
+    def _wait(self, _state: RetryState, response: HttpResponse | None) -> float:
+        return _retry_after(response)
 
 
 def _retry_after(response: HttpResponse | None) -> float:

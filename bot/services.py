@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import db, incidents, postmortem
 from bot.config import Settings
 from bot.notes import NoteWriter
-from bot.slack.middleware import AFTER_RETRY_S, time_left
+from bot.slack.middleware import AFTER_RETRY_S, patience, time_left
 from bot.slack.people import UserDirectory
 
 log = logging.getLogger(__name__)
@@ -181,24 +181,23 @@ class SlackClient(WebClient):
     """
 
     def __init__(self, *, timeout: int, **kwargs: Any) -> None:
-        self.patience = timeout  # seconds an attempt may take when no answer is due
+        self.longest = timeout  # seconds an attempt may take when no answer is due
         super().__init__(timeout=timeout, **kwargs)
 
     @property  # type: ignore[override]  # urllib takes any number of seconds, not only whole ones
     def timeout(self) -> float:
-        left = time_left()
-        return self.patience if left is None else max(0.0, min(self.patience, left - AFTER_RETRY_S))
+        return patience(self.longest)
 
     @timeout.setter
     def timeout(self, value: int) -> None:
-        self.patience = value
+        self.longest = value
 
     def copy(self, *, token: str | None, team_id: str | None) -> SlackClient:
         """A client like this one for another token (Bolt makes one for each request)."""
         return SlackClient(
             token=token,
             base_url=self.base_url,
-            timeout=self.patience,
+            timeout=self.longest,
             ssl=self.ssl,
             proxy=self.proxy,
             headers=self.headers,

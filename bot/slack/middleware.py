@@ -52,6 +52,14 @@ def time_left() -> float | None:
     return None if answer_by is None else answer_by - time.monotonic()
 
 
+def patience(most: float) -> float:
+    """How long a call to Slack may wait: `most`, or, while a request is being answered, no
+    more than the time left less what the answer still needs (`AFTER_RETRY_S`), and never
+    less than nothing."""
+    left = time_left()
+    return most if left is None else max(0.0, min(most, left - AFTER_RETRY_S))
+
+
 def with_session(sessions: sessionmaker[Session]) -> Callable[[Listener], Listener]:
     """Wrap a listener so that `context["db"]` is a session that is closed when it returns."""
 

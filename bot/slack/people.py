@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.slack.middleware import AFTER_RETRY_S, time_left
+from bot.slack.middleware import patience
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,9 @@ class UserDirectory:
             if future is None:
                 future = self._executor.submit(self._lookup, key, token)
                 self._pending[key] = future
-        wait = self._timeout
-        left = time_left()
-        if left is not None:
-            # Other calls to Slack may have used the request's time already; what follows
-            # the lookup (the commit, the answer) still needs its share.
-            wait = max(0.0, min(wait, left - AFTER_RETRY_S))
+        # Other calls to Slack may have used the request's time already; what follows the
+        # lookup (the commit, the answer) still needs its share.
+        wait = patience(self._timeout)
         try:
             return future.result(timeout=wait)
         except FutureTimeout:

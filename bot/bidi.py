@@ -66,6 +66,19 @@ def typed_parts(message: str) -> list[tuple[str, bool]]:
     return parts
 
 
+class QuotingError(Exception):
+    """An error whose message may quote typed text (`quoted`): `str()` is the message
+    without the marks (logs, the CLI), and `message` keeps them, for what shows it to the
+    person (replies.refusal) to keep the typed text from formatting."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return unmarked(self.message)
+
+
 def _contained_line(line: str) -> str:
     closers: list[str] = []  # the pop that ends each direction still open, innermost last
     kept: list[str] = []

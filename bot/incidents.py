@@ -38,19 +38,8 @@ from bot.models import (
 MAX_TEXT_LENGTH = 4000
 
 
-class IncidentError(Exception):
-    """A request the incident cannot honour; the message is fit to show the person.
-
-    Typed text in it is `bidi.quoted`: `str()` is the message without the marks, `message`
-    keeps them, for what shows it (replies.refusal) to keep the typed text from formatting.
-    """
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def __str__(self) -> str:
-        return bidi.unmarked(self.message)
+class IncidentError(bidi.QuotingError):
+    """A request the incident cannot honour; the message is fit to show the person."""
 
 
 class IncidentAlreadyOpenError(IncidentError):

@@ -107,18 +107,8 @@ _AGO = re.compile(
 _AGO_LIMIT = timedelta(days=7)
 
 
-class TimeParseError(ValueError):
-    """The text starts with something meant as a time that cannot be read as one.
-
-    As with IncidentError, `str()` is the message and `message` keeps the marks of `bidi.quoted`.
-    """
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-    def __str__(self) -> str:
-        return bidi.unmarked(self.message)
+class TimeParseError(bidi.QuotingError, ValueError):
+    """The text starts with something meant as a time that cannot be read as one."""
 
 
 @dataclass(frozen=True)

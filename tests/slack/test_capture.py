@@ -291,17 +291,27 @@ def test_forged_events_are_rejected(bot: Bot) -> None:
     assert entries(bot) == []
 
 
-def shortcut(bot: Bot, message: dict[str, object], *, channel: str = CHANNEL) -> Reply:
-    body, headers = signed_shortcut(
+def shortcut_request(
+    bot: Bot,
+    message: dict[str, Any],
+    *,
+    channel: str = CHANNEL,
+    response_url: str | None = None,
+) -> tuple[str, dict[str, str]]:
+    """Bob's "Add to incident timeline" on `message`, signed as Slack posts it."""
+    return signed_shortcut(
         SECRET,
         callback_id="add_to_timeline",
         message=message,
         team_id=TEAM,
         channel_id=channel,
         user_id=BOB,
-        response_url=bot.fake.response_url("shortcut"),
+        response_url=response_url or bot.fake.response_url("shortcut"),
     )
-    return bot.dispatch(body, headers)
+
+
+def shortcut(bot: Bot, message: dict[str, object], *, channel: str = CHANNEL) -> Reply:
+    return bot.dispatch(*shortcut_request(bot, message, channel=channel))
 
 
 def test_the_message_shortcut_adds_a_message_and_confirms_to_the_person(bot: Bot) -> None:
@@ -657,15 +667,7 @@ def test_a_replayed_shortcut_does_not_bring_back_an_entry_taken_off_since(bot: B
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)
     message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
-    request = signed_shortcut(
-        SECRET,
-        callback_id="add_to_timeline",
-        message=message,
-        team_id=TEAM,
-        channel_id=CHANNEL,
-        user_id=BOB,
-        response_url=bot.fake.response_url("shortcut"),
-    )
+    request = shortcut_request(bot, message)
     bot.dispatch(*request)
     assert ":warning:" not in bot.command("delete 1").visible
     bot.wait()
@@ -684,15 +686,7 @@ def test_the_shortcut_delivered_twice_at_once_makes_one_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts=PIN_TS)
     message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
-    request = signed_shortcut(
-        SECRET,
-        callback_id="add_to_timeline",
-        message=message,
-        team_id=TEAM,
-        channel_id=CHANNEL,
-        user_id=BOB,
-        response_url=bot.fake.response_url("shortcut"),
-    )
+    request = shortcut_request(bot, message)
 
     assert [reply.status for reply in _at_once(bot, [request, request, request])] == [200] * 3
     bot.wait()
@@ -713,15 +707,7 @@ def test_a_shortcut_answer_that_cannot_reach_its_response_url_does_not_log_the_u
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/response/shortcut"
     message = {"type": "message", "user": ALICE, "text": "x", "ts": PIN_TS}
-    body, headers = signed_shortcut(
-        SECRET,
-        callback_id="add_to_timeline",
-        message=message,
-        team_id=TEAM,
-        channel_id=CHANNEL,
-        user_id=BOB,
-        response_url=url,
-    )
+    body, headers = shortcut_request(bot, message, response_url=url)
     with caplog.at_level(logging.INFO):  # as `serve` logs
         bot.dispatch(body, headers)
 

@@ -21,10 +21,10 @@ def one(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
     return found[0]
 
 
-def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def run_module(module: str, *args: str) -> None:
+    """`python -m module args` from the checkout, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--out", str(out), "--quick", "--prototype"],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -32,6 +32,11 @@ def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run_module("bench.run", "--out", str(out), "--quick", "--prototype")
 
     results = json.loads((out / "results.json").read_text())
     plan = results["plan"]
@@ -63,15 +68,7 @@ def test_the_quick_benchmark_reports_every_configuration(tmp_path: Path) -> None
 def test_the_note_cost_breakdown_runs_every_part(tmp_path: Path) -> None:
     # BENCHMARKS.md quotes its figures; it rotted once (a reply's signature changed under it).
     out = tmp_path / "note_cost.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.note_cost", "--count", "3", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    run_module("bench.note_cost", "--count", "3", "--json", str(out))
 
     results = json.loads(out.read_text())
     assert results["database"] == "sqlite"

@@ -177,7 +177,6 @@ def build_app(
             # Bolt's own says only "reinstall", also when auth.test was merely rate limited.
             user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
-        app.enable_token_revocation_listeners()
     else:
         app = IncidentApp(
             signing_secret=settings.slack_signing_secret,
@@ -192,10 +191,15 @@ def build_app(
             token_verification_enabled=token_verification_enabled,
             user_facing_authorize_error_message=replies.NOT_AUTHORIZED,
         )
-        _acknowledge_uninstalls(app)
     if settings.slack_signing_secret:
         app.verify_requests_with(settings.slack_signing_secret)
+    # Bolt tries each listener's matchers in the order they were registered, for every
+    # request: `/incident` first, and the rare uninstall events last.
     register(app, services)
+    if settings.multi_workspace:
+        app.enable_token_revocation_listeners()
+    else:
+        _acknowledge_uninstalls(app)
     return app
 
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot")
 
+# Events and commands `socket` handles at once (slack_sdk's default for Socket Mode).
+SOCKET_THREADS = 10
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -157,8 +160,10 @@ def _socket(_args: argparse.Namespace) -> int:
     )
     if refused:
         return refused
-    services = build_services(settings, create_schema=False)
-    handler = SocketModeHandler(build_app(settings, services), settings.slack_app_token)
+    services = build_services(settings, create_schema=False, request_threads=SOCKET_THREADS)
+    handler = SocketModeHandler(
+        build_app(settings, services), settings.slack_app_token, concurrency=SOCKET_THREADS
+    )
     # slack_sdk logs a WebSocket it could not open and goes on, retrying every few seconds.
     # After a disconnect that is what we want; on a first start it hides a wrong URL, a
     # proxy or a firewall behind "answering Slack" while nothing is answered.
@@ -356,8 +361,9 @@ def _refuse_an_in_memory_database(settings: Settings) -> int:
     would create a schema no one sees and nothing recorded would be kept."""
     from sqlalchemy.engine import make_url
 
-    url = make_url(settings.database_url)
-    if url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:"):
+    from bot import db
+
+    if not db.in_memory(make_url(settings.database_url)):
         return 0
     print(
         f"incident-bot: DATABASE_URL={_shown(settings.database_url)} is a SQLite database in "
@@ -374,8 +380,10 @@ def _missing_sqlite_file(database_url: str) -> str | None:
 
     from sqlalchemy.engine import make_url
 
+    from bot import db
+
     url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    if url.get_backend_name() != "sqlite" or db.in_memory(url) or url.database is None:
         return None
     return None if Path(url.database).exists() else url.database
 

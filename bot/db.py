@@ -35,7 +35,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -56,6 +56,8 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "tcp_user_timeout": 3000,  # ms that sent data may stay unacknowledged
 }
 PG_POOL_TIMEOUT_S = 2
+# Connections a pool keeps open; it lends more (up to what `make_engine` is told) when busy.
+POOL_SIZE = 5
 
 
 class Base(DeclarativeBase):
@@ -88,9 +90,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """Create the engine, with SQLite set up for several threads and processes."""
+def make_engine(database_url: str, *, connections: int | None = None, **kwargs: Any) -> Engine:
+    """Create the engine, with SQLite set up for several threads and processes; its pool
+    lends at least `connections` at once (SQLAlchemy's default is 15)."""
     url = make_url(database_url)
+    if connections is not None and not in_memory(url):  # SQLite in memory keeps no pool
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", max(10, connections - POOL_SIZE))
     if url.get_backend_name() == "sqlite":
         engine = create_engine(
             url,
@@ -112,6 +118,11 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     _replace_closed_links(engine)  # before _track_holders: a replaced link is never held
     _track_holders(engine)
     return engine
+
+
+def in_memory(url: URL) -> bool:
+    """Whether `url` is a SQLite database in memory, which each connection has its own of."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
 def _replace_closed_links(engine: Engine) -> None:
@@ -289,7 +300,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        if engine.url.database not in (None, "", ":memory:"):
+        if not in_memory(engine.url):
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()

@@ -39,12 +39,14 @@ def utc_now() -> datetime:
 
 # At shutdown (`serve`'s workers, `socket`), how long follow-up work may still take.
 FOLLOWUP_GRACE_S = 5.0
+# Threads that run follow-up work (posting, uploading, pruning), each with a connection.
+FOLLOWUP_THREADS = 4
 
 
 class FollowUps:
     """Work that runs after the acknowledgement (posting, uploading), on a few threads."""
 
-    def __init__(self, max_workers: int = 4) -> None:
+    def __init__(self, max_workers: int = FOLLOWUP_THREADS) -> None:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="followup")
         self._futures: dict[Future[None], str] = {}  # what each still running or queued does
         self._lock = threading.Lock()
@@ -148,8 +150,12 @@ def build_services(
     engine: Engine | None = None,
     clock: Callable[[], datetime] = utc_now,
     create_schema: bool = True,
+    request_threads: int = 10,
 ) -> Services:
-    engine = engine or db.make_engine(settings.database_url)
+    """The services of one process that answers on `request_threads` threads at once."""
+    # Every request thread and every follow-up may hold a connection at the same moment.
+    connections = request_threads + FOLLOWUP_THREADS
+    engine = engine or db.make_engine(settings.database_url, connections=connections)
     if create_schema:
         db.create_schema(engine)
     return Services(

@@ -138,7 +138,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
 
     def build() -> WsgiApp:
         # Each worker builds its own app: engines and thread pools must not cross a fork.
-        services = build_services(settings, create_schema=False)
+        services = build_services(settings, create_schema=False, request_threads=threads)
         built.append(services)
         return build_wsgi(build_app(settings, services), services)
 

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from bot import incidents
 from bot.db import make_session_factory, read_only
 from bot.models import Incident, Postmortem, TimelineEntry
-from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database, at_once
+from bot.services import FOLLOWUP_THREADS, build_services
+from tests.conftest import CHANNEL, NOW, TEAM, Bot, Database, at_once, make_settings
 
 
 def _start(database: Database, channel: str, title: str) -> Incident:
@@ -184,3 +185,20 @@ def test_a_reader_such_as_export_neither_holds_up_notes_nor_sees_them_midway(bot
     assert before == after == 1
     with bot.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2
+
+
+def test_a_worker_with_many_threads_gets_a_connection_for_each(database: Database) -> None:
+    # `serve --threads 24`: every request thread and every follow-up thread may hold a
+    # connection at once. SQLAlchemy's default pool lends 15; the 16th waited for one, then
+    # failed ("could not record").
+    settings = make_settings(database.url, "http://127.0.0.1:9")
+    services = build_services(settings, create_schema=False, request_threads=24)
+    held = []
+    try:
+        for _ in range(24 + FOLLOWUP_THREADS):  # the pool raises TimeoutError if it cannot
+            held.append(services.engine.raw_connection())
+        assert len({id(connection.dbapi_connection) for connection in held}) == len(held)
+    finally:
+        for connection in held:
+            connection.close()
+        services.engine.dispose()

@@ -76,17 +76,30 @@ class _SlackHandler(SlackRequestHandler):
 
     Bolt reads the body, and picks fields out of it, before it checks the signature: JSON
     that is not JSON, bytes that are not UTF-8, JSON that is not an object (`[1]`, `null`,
-    `payload=7`) or is nested too deep raise there, for anyone who can reach the port.
+    `payload=7`) or is nested too deep raise there, for anyone who can reach the port. It
+    reads the body of a GET of the install pages too.
     """
 
     def dispatch(self, request: WsgiHttpRequest) -> BoltResponse:
-        try:
-            bolt_request = BoltRequest(
-                body=request.get_body(), query=request.query_string, headers=request.get_headers()
-            )
-        except (ValueError, LookupError, TypeError, AttributeError, RecursionError) as error:
-            raise UnreadableBodyError(type(error).__name__) from error
-        return self.app.dispatch(bolt_request)
+        return self.app.dispatch(_read(request))
+
+    def handle_installation(self, request: WsgiHttpRequest) -> BoltResponse:
+        assert self.app.oauth_flow is not None  # the adapter asks only when there is one
+        return self.app.oauth_flow.handle_installation(_read(request))
+
+    def handle_callback(self, request: WsgiHttpRequest) -> BoltResponse:
+        assert self.app.oauth_flow is not None
+        return self.app.oauth_flow.handle_callback(_read(request))
+
+
+def _read(request: WsgiHttpRequest) -> BoltRequest:
+    """The request as Bolt reads it; `UnreadableBodyError` when Bolt cannot."""
+    try:
+        return BoltRequest(
+            body=request.get_body(), query=request.query_string, headers=request.get_headers()
+        )
+    except (ValueError, LookupError, TypeError, AttributeError, RecursionError) as error:
+        raise UnreadableBodyError(type(error).__name__) from error
 
 
 def build_wsgi(app: App, services: Services) -> WsgiApp:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from slack_bolt.request import BoltRequest
@@ -15,6 +17,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault
 from bot.models import Incident
 from bot.services import build_services
+from bot.web import build_wsgi
 from tests.conftest import Bot, Clock, Database, make_settings
 from tests.slack.test_slack_failures import answered
 
@@ -175,3 +178,29 @@ def test_the_incident_command_is_the_first_listener_bolt_tries(
     request = BoltRequest(body=body, headers=dict(headers))
     first = app._listeners[0]
     assert first.matches(req=request, resp=BoltResponse(status=404))
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [("/slack/install", ""), ("/slack/oauth_redirect", "code=code-T0FIRST001&state=x")],
+)
+def test_an_install_page_asked_for_with_a_body_that_is_not_utf8_is_a_400(
+    multi: Bot, path: str, query: str
+) -> None:
+    # Anyone can reach these pages; Bolt's adapter decodes even a GET's body, and the
+    # UnicodeDecodeError left the WSGI app (a 500 from gunicorn, a traceback in its log).
+    body = b"\xff\xfe\x00"
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO=path, REQUEST_METHOD="GET", QUERY_STRING=query)
+    environ.update(CONTENT_LENGTH=str(len(body)), CONTENT_TYPE="text/plain")
+    environ["wsgi.input"] = io.BytesIO(body)
+    statuses: list[str] = []
+
+    def start_response(status: str, _headers: list[tuple[str, str]], _exc: Any = None) -> Any:
+        statuses.append(status)
+
+    b"".join(build_wsgi(multi.app, multi.services)(environ, start_response))  # type: ignore[arg-type]
+
+    assert [int(status.split()[0]) for status in statuses] == [400]
+    assert "T0FIRST001" not in multi.fake.tokens.values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -16,6 +17,7 @@ from slack_bolt.request.internals import build_context
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from slack_sdk.signature import SignatureVerifier
+from sqlalchemy import select
 
 from bot.config import Settings
 from bot.services import Services, SlackClient, web_client
@@ -36,6 +38,9 @@ BOT_SCOPES = (
     "channels:manage",
 )
 OAUTH_STATE_EXPIRATION_S = 600
+# Expired OAuth states forgotten each time one is issued: more than one, so that states
+# left before are forgotten too, few, so that issuing one stays cheap.
+STATES_FORGOTTEN_PER_ISSUE = 2
 log = logging.getLogger(__name__)
 # The logger of slack_sdk's WebhookClient, which answers through response URLs: ours (tell)
 # and Bolt's respond().
@@ -125,6 +130,29 @@ class IncidentOAuthFlow(OAuthFlow):
             )
 
 
+class ExpiringOAuthStateStore(SQLAlchemyOAuthStateStore):
+    """slack_sdk's state store, forgetting states that expired.
+
+    Anyone can ask for `/slack/install`, and each answer keeps a state for the callback;
+    slack_sdk deletes one only when an install uses it, so those of installs no one
+    finished (or a script asking for the page) would pile up for good. Each new state
+    forgets a few of the oldest once they have expired: ids grow with time and every state
+    lives as long, so those are the oldest ids, found by the primary key alone.
+    """
+
+    def issue(self, *args: Any, **kwargs: Any) -> str:
+        state = str(super().issue(*args, **kwargs))
+        c = self.oauth_states.c
+        oldest = select(c.id).order_by(c.id).limit(STATES_FORGOTTEN_PER_ISSUE)
+        # The store keeps naive UTC times.
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with self.engine.begin() as connection:
+            connection.execute(
+                self.oauth_states.delete().where(c.id.in_(oldest), c.expire_at <= now)
+            )
+        return state
+
+
 def build_app(
     settings: Settings, services: Services, *, token_verification_enabled: bool = True
 ) -> App:
@@ -147,7 +175,7 @@ def build_app(
             client_secret=settings.slack_client_secret,
             scopes=list(BOT_SCOPES),
             installation_store=installations,
-            state_store=SQLAlchemyOAuthStateStore(
+            state_store=ExpiringOAuthStateStore(
                 expiration_seconds=OAUTH_STATE_EXPIRATION_S, engine=services.engine, logger=logger
             ),
         )

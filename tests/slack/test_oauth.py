@@ -5,17 +5,18 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from bot.app import build_app
 from bot.demo import FakeSlack, Fault
-from bot.models import Incident
+from bot.models import SLACK_OAUTH_STATES, Incident
 from bot.services import build_services
 from bot.web import build_wsgi
 from tests.conftest import Bot, Clock, Database, make_settings
@@ -204,3 +205,28 @@ def test_an_install_page_asked_for_with_a_body_that_is_not_utf8_is_a_400(
 
     assert [int(status.split()[0]) for status in statuses] == [400]
     assert "T0FIRST001" not in multi.fake.tokens.values()
+
+
+def test_install_pages_no_one_finished_are_forgotten_once_their_state_expires(
+    multi: Bot,
+) -> None:
+    # Anyone can ask for /slack/install, and each answer keeps a state for the callback;
+    # slack_sdk's store deleted a state only when an install used it, so states of installs
+    # no one finished piled up for good.
+    long_ago = datetime(2020, 1, 1)  # the store keeps naive UTC times
+    with multi.services.engine.begin() as connection:
+        connection.execute(
+            insert(SLACK_OAUTH_STATES),
+            [{"state": f"abandoned-{n}", "expire_at": long_ago} for n in range(3)],
+        )
+    flow = multi.app.oauth_flow
+    assert flow is not None
+
+    for _ in range(3):
+        assert flow.handle_installation(_request()).status in (200, 302)
+
+    with multi.services.engine.connect() as connection:
+        states = connection.scalars(select(SLACK_OAUTH_STATES.c.state)).all()
+    assert len(states) == 3
+    assert not [state for state in states if state.startswith("abandoned-")]
+    install(multi, "T0FIRST001")  # a state still in time is kept for its callback

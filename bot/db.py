@@ -97,6 +97,9 @@ def make_engine(database_url: str, *, connections: int | None = None, **kwargs: 
     if connections is not None and not in_memory(url):  # SQLite in memory keeps no pool
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", max(10, connections - POOL_SIZE))
+    # SQLAlchemy's errors repeat the statement's values, and errors are logged: those values
+    # are a workspace's bot token when an install is kept, or what people typed.
+    kwargs.setdefault("hide_parameters", True)
     if url.get_backend_name() == "sqlite":
         engine = create_engine(
             url,

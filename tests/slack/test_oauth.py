@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,7 +13,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from bot.app import build_app
 from bot.demo import FakeSlack, Fault
@@ -230,3 +231,32 @@ def test_install_pages_no_one_finished_are_forgotten_once_their_state_expires(
     assert len(states) == 3
     assert not [state for state in states if state.startswith("abandoned-")]
     install(multi, "T0FIRST001")  # a state still in time is kept for its callback
+
+
+def test_an_install_the_database_cannot_keep_leaves_its_token_out_of_the_log(
+    multi: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLAlchemy's errors repeat the statement's parameters, and the statement that keeps
+    # an install holds the workspace's new bot token; the failure is logged with its error.
+    with multi.services.engine.begin() as connection:
+        # The install's INSERT fails (the lookup before it does not name that column).
+        connection.execute(text("ALTER TABLE slack_installations RENAME COLUMN bot_scopes TO x"))
+    team = "T0FIRST001"
+    multi.fake.oauth_codes[f"code-{team}"] = team
+    flow = multi.app.oauth_flow
+    assert flow is not None
+    page = flow.handle_installation(_request())
+    state_match = re.search(r"state=([\w-]+)", page.headers.get("location", [""])[0] or page.body)
+    assert state_match
+    cookie = page.headers["set-cookie"][0].split(";", 1)[0]
+
+    with caplog.at_level(logging.INFO):  # as `serve` logs
+        done = flow.handle_callback(
+            _request(f"code=code-{team}&state={state_match.group(1)}", cookie)
+        )
+
+    assert done.status == 503
+    [token] = [t for t, owner in multi.fake.tokens.items() if owner == team]
+    logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
+    assert "could not finish an install" in logged
+    assert token not in logged

@@ -143,7 +143,14 @@ class ExpiringOAuthStateStore(SQLAlchemyOAuthStateStore):
     def issue(self, *args: Any, **kwargs: Any) -> str:
         state = str(super().issue(*args, **kwargs))
         c = self.oauth_states.c
-        oldest = select(c.id).order_by(c.id).limit(STATES_FORGOTTEN_PER_ISSUE)
+        oldest = (
+            select(c.id)
+            .order_by(c.id)
+            .limit(STATES_FORGOTTEN_PER_ISSUE)
+            # PostgreSQL: two install pages at once neither wait for nor deadlock on each
+            # other's rows; SQLite has one writer at a time.
+            .with_for_update(skip_locked=True)
+        )
         # The store keeps naive UTC times.
         now = datetime.now(UTC).replace(tzinfo=None)
         with self.engine.begin() as connection:

@@ -401,7 +401,6 @@ def _reason(error: Exception) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from jinja2 import TemplateError
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot import db, incidents, postmortem
@@ -429,8 +428,6 @@ def _export(args: argparse.Namespace) -> int:
                 session, team_id=args.team, number=int(match.group(1))
             )
             context = postmortem.build_context(session, incident=incident, now=utc_now())
-        env = postmortem.build_environment(settings.templates_dir)
-        sys.stdout.write(postmortem.render(env, context, postmortem.Format(args.format)))
     except incidents.IncidentNotFoundError as error:
         print(f"incident-bot: {error}", file=sys.stderr)
         return 1
@@ -440,12 +437,20 @@ def _export(args: argparse.Namespace) -> int:
             f"incident-bot: cannot read the database at {where}: {_reason(error)}", file=sys.stderr
         )
         return 1
-    except TemplateError as error:
-        name = getattr(error, "filename", None) or getattr(error, "name", None) or "a template"
-        print(f"incident-bot: the postmortem template {name} failed: {error}", file=sys.stderr)
-        return 1
     finally:
         engine.dispose()
+    fmt = postmortem.Format(args.format)
+    try:
+        rendered = postmortem.render(
+            postmortem.build_environment(settings.templates_dir), context, fmt
+        )
+    except Exception as error:  # a template in TEMPLATES_DIR can fail in any way Python can
+        print(
+            f"incident-bot: the postmortem template {postmortem.failure(error, fmt)}",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.write(rendered)
     return 0
 
 

@@ -280,6 +280,13 @@ def check_templates(env: Environment) -> None:
                 )
 
 
+def failure(error: Exception, fmt: Format) -> str:
+    """A template's failure to render `fmt`, for people: its file, its line, and why."""
+    name, line = _where(error, fmt)
+    at = f" at line {line}" if line is not None else ""
+    return f"{name} failed{at}: {_explained(error)}"
+
+
 def _explained(error: Exception) -> str:
     """Jinja's message, with what to do where it says too little."""
     if isinstance(error, TemplateNotFound):

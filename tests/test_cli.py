@@ -306,6 +306,34 @@ def test_export_with_a_broken_template_names_it_without_a_traceback(
     assert "Traceback" not in exported.stderr
 
 
+@pytest.mark.usefixtures("demo_run")  # the demo's database, in demo_dir
+@pytest.mark.parametrize(
+    ("template", "line", "error"),
+    [
+        # A name `pm` does not have: Jinja's error names neither the file nor the line, and
+        # export said "the postmortem template a template failed".
+        ("# {{ pm.title }}\n{{ pm.no_such_field }}\n", 2, "has no attribute 'no_such_field'"),
+        # An error that is not Jinja's own (a division by zero in the template) was a traceback.
+        ("# {{ pm.title }}\n\n{{ pm.actions|length // 0 }}\n", 3, "by zero"),
+    ],
+)
+def test_export_with_a_template_that_fails_as_it_renders_names_its_file_and_line(
+    demo_dir: Path, tmp_path: Path, template: str, line: int, error: str
+) -> None:
+    (tmp_path / "postmortem.md.j2").write_text(template)
+
+    exported = bot_cli("export", "INC-1", cwd=demo_dir, env={"TEMPLATES_DIR": str(tmp_path)})
+
+    assert exported.returncode == 1
+    assert exported.stdout == ""
+    where = f"{tmp_path / 'postmortem.md.j2'} failed at line {line}"
+    assert exported.stderr.startswith(f"incident-bot: the postmortem template {where}: "), (
+        exported.stderr
+    )
+    assert error in exported.stderr
+    assert "Traceback" not in exported.stderr
+
+
 def test_export_of_a_file_that_is_not_a_database_says_so(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)
     url = f"sqlite:///{tmp_path / 'notes.txt'}"

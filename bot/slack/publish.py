@@ -69,7 +69,7 @@ def publish_postmortem(
     response_url: str | None,
 ) -> None:
     """Render and keep the postmortem, then post the summary and the Markdown file."""
-    failure: Exception | None = None  # of the template, told once the session is closed
+    failure: str | None = None  # of the template, told once the session is closed
     try:
         with services.sessions() as session:
             incident = session.get_one(Incident, incident_id)
@@ -85,7 +85,7 @@ def publish_postmortem(
                 markdown = postmortem.render(services.templates, context)
             except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
                 log.exception("rendering the postmortem of %s failed", incident.reference)
-                failure = error
+                failure = postmortem.failure(error, postmortem.Format.MARKDOWN)
                 markdown = None
             if markdown is not None:
                 incidents.record_postmortem(
@@ -108,7 +108,14 @@ def publish_postmortem(
     # Not inside the session: a slow response URL would hold its connection (and on SQLite
     # the write lock every command needs) for as long as Slack took.
     if failure is not None:
-        tell(response_url, replies.refusal(f"The postmortem template failed: {failure}"))
+        tell(
+            response_url,
+            replies.refusal(
+                f"{reference} is closed, but no postmortem was uploaded: the template "
+                f"{failure}. Once it is fixed, `incident-bot export {reference}` prints the "
+                "postmortem."
+            ),
+        )
 
     client = web_client(services.settings, token)
 

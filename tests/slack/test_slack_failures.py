@@ -337,7 +337,34 @@ def test_a_failed_template_is_reported_without_holding_a_database_connection(
     assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     bot.wait()
     responses = bot.fake.wait_for_responses(1)
-    assert any("The postmortem template failed" in r["text"] for r in responses)
+    assert any("no postmortem was uploaded: the template" in r["text"] for r in responses)
+
+
+def test_a_failed_template_is_reported_with_its_file_and_line_and_what_to_do(
+    database: Database, fake_slack: FakeSlack, clock: Clock, tmp_path: Path
+) -> None:
+    """A template edited in TEMPLATES_DIR after start-up (Jinja reloads it) that uses a name
+    `pm` does not have: the person who closed was told only Jinja's message, which names
+    neither the template nor the line, nor that the close is kept and how to get the
+    postmortem once the template is fixed."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "postmortem.md.j2").write_text("# {{ pm.title }}\n\n{{ pm.no_such_field }}\n")
+    settings = make_settings(database.url, fake_slack.api_url, templates_dir=folder)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    bot.command("start Outage")
+
+    assert "is closed" in bot.command("close 9:00 AM - fixed").text
+    bot.wait()
+
+    [told] = [r["text"] for r in bot.fake.wait_for_responses(1) if ":warning:" in str(r)]
+    assert f"{folder / 'postmortem.md.j2'} failed at line 3" in told
+    assert "no_such_field" in told
+    assert "INC-1 is closed" in told
+    assert "`incident-bot export INC-1`" in told
+    assert bot.fake.calls_to("chat.postMessage")  # the summary is still posted
+    assert not bot.fake.calls_to("files.getUploadURLExternal")
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def to_message(
         ts=ts,
         author_id=author,
         author_name=author_name(author) if author.startswith(("U", "W")) else _bot_name(raw),
-        text=slack_text.decode(message_text(raw)),
+        text=slack_text.decode(message_text(raw), name_of=author_name),
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,

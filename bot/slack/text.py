@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from bot import bidi
 
@@ -25,20 +26,26 @@ _BACKTICK = str.maketrans("`", "\u02cb")
 _QUOTE = re.compile(r"^([^\S\n]*)&gt;", re.MULTILINE)
 
 
-def decode(text: str) -> str:
+def decode(text: str, *, name_of: Callable[[str], str | None] | None = None) -> str:
     """Turn Slack's escaped command text into what the person typed.
 
     Mentions become their visible form (`@ann`, `#general`, `@here`), links their URL or
-    label, and the three escaped characters (`&amp;`, `&lt;`, `&gt;`) themselves.
+    label, and the three escaped characters (`&amp;`, `&lt;`, `&gt;`) themselves. A message's
+    text names no one (`<@U123>`, where a command's has `<@U123|ann>`): `name_of` gives the
+    name Slack shows for a user id, or else the id is kept.
     """
-    return _unescape(_MARKUP.sub(_visible_form, text))
+    return _unescape(_MARKUP.sub(lambda match: _visible_form(match, name_of), text))
 
 
-def _visible_form(match: re.Match[str]) -> str:
+def _visible_form(match: re.Match[str], name_of: Callable[[str], str | None] | None) -> str:
     inner = match.group(1)
     target, _, label = inner.partition("|")
     if target.startswith("@"):
-        return f"@{label}" if label else target
+        if label:
+            return f"@{label}"
+        user_id = target[1:]
+        name = name_of(user_id) if name_of and re.fullmatch(r"[UW][A-Z0-9]+", user_id) else None
+        return f"@{name.removeprefix('@')}" if name else target
     if target.startswith("#"):
         return f"#{label}" if label else target
     if target.startswith("!"):

@@ -85,6 +85,28 @@ def test_a_pinned_message_joins_the_timeline_at_its_own_time(bot: Bot) -> None:
     assert bot.fake.calls_to("chat.postMessage") == []  # no new channel message
 
 
+def test_people_mentioned_in_a_pinned_message_are_kept_by_the_name_slack_showed(
+    bot: Bot,
+) -> None:
+    """Slack sends a mention in a message as `<@U123>`, with no name (only a slash command's
+    text, escaped, carries `<@U123|ann>`): the entry, and so the postmortem, read
+    "@U0BOB00001" where everyone in the channel had read "@Bob"."""
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    text = "<@U0BOB00001> is rolling back; <@U0NOBODY01|old-label> and <@U0GONE0001> know"
+    ts = bot.fake.post(CHANNEL, text, user=ALICE, ts=PIN_TS)
+
+    reaction(bot, ts)
+    bot.wait()
+    bot.command("close")
+    bot.wait()
+
+    [entry] = entries(bot)
+    # Slack does not know U0GONE0001 (user_not_found): its id is all there is to show.
+    assert entry.text == "@Bob is rolling back; @old-label and @U0GONE0001 know"
+    assert "* 9:00 AM - u0alice001: @Bob is rolling back;" in bot.fake.uploaded_text()
+
+
 def test_pinning_twice_and_slack_retries_make_one_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "the one message", user=ALICE, ts=PIN_TS)

@@ -440,13 +440,12 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     fmt = postmortem.Format(args.format)
+    env = postmortem.build_environment(settings.templates_dir)
     try:
-        rendered = postmortem.render(
-            postmortem.build_environment(settings.templates_dir), context, fmt
-        )
+        rendered = postmortem.render(env, context, fmt)
     except Exception as error:  # a template in TEMPLATES_DIR can fail in any way Python can
         print(
-            f"incident-bot: the postmortem template {postmortem.failure(error, fmt)}",
+            f"incident-bot: the postmortem template {postmortem.failure(env, error, fmt)}",
             file=sys.stderr,
         )
         return 1

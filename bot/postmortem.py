@@ -268,9 +268,10 @@ def check_templates(env: Environment) -> None:
             try:
                 rendered = render(env, sample, fmt)
             except Exception as error:
-                name, line = _where(error, fmt)
+                name, line = _where(env, error, fmt)
+                at = f", line {line}" if line is not None else ""
                 raise TemplateCheckError(
-                    f"{name}, line {line}: {_explained(error)} (while rendering {sample_name})"
+                    f"{name}{at}: {_explained(error)} (while rendering {sample_name})"
                 ) from None
             if not rendered.strip():
                 name = env.get_template(TEMPLATE_NAMES[fmt]).filename or TEMPLATE_NAMES[fmt]
@@ -280,9 +281,9 @@ def check_templates(env: Environment) -> None:
                 )
 
 
-def failure(error: Exception, fmt: Format) -> str:
+def failure(env: Environment, error: Exception, fmt: Format) -> str:
     """A template's failure to render `fmt`, for people: its file, its line, and why."""
-    name, line = _where(error, fmt)
+    name, line = _where(env, error, fmt)
     at = f" at line {line}" if line is not None else ""
     return f"{name} failed{at}: {_explained(error)}"
 
@@ -295,6 +296,10 @@ def _explained(error: Exception) -> str:
             f"ones (those are {BUILTIN_PREFIX}/{TEMPLATE_NAMES[Format.MARKDOWN]} and "
             f"{BUILTIN_PREFIX}/{TEMPLATE_NAMES[Format.HTML]})"
         )
+    if isinstance(error, UnicodeDecodeError):
+        return (
+            f"the file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        )
     if isinstance(error, RecursionError):
         return (
             "the template includes or extends itself; a template in TEMPLATES_DIR has the "
@@ -303,7 +308,7 @@ def _explained(error: Exception) -> str:
     return str(error)
 
 
-def _where(error: Exception, fmt: Format) -> tuple[str, int | None]:
+def _where(env: Environment, error: Exception, fmt: Format) -> tuple[str, int | None]:
     """The template file and line an error of rendering `fmt` comes from."""
     name = getattr(error, "filename", None)
     if name is not None:
@@ -311,7 +316,21 @@ def _where(error: Exception, fmt: Format) -> tuple[str, int | None]:
     # A runtime error: Jinja puts the template's lines in the traceback.
     frames = traceback.extract_tb(error.__traceback__)
     where = [(f.filename, f.lineno) for f in frames if f.filename.endswith(".j2")]
-    return where[-1] if where else (TEMPLATE_NAMES[fmt], None)
+    if where:
+        return where[-1]
+    # None of it ran (the file could not be read): the file the template is loaded from.
+    return _source_file(env, TEMPLATE_NAMES[fmt]), None
+
+
+def _source_file(env: Environment, name: str) -> str:
+    """The file a template `name` is loaded from: the first of the loaders' folders with it."""
+    loader = env.loader
+    for each in loader.loaders if isinstance(loader, ChoiceLoader) else [loader]:
+        if isinstance(each, FileSystemLoader):
+            for folder in each.searchpath:
+                if (Path(folder) / name).is_file():
+                    return str(Path(folder) / name)
+    return name
 
 
 def sample_context() -> PostmortemContext:

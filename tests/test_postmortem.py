@@ -1061,6 +1061,25 @@ def test_a_template_that_fails_only_at_render_time_is_named_with_its_line(tmp_pa
         postmortem.check_templates(env)
 
 
+def test_a_template_that_is_not_utf8_is_named_by_its_file_and_told_so(tmp_path: Path) -> None:
+    # Saved by an editor in Latin-1: the error comes from reading the file, before any line
+    # of it runs, and the check said "postmortem.md.j2, line None: 'utf-8' codec can't ...".
+    (tmp_path / "postmortem.md.j2").write_bytes("# Café {{ pm.title }}\n".encode("latin-1"))
+    env = postmortem.build_environment(tmp_path)
+
+    with pytest.raises(postmortem.TemplateCheckError) as refused:
+        postmortem.check_templates(env)
+    assert str(refused.value).startswith(f"{tmp_path / 'postmortem.md.j2'}: ")
+    assert "line None" not in str(refused.value)
+    assert "not UTF-8" in str(refused.value)
+    # As a close and export tell it, when the file was saved so after start-up.
+    with pytest.raises(UnicodeDecodeError) as raised:
+        postmortem.render(env, postmortem.sample_context())
+    failed = postmortem.failure(env, raised.value, postmortem.Format.MARKDOWN)
+    assert failed.startswith(f"{tmp_path / 'postmortem.md.j2'} failed: "), failed
+    assert "not UTF-8" in failed
+
+
 def test_the_built_in_templates_pass_the_check() -> None:
     postmortem.check_templates(postmortem.build_environment())
 

@@ -85,7 +85,7 @@ def publish_postmortem(
                 markdown = postmortem.render(services.templates, context)
             except Exception as error:  # a broken template in TEMPLATES_DIR must not lose the close
                 log.exception("rendering the postmortem of %s failed", incident.reference)
-                failure = postmortem.failure(error, postmortem.Format.MARKDOWN)
+                failure = postmortem.failure(services.templates, error, postmortem.Format.MARKDOWN)
                 markdown = None
             if markdown is not None:
                 incidents.record_postmortem(

@@ -29,6 +29,8 @@ DEMO_USER = "U0DEMO0001"
 DEMO_SIGNING_SECRET = "demo-signing-secret"
 DEMO_BOT_TOKEN = "xoxb-demo-token"
 DEMO_ZONE = "Africa/Nairobi"
+# Slackbot's user id, the same in every workspace.
+SLACKBOT = "USLACKBOT"
 # What `FakeSlack.fail` calls the commands' response URLs, which are not Web API methods.
 RESPONSE_URL = "response_url"
 
@@ -319,6 +321,8 @@ class FakeSlack:
             }
         if method == "users.info":
             user = str(params.get("user", ""))
+            if user == SLACKBOT:
+                return {"ok": True, "user": _slackbot(self.team_id)}
             if user not in self.users:
                 return {"ok": False, "error": "user_not_found"}
             zone = self.users[user]
@@ -511,6 +515,24 @@ class FakeSlack:
         """The content of an uploaded file (the last one by default)."""
         with self._lock:
             return list(self.uploads.values())[index].decode()
+
+
+def _slackbot(team_id: str) -> dict[str, Any]:
+    """Slackbot as users.info describes it in every workspace: under the same id, and not
+    `is_bot` ("Slackbot is special, so is_bot will be false for it", Slack's user object)."""
+    return {
+        "id": SLACKBOT,
+        "team_id": team_id,
+        "name": "slackbot",
+        "real_name": "Slackbot",
+        "deleted": False,
+        "is_bot": False,
+        "is_app_user": False,
+        "tz": "America/Los_Angeles",
+        "tz_label": "Pacific Standard Time",
+        "tz_offset": -28800,
+        "profile": {"real_name": "Slackbot", "display_name": "Slackbot"},
+    }
 
 
 def _is_organization(owner: str) -> bool:

@@ -28,6 +28,7 @@ from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
+from bot.slack.people import SLACKBOT
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -423,7 +424,7 @@ def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
             f"Slack does not know {shown} in this workspace; mention someone from the list "
             "that opens when you type @."
         )
-    if person.is_bot:
+    if person.is_bot or user_id == SLACKBOT:
         raise incidents.IncidentError(f"{shown} is an app; give the {role} role to a person.")
     if person.deactivated:
         raise incidents.IncidentError(f"{shown} is no longer in this workspace.")

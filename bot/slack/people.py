@@ -26,6 +26,9 @@ FOUND_TTL_S = 6 * 3600.0
 FAILED_TTL_S = 600.0
 # Slack's answers that there is no such person for this token: not a failure to retry.
 NOT_A_PERSON = {"user_not_found", "user_not_visible"}
+# Slackbot, under the same id in every workspace: an app, though users.info says
+# `is_bot: false` of it ("Slackbot is special", Slack's user object).
+SLACKBOT = "USLACKBOT"
 
 
 @dataclass(frozen=True)

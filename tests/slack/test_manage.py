@@ -510,6 +510,20 @@ def test_a_role_for_an_app_or_a_deactivated_account_is_refused(
         assert session.scalars(select(RoleAssignment)).all() == []
 
 
+def test_a_role_for_slackbot_is_refused_though_slack_does_not_call_it_a_bot(bot: Bot) -> None:
+    # Slack's user object: "Slackbot is special, so is_bot will be false for it"; it can be
+    # mentioned like anyone, and users.info describes it as a member with a name and a zone.
+    bot.command("start Outage")
+
+    reply = bot.command("role scribe <@USLACKBOT|slackbot>", escaped=True)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "is an app" in reply.text and "slackbot" in reply.text
+    assert live(bot) == []
+    with bot.services.sessions() as session:
+        assert session.scalars(select(RoleAssignment)).all() == []
+
+
 @pytest.mark.parametrize("refusal", ["user_not_found", "user_not_visible"])
 def test_a_role_for_someone_slack_does_not_know_is_refused(bot: Bot, refusal: str) -> None:
     bot.command("start Outage")

@@ -505,8 +505,11 @@ class FakeSlack:
 
         with self._lock:
             found = [dict(m) for (c, _), m in self.messages.items() if c == channel and wanted(m)]
+            known = (channel, thread) in self.messages
         if not replies and not found and channel in self.private:
             return {"ok": False, "error": "not_in_channel"}
+        if replies and not known:  # no such message (any more): no thread to list
+            return {"ok": False, "error": "thread_not_found"}
         found.sort(key=lambda m: float(m["ts"]), reverse=not replies)
         limit = int(params.get("limit") or 100)
         return {"ok": True, "messages": found[:limit], "has_more": len(found) > limit}

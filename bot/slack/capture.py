@@ -57,12 +57,17 @@ def fetch_message(client: WebClient, channel: str, ts: str) -> dict[str, Any] | 
         # A thread reply is not in the channel's history; ask for it by its own ts. A
         # thread's first page starts with its parent, whatever the range, and the parent
         # counts towards `limit`: room for two.
-        found = _find(
-            client.conversations_replies(
+        try:
+            replies = client.conversations_replies(
                 channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=2
-            ),
-            ts,
-        )
+            )
+        except SlackApiError as error:
+            # Slack's answer for a `ts` that is no message (deleted since it was pinned):
+            # there is nothing to read, now or when Slack sends the event again.
+            if error.response.get("error") == "thread_not_found":
+                return None
+            raise
+        found = _find(replies, ts)
     return found
 
 

@@ -56,6 +56,32 @@ def test_deleting_a_pinned_thread_parent_keeps_its_entry(bot: Bot) -> None:
     assert entry.text == "rolling back deploy 4512"
 
 
+def test_a_pin_on_a_message_deleted_before_it_is_read_is_answered_and_not_sent_again(
+    bot: Bot,
+) -> None:
+    # The message is gone by the time the event is handled: conversations.history lists
+    # nothing, and conversations.replies answers thread_not_found, as it does for a `ts` that
+    # is no message. Slack's retries would find it as gone: the event is answered, not failed.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "said, pinned, deleted", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB)
+    del bot.fake.messages[(CHANNEL, ts)]
+    event = {
+        "type": "reaction_added",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "item_user": ALICE,
+        "event_ts": "1795154500.000100",
+    }
+
+    assert bot.dispatch(*signed_event(SECRET, event, team_id=TEAM)).status == 200
+    bot.wait()
+
+    assert entries(bot, live=False) == []
+    assert bot.fake.calls_to("reactions.add") == []
+
+
 class ParentFirstSlack(FakeSlack):
     """conversations.replies as documented: "an entire thread (a message plus all the messages
     in reply to it)", the parent first on the first page, and counted in `limit`."""

@@ -33,6 +33,8 @@ DEMO_ZONE = "Africa/Nairobi"
 SLACKBOT = "USLACKBOT"
 # What `FakeSlack.fail` calls the commands' response URLs, which are not Web API methods.
 RESPONSE_URL = "response_url"
+# And the upload URL files.getUploadURLExternal hands out (files_upload_v2's second step).
+UPLOAD_URL = "upload_url"
 
 # Slack's documented limits on a message (Block Kit reference, chat.postMessage).
 MESSAGE_BLOCKS = 50
@@ -199,6 +201,13 @@ class FakeSlack:
         raw = request.rfile.read(length) if length else b""
         path = request.path.split("?", 1)[0]
         if path.startswith("/upload/"):
+            fault = self._take_fault(UPLOAD_URL)
+            if fault is not None and fault.status != 200:
+                headers = (
+                    {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                )
+                _send(request, fault.status, (fault.error or "").encode(), "text/plain", headers)
+                return
             with self._lock:
                 self.uploads[path.removeprefix("/upload/")] = raw
                 self._lock.notify_all()

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.client import HTTPException
+from ssl import SSLContext
 from typing import Any
+from urllib.error import HTTPError
 from urllib.request import Request
 
 from jinja2 import Environment
@@ -21,6 +24,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.web.file_upload_v2_result import FileUploadV2Result
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,6 +215,46 @@ class SlackClient(WebClient):
             logger=self.logger,
             retry_handlers=list(self.retry_handlers),
         )
+
+    def _upload_file(
+        self,
+        *,
+        url: str,
+        data: bytes,
+        logger: logging.Logger,
+        timeout: int,
+        proxy: str | None,
+        ssl: SSLContext | None,
+    ) -> FileUploadV2Result:
+        """files_upload_v2's second step, the file to the URL Slack handed out, which the SDK
+        sends once: tried again as the other steps are (a connection error, a 429 after its
+        Retry-After, a 500 or 503). Nothing is shared until the third step, so sending the
+        file again duplicates nothing."""
+        state = RetryState()
+        request = HttpRequest(method="POST", url=url, headers={}, data=data)
+        while True:
+            state.next_attempt_requested = False
+            response: HttpResponse | None = None
+            try:
+                return super()._upload_file(
+                    url=url, data=data, logger=logger, timeout=timeout, proxy=proxy, ssl=ssl
+                )
+            except HTTPError as error:  # urllib raises on any status but 2xx
+                failure: Exception = error
+                headers: dict[str, str | list[str]] = dict(error.headers.items())
+                response = HttpResponse(status_code=error.code, headers=headers)
+            except (OSError, HTTPException) as error:
+                failure = error
+            for handler in self.retry_handlers:
+                if handler.can_retry(
+                    state=state, request=request, response=response, error=failure
+                ):
+                    handler.prepare_for_next_attempt(
+                        state=state, request=request, response=response, error=failure
+                    )
+                    break
+            if not state.next_attempt_requested:
+                raise failure
 
     def _perform_urllib_http_request_internal(self, url: str, req: Request) -> dict[str, Any]:
         if self.timeout <= 0:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import build_app
-from bot.demo import RESPONSE_URL, FakeSlack, Fault
+from bot.demo import RESPONSE_URL, UPLOAD_URL, FakeSlack, Fault
 from bot.models import Incident, Postmortem, TimelineEntry
 from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, TOKEN, Bot, Clock, Database, Reply, make_settings
@@ -68,6 +68,27 @@ def test_rate_limited_upload_waits_as_slack_asks_and_succeeds(bot: Bot) -> None:
     assert [c.params["channel_id"] for c in bot.fake.calls_to("files.completeUploadExternal")] == [
         CHANNEL
     ]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(status=503), Fault(status=500, times=2), Fault(status=429, retry_after=1)],
+    ids=["unavailable", "server_error_twice", "rate_limited"],
+)
+def test_a_failed_post_to_the_upload_url_is_tried_again_like_the_other_steps(
+    bot: Bot, fault: Fault
+) -> None:
+    # files_upload_v2's second step, the file's bytes to the URL files.getUploadURLExternal
+    # gave, fails as any call to Slack may; nothing is shared until the third step.
+    bot.fake.fail(UPLOAD_URL, fault)
+    bot.command("start Outage")
+    bot.command("close fixed")
+    bot.wait()
+
+    assert "# Postmortem: Outage" in bot.fake.uploaded_text()
+    [completed] = bot.fake.calls_to("files.completeUploadExternal")
+    assert completed.params["channel_id"] == CHANNEL
+    assert not any("could not upload" in r["text"] for r in bot.fake.responses)
 
 
 def test_slack_timing_out_is_retried_then_reported(impatient: Bot) -> None:

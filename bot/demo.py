@@ -91,6 +91,8 @@ class Fault:
     delay: float = 0.0
     times: int = 1
     cut: bool = False  # a 200 whose body stops short of its Content-Length, then the link closes
+    # More of the error's body, as Slack gives it: `needed` and `provided` with missing_scope.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,7 +256,7 @@ class FakeSlack:
                 headers = (
                     {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 )
-                body = {"ok": False, "error": fault.error or "fatal_error"}
+                body = {"ok": False, "error": fault.error or "fatal_error", **fault.details}
                 _send(request, fault.status, json.dumps(body).encode(), "application/json", headers)
                 return
             if fault.cut:

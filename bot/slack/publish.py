@@ -131,15 +131,27 @@ def publish_postmortem(
         _as_member(client, channel_id, post_summary)
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
-        log.warning("posting the summary of %s failed: %s", reference, code)
-        if code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
+        log.warning("posting the summary of %s failed: %s", reference, _explained(error))
+        if code == "missing_scope":
+            # Installed before the manifest asked for the scope: the response URL needs none.
+            # The upload may still go up, on a scope of its own.
+            tell(response_url, summary)
+            tell(
+                response_url,
+                replies.refusal(
+                    f"I could not post the summary of {reference} ({_explained(error)})."
+                ),
+            )
+        elif code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
             # The response URL can still speak in the channel for the person who closed it.
             tell(response_url, summary)
             tell(response_url, replies.refusal(_not_posted(code, reference)))
             return
-        tell(
-            response_url, replies.refusal(f"I could not post the summary of {reference} ({code}).")
-        )
+        else:
+            tell(
+                response_url,
+                replies.refusal(f"I could not post the summary of {reference} ({code})."),
+            )
     except UNREACHABLE as error:
         log.warning("posting the summary of %s failed: %s", reference, error)
         tell(
@@ -162,7 +174,7 @@ def publish_postmortem(
     try:
         _as_member(client, channel_id, upload)
     except UNREACHABLE as error:
-        code = error.response.get("error", "") if isinstance(error, SlackApiError) else str(error)
+        code = _explained(error) if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
         tell(
             response_url,
@@ -171,6 +183,15 @@ def publish_postmortem(
                 f"`incident-bot export {reference}` prints it."
             ),
         )
+
+
+def _explained(error: SlackApiError) -> str:
+    """Slack's error code; for `missing_scope`, with the scope Slack says it needs."""
+    code = str(error.response.get("error", ""))
+    needed = error.response.get("needed")
+    if code == "missing_scope" and isinstance(needed, str) and needed:
+        return f"{code}: the app lacks {needed}; reinstall it to grant it"
+    return code
 
 
 def _not_posted(code: str, reference: str) -> str:

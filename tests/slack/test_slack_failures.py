@@ -123,6 +123,29 @@ def test_a_token_slack_no_longer_accepts_is_named_and_the_summary_still_reaches_
     assert stored(bot) == ("closed", 1, 1)
 
 
+def test_a_scope_the_app_lacks_is_named_and_the_summary_still_reaches_the_channel(
+    bot: Bot,
+) -> None:
+    # Installed before a scope was added to the manifest: Slack says which one is needed.
+    provided = "commands,users:read"
+    for method, needed in (
+        ("chat.postMessage", "chat:write"),
+        ("files.getUploadURLExternal", "files:write"),
+    ):
+        missing = {"needed": needed, "provided": provided}
+        bot.fake.fail(method, Fault(error="missing_scope", details=missing))
+    bot.command("start Outage")
+    bot.command("close fixed")
+    bot.wait()
+
+    responses = bot.fake.wait_for_responses(3)
+    assert any(r.get("response_type") == "in_channel" and "INC-1" in r["text"] for r in responses)
+    told = " ".join(r["text"] for r in responses)
+    assert "lacks chat:write" in told and "lacks files:write" in told and "reinstall" in told
+    assert "incident-bot export INC-1" in told
+    assert stored(bot) == ("closed", 1, 1)
+
+
 def test_a_channel_archived_before_the_close_is_published_is_named_and_no_invite_asked(
     bot: Bot,
 ) -> None:

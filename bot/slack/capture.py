@@ -28,7 +28,7 @@ from bot.slack import replies
 from bot.slack import text as slack_text
 from bot.slack.commands import NOT_HERE, in_conversation, request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
-from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, tell
+from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, explained, tell
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ SHORTCUT_CALLBACK_ID = "add_to_timeline"
 # Pages read to find one message: the range is that message alone (and a thread's parent).
 MAX_PAGES = 5
 # Refusals that Slack's retries of the event would meet again: the bot is no longer in the
-# channel (or the channel is gone), or its token is no longer accepted.
-CANNOT_READ = NOT_A_MEMBER | TOKEN_REFUSED
+# channel (or the channel is gone), its token is no longer accepted, or it was installed
+# without a scope it needs to read there (groups:history, for a private channel).
+CANNOT_READ = NOT_A_MEMBER | TOKEN_REFUSED | {"missing_scope"}
 
 
 def slack_time(ts: str) -> datetime:
@@ -238,7 +239,7 @@ def register(app: App, services: Services) -> None:
             code = str(error.response.get("error", ""))
             if code not in CANNOT_READ:
                 raise  # a 5xx or a timeout: Slack sends the event again, which may succeed
-            log.warning("pinned message %s/%s could not be read: %s", channel, ts, code)
+            log.warning("pinned message %s/%s could not be read: %s", channel, ts, explained(error))
             return
         if raw is None:
             log.warning("pinned message %s/%s could not be read", channel, ts)

@@ -131,7 +131,7 @@ def publish_postmortem(
         _as_member(client, channel_id, post_summary)
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
-        log.warning("posting the summary of %s failed: %s", reference, _explained(error))
+        log.warning("posting the summary of %s failed: %s", reference, explained(error))
         if code == "missing_scope":
             # Installed before the manifest asked for the scope: the response URL needs none.
             # The upload may still go up, on a scope of its own.
@@ -139,7 +139,7 @@ def publish_postmortem(
             tell(
                 response_url,
                 replies.refusal(
-                    f"I could not post the summary of {reference} ({_explained(error)})."
+                    f"I could not post the summary of {reference} ({explained(error)})."
                 ),
             )
         elif code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
@@ -174,7 +174,7 @@ def publish_postmortem(
     try:
         _as_member(client, channel_id, upload)
     except UNREACHABLE as error:
-        code = _explained(error) if isinstance(error, SlackApiError) else str(error)
+        code = explained(error) if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
         tell(
             response_url,
@@ -185,7 +185,7 @@ def publish_postmortem(
         )
 
 
-def _explained(error: SlackApiError) -> str:
+def explained(error: SlackApiError) -> str:
     """Slack's error code; for `missing_scope`, with the scope Slack says it needs."""
     code = str(error.response.get("error", ""))
     needed = error.response.get("needed")

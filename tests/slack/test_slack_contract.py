@@ -82,6 +82,21 @@ def test_a_pin_on_a_message_deleted_before_it_is_read_is_answered_and_not_sent_a
     assert bot.fake.calls_to("reactions.add") == []
 
 
+def test_a_pin_the_app_lacks_the_scope_to_read_is_answered_and_not_sent_again(bot: Bot) -> None:
+    # An install made before the manifest asked for groups:history cannot read a private
+    # channel's messages: Slack's retries of the event would be refused the same way.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "said in a private channel", user=ALICE, ts=PIN_TS)
+    missing = {"needed": "groups:history", "provided": "commands,chat:write"}
+    bot.fake.fail("conversations.history", Fault(error="missing_scope", details=missing))
+
+    assert reaction(bot, ts).status == 200
+    bot.wait()
+
+    assert entries(bot, live=False) == []
+    assert len(bot.fake.calls_to("conversations.history")) == 1
+
+
 class ParentFirstSlack(FakeSlack):
     """conversations.replies as documented: "an entire thread (a message plus all the messages
     in reply to it)", the parent first on the first page, and counted in `limit`."""

@@ -36,6 +36,7 @@ BOT_SCOPES = (
     "channels:history",
     "groups:history",
     "channels:manage",
+    "groups:read",
 )
 OAUTH_STATE_EXPIRATION_S = 600
 # Expired OAuth states forgotten each time one is issued: more than one, so that states

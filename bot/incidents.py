@@ -750,6 +750,32 @@ def open_incidents(session: Session, *, team_id: str) -> list[Incident]:
     )
 
 
+def move_channel(
+    session: Session, *, team_id: str, old_channel_id: str, new_channel_id: str
+) -> int:
+    """Move a workspace's incidents, and the messages captured on their timelines, from a
+    channel's old id to its new one (Slack changes a private channel's id for good when it
+    is shared with Slack Connect); how many incidents moved."""
+    moved = session.execute(
+        update(Incident)
+        .where(Incident.team_id == team_id, Incident.channel_id == old_channel_id)
+        .values(channel_id=new_channel_id)
+        .returning(Incident.id)
+        .execution_options(synchronize_session=False)
+    )
+    count = len(moved.all())
+    session.execute(
+        update(TimelineEntry)
+        .where(
+            TimelineEntry.incident_id.in_(select(Incident.id).where(Incident.team_id == team_id)),
+            TimelineEntry.source_channel == old_channel_id,
+        )
+        .values(source_channel=new_channel_id)
+        .execution_options(synchronize_session=False)
+    )
+    return count
+
+
 def latest_incident(session: Session, *, team_id: str, channel_id: str) -> Incident | None:
     """The channel's most recent incident, open or closed."""
     return session.scalars(

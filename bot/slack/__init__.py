@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 def register(app: App, services: Services) -> None:
     """Wire every listener group onto `app`."""
-    from bot.slack import capture, commands
+    from bot.slack import capture, channels, commands
 
     commands.register(app, services)
     capture.register(app, services)
+    channels.register(app, services)

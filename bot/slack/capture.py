@@ -27,7 +27,7 @@ from bot.services import Services
 from bot.slack import replies
 from bot.slack import text as slack_text
 from bot.slack.commands import NOT_HERE, in_conversation, request_id
-from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
+from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, team_of, with_session
 from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, explained, tell
 
 log = logging.getLogger(__name__)
@@ -176,14 +176,6 @@ def _block_texts(block: object) -> list[str]:
 
 def _is_web_link(value: object) -> bool:
     return isinstance(value, str) and value.startswith(("https://", "http://"))
-
-
-def team_of(context: BoltContext, body: dict[str, Any]) -> str:
-    """The workspace a request comes from. An org-wide (Enterprise Grid) install authorizes
-    the organization, not a workspace, so Bolt's `context.team_id` is empty and the body's
-    `team_id` (events) or `team.id` (shortcuts) names it, as slash commands' `team_id` does."""
-    team = context.team_id or body.get("team_id") or (body.get("team") or {}).get("id")
-    return str(team or "")
 
 
 def end_lookup(session: Session) -> None:

@@ -1,4 +1,5 @@
-"""The optional dedicated channel per incident: `inc-<yyyymmdd>-<slug>`, created after `start`."""
+"""The channel an incident lives in: the optional dedicated one, `inc-<yyyymmdd>-<slug>`,
+created after `start`, and what Slack says happens to channels."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import logging
 import re
 import unicodedata
 from dataclasses import replace
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from slack_bolt import App, BoltContext
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.orm import Session
 
+from bot import incidents
 from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
+from bot.slack.middleware import team_of, with_session
 from bot.slack.publish import UNREACHABLE, tell
 
 log = logging.getLogger(__name__)
@@ -102,3 +108,25 @@ def open_incident_channel(
         response_url,
         replace(replies.simple(f"{reference} continues in <#{created}>."), in_channel=True),
     )
+
+
+def register(app: App, services: Services) -> None:
+    @with_session(services.sessions)
+    def handle_channel_id_changed(
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
+        """Slack gives a private channel a new id for good when it is shared with Slack
+        Connect, says so once, and names the channel by the new id from then on."""
+        old, new = str(event.get("old_channel_id") or ""), str(event.get("new_channel_id") or "")
+        if not old or not new or old == new:
+            return
+        session: Session = context["db"]
+        team_id = team_of(context, body)
+        moved = incidents.move_channel(
+            session, team_id=team_id, old_channel_id=old, new_channel_id=new
+        )
+        session.commit()
+        if moved:
+            log.info("channel %s is now %s: %d incident(s) moved with it", old, new, moved)
+
+    app.event("channel_id_changed")(handle_channel_id_changed)

@@ -85,3 +85,11 @@ def rollback_quietly(session: Session) -> None:
         session.rollback()
     except SQLAlchemyError:
         log.debug("rollback failed", exc_info=True)
+
+
+def team_of(context: BoltContext, body: dict[str, Any]) -> str:
+    """The workspace a request comes from. An org-wide (Enterprise Grid) install authorizes
+    the organization, not a workspace, so Bolt's `context.team_id` is empty and the body's
+    `team_id` (events) or `team.id` (shortcuts) names it, as slash commands' `team_id` does."""
+    team = context.team_id or body.get("team_id") or (body.get("team") or {}).get("id")
+    return str(team or "")

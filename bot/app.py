@@ -36,6 +36,7 @@ BOT_SCOPES = (
     "channels:history",
     "groups:history",
     "channels:manage",
+    "channels:read",
     "groups:read",
 )
 OAUTH_STATE_EXPIRATION_S = 600

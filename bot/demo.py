@@ -116,6 +116,7 @@ class FakeSlack:
     # Archived channels: nothing can be posted there and no one can join them. Archiving takes
     # the bot out of the channel, so archive one by putting it in `members_only` too.
     archived: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)  # channels deleted: Slack knows them no more
     tokens: dict[str, str] = field(default_factory=dict)  # bot token -> its workspace
     # Bot tokens Slack no longer accepts, and the error every method answers them with
     # (`token_revoked`, `account_inactive`, `invalid_auth`): the app uninstalled, the token revoked.
@@ -381,6 +382,21 @@ class FakeSlack:
                 return {"ok": False, "error": "is_archived"}
             self.members_only.discard(channel)
             return {"ok": True, "channel": {"id": channel}}
+        if method == "conversations.info":
+            channel = str(params.get("channel", ""))
+            is_private = channel.startswith("G") or channel in self.private
+            if channel in self.deleted or (is_private and channel in self.members_only):
+                return {"ok": False, "error": "channel_not_found"}
+            return {
+                "ok": True,
+                "channel": {
+                    "id": channel,
+                    "is_channel": not is_private,
+                    "is_group": is_private,
+                    "is_private": is_private,
+                    "is_archived": channel in self.archived,
+                },
+            }
         if method == "files.getUploadURLExternal":
             file_id = f"F{number:09d}"
             return {"ok": True, "upload_url": f"{self.base}/upload/{file_id}", "file_id": file_id}

@@ -466,6 +466,13 @@ def actions(session: Session, *, incident: Incident) -> list[str]:
     )
 
 
+def find_incident(session: Session, *, team_id: str, number: int) -> Incident | None:
+    """A workspace's incident by number, open or closed, if there is one."""
+    return session.scalars(
+        select(Incident).where(Incident.team_id == team_id, Incident.number == number)
+    ).first()
+
+
 def get_incident(session: Session, *, team_id: str | None, number: int) -> Incident:
     """An incident by number; `team_id` may be left out while the database holds one workspace.
 

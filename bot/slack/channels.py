@@ -110,6 +110,42 @@ def open_incident_channel(
     )
 
 
+def why_not_closed_elsewhere(
+    services: Services, *, token: str | None, channel_id: str, reference: str
+) -> str | None:
+    """None when Slack says the incident's channel is archived and public, so that it may be
+    closed from another channel; else why not (mrkdwn). No one can type a command in an
+    archived channel, and a private one's timeline is not posted in another."""
+    client = web_client(services.settings, token)
+    try:
+        channel = client.conversations_info(channel=channel_id).get("channel") or {}
+    except SlackApiError as error:
+        code = str(error.response.get("error", ""))
+        log.warning("conversations.info %s failed: %s", channel_id, code)
+        if code == "missing_scope":
+            return (
+                f"I may not ask Slack whether <#{channel_id}> is archived ({code}): the app "
+                "needs reinstalling with the scopes manifest.yaml lists."
+            )
+        if code == "channel_not_found":
+            return (
+                f"I could not see <#{channel_id}>, where {reference} is open ({code}): it "
+                "was deleted, or it is private and I am not in it."
+            )
+        return f"Slack did not say whether <#{channel_id}> is archived ({code}); try again."
+    except UNREACHABLE as error:
+        log.warning("conversations.info %s failed: %s", channel_id, error)
+        return f"Slack did not say whether <#{channel_id}> is archived; try again."
+    if not channel.get("is_archived"):
+        return f"{reference} is open in <#{channel_id}>: close it there (`/incident close`)."
+    if channel.get("is_private"):
+        return (
+            f"{reference}'s channel <#{channel_id}> is private, so its postmortem is not "
+            "posted in another channel: unarchive it and close it there."
+        )
+    return None
+
+
 def register(app: App, services: Services) -> None:
     @with_session(services.sessions)
     def handle_channel_id_changed(

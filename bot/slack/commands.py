@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bot import bidi, db, incidents, notes, timeline, timeparse
-from bot.models import REQUEST_ID_LENGTH, Field, Incident
+from bot.models import REQUEST_ID_LENGTH, Field, Incident, incident_reference
 from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
@@ -547,7 +547,8 @@ SUBCOMMANDS: Sequence[Subcommand] = (
     Subcommand(
         "close",
         "close [<when> -] [<text>]",
-        "Close the incident (the text becomes the last entry) and post the postmortem.",
+        "Close the incident (the text becomes the last entry) and post the postmortem. "
+        "`close INC-<n> …` closes one whose channel was archived, from here.",
         handle_close,
         aliases=("end", "resolve"),
         needs_text=False,
@@ -701,6 +702,14 @@ def _run(
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
     _look_up_people(subcommand, call)
+    channel_id = call.channel_id  # where the incident the command is about is open
+    if subcommand.name == "close":
+        number, rest = named_incident(call.text)
+        if number is not None:
+            where = _closing_by_name(call, number)
+            if isinstance(where, Outcome):
+                return where
+            channel_id, call = where, replace(call, text=rest)
     if subcommand.records_request and call.request_id is not None:
         try:
             incidents.record_request(
@@ -718,8 +727,11 @@ def _run(
         # waited for a close finds the incident closed, so what is answered as set is in the
         # postmortem that close publishes.
         incident = incidents.find_open_incident(
-            call.session, team_id=call.team_id, channel_id=call.channel_id, for_update=True
+            call.session, team_id=call.team_id, channel_id=channel_id, for_update=True
         )
+        if incident is None and channel_id != call.channel_id:  # closed by name meanwhile
+            call.session.rollback()
+            return Outcome(replies.refusal("It was closed meanwhile."), result="refused")
         if incident is None:
             return no_incident(call)
     try:
@@ -727,6 +739,48 @@ def _run(
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
         return Outcome(replies.refusal(error.message), result="refused")
+
+
+# `close INC-12 …`: the incident named, as its own channel was archived and takes no commands.
+_REFERENCE = re.compile(r"inc-([0-9]{1,9})", re.IGNORECASE)
+
+
+def named_incident(text: str) -> tuple[int | None, str]:
+    """`"INC-12 2:46 AM - fixed"` → `(12, "2:46 AM - fixed")`; `(None, text)` when the text
+    does not begin with an incident's name."""
+    first, *more = text.split(maxsplit=1) or [""]
+    found = _REFERENCE.fullmatch(first)
+    if found is None:
+        return None, text
+    return int(found[1]), more[0].strip() if more else ""
+
+
+def _closing_by_name(call: Call, number: int) -> str | Outcome:
+    """The channel in which the incident `close INC-<n>` names is open, or the refusal: it
+    must be this channel's, or one whose channel is archived (no one can type a command
+    there) and public (its postmortem is then posted here, where the close was typed)."""
+    reference = incident_reference(number)
+    incident = incidents.find_incident(call.session, team_id=call.team_id, number=number)
+    channel_id, is_open = (incident.channel_id, incident.is_open) if incident else ("", False)
+    # End the lookup's transaction before Slack is asked: on SQLite it holds the write lock.
+    call.session.rollback()
+    if incident is None:
+        return _not_closed(f"There is no {reference}.")
+    if not is_open:
+        return _not_closed(f"{reference} is already closed.")
+    if channel_id == call.channel_id:
+        return channel_id
+    if call.in_conversation():
+        return _not_closed(f"Close {reference} in a channel, where I can post its postmortem.")
+    why_not = channels.why_not_closed_elsewhere(
+        call.services, token=call.token, channel_id=channel_id, reference=reference
+    )
+    return channel_id if why_not is None else _not_closed(why_not)
+
+
+def _not_closed(why: str) -> Outcome:
+    """`why` is the bot's own mrkdwn (it may link a channel), holding nothing typed."""
+    return Outcome(replies.simple(f":warning: {why} Nothing was recorded."), result="refused")
 
 
 # Subcommands that may read a time in the caller's zone, and those that name a person.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
-from bot.demo import signed_event
+from bot.demo import Fault, signed_event
 from bot.models import Incident
-from tests.conftest import ALICE, BOB, SECRET, TEAM, Bot, Reply
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Reply
 from tests.slack.test_capture import PIN_TS, entries, reaction
 
 PRIVATE = "G0PRIV0001"
@@ -60,3 +62,104 @@ def test_an_incident_follows_its_channel_to_its_new_id(bot: Bot) -> None:
     reaction(bot, ts, channel=SHARED, user=BOB, added=False)
     bot.wait()
     assert [e.text for e in entries(bot)] == ["still rolling back"]
+
+
+OTHER = "C0OTHER001"
+
+
+def archive(bot: Bot, channel: str = CHANNEL) -> None:
+    """Archive a channel in Slack: archiving takes the bot out of it, and no one can type
+    a slash command there any more."""
+    bot.fake.archived.add(channel)
+    bot.fake.members_only.add(channel)
+
+
+def leave_alone(_: Bot) -> None:
+    pass
+
+
+def archive_private(bot: Bot) -> None:
+    bot.fake.private.add(CHANNEL)
+    bot.fake.archived.add(CHANNEL)  # the bot is still a member: Slack shows it the channel
+
+
+def status_of(bot: Bot, number: int = 1) -> tuple[str, list[str]]:
+    with bot.services.sessions() as session:
+        incident = session.scalars(select(Incident).where(Incident.number == number)).one()
+        texts = [e.text for e in incident.entries if e.deleted_at is None]
+        return incident.status, texts
+
+
+def test_an_incident_whose_channel_was_archived_is_closed_from_another_channel_by_name(
+    bot: Bot,
+) -> None:
+    bot.command("start Checkout is down")
+    bot.command("note 9:10 AM - rolled back")
+    archive(bot)
+
+    reply = bot.command("close inc-1 9:30 AM - channel archived before the close", channel=OTHER)
+
+    assert reply.status == 200 and "INC-1" in reply.text
+    assert status_of(bot) == ("closed", ["rolled back", "channel archived before the close"])
+    bot.wait()
+    # The summary and the postmortem go where the close was typed: the archived channel
+    # takes nothing.
+    [summary] = bot.fake.calls_to("chat.postMessage")
+    assert summary.params["channel"] == OTHER and "INC-1" in summary.params["text"]
+    [upload] = bot.fake.calls_to("files.completeUploadExternal")
+    assert upload.params["channel_id"] == OTHER
+    assert b"rolled back" in next(iter(bot.fake.uploads.values()))
+
+
+def test_naming_the_channels_own_incident_closes_it_as_usual(bot: Bot) -> None:
+    bot.command("start Checkout is down")
+    reply = bot.command("close INC-1 fixed")
+    assert "INC-1" in reply.text
+    assert status_of(bot) == ("closed", ["fixed"])
+    bot.wait()
+    assert bot.fake.calls_to("conversations.info") == []
+
+
+@pytest.mark.parametrize(
+    ("where", "typed", "prepare", "told"),
+    [
+        # Its channel is still there to close it in: closing from elsewhere could close the
+        # wrong incident by a typo, and post its postmortem where its people are not.
+        (OTHER, "close INC-1 fixed", leave_alone, "close it there"),
+        (OTHER, "close INC-7 fixed", archive, "There is no INC-7"),
+        ("D0DIRECT01", "close INC-1 fixed", archive, "in a channel"),
+        # A private channel's timeline is not posted in another channel.
+        (OTHER, "close INC-1 fixed", archive_private, "private"),
+        (OTHER, "close INC-1", lambda bot: bot.fake.deleted.add(CHANNEL), "channel_not_found"),
+        (
+            OTHER,
+            "close INC-1",
+            lambda bot: bot.fake.fail("conversations.info", Fault(status=500, times=5)),
+            "try again",
+        ),
+    ],
+    ids=["not_archived", "unknown", "direct_message", "private", "deleted", "slack_fails"],
+)
+def test_closing_another_channels_incident_is_refused_unless_its_channel_is_archived(
+    bot: Bot, where: str, typed: str, prepare: Callable[[Bot], None], told: str
+) -> None:
+    bot.command("start Checkout is down")
+    prepare(bot)
+
+    reply = bot.command(typed, channel=where)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert told in reply.text and "Nothing was recorded" in reply.text
+    assert status_of(bot) == ("open", [])
+    bot.wait()
+    assert bot.fake.calls_to("chat.postMessage") == []
+
+
+def test_closing_an_incident_that_is_already_closed_by_name_says_so(bot: Bot) -> None:
+    bot.command("start Checkout is down")
+    bot.command("close")
+    bot.wait()
+    archive(bot)
+    reply = bot.command("close INC-1 again", channel=OTHER)
+    assert "INC-1 is already closed" in reply.text
+    assert status_of(bot) == ("closed", [])

@@ -222,7 +222,7 @@ def register(app: App, services: Services) -> None:
         session: Session = context["db"]
         # Slack sends a failed event again up to minutes later; the pin may be gone by then,
         # and its removal, handled meanwhile, found nothing to take off.
-        if is_retry(request) and not _still_pinned(client, channel, ts, pin, unknown=True):
+        if is_retry(request) and not _pinned_unless_unknown(client, channel, ts, pin):
             log.info("pin on %s/%s was removed before Slack's retry; ignoring it", channel, ts)
             return
         try:
@@ -283,8 +283,24 @@ def register(app: App, services: Services) -> None:
             return
         incident, channel, ts = found
         session: Session = context["db"]
-        if _still_pinned(client, channel, ts, pin, unknown=False):
-            return
+        # Without Slack's word that no pin is left, someone else may still pin the message:
+        # the entry stays. A 5xx, a rate limit or a timeout is raised and answered 500, and
+        # Slack sends the event again, which may get that word.
+        try:
+            if _still_pinned(client, channel, ts, pin):
+                return
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            if code in CANNOT_READ:  # Slack's retries would be refused the same way
+                log.warning(
+                    "could not tell whether %s/%s is still pinned: %s; keeping its entry",
+                    channel,
+                    ts,
+                    explained(error),
+                )
+                return
+            if code != "message_not_found":  # deleted since: no one pins it any more
+                raise
         entry = timeline.uncapture_message(
             session,
             incident=incident,
@@ -442,22 +458,22 @@ def is_retry(request: BoltRequest) -> bool:
     return retry_num not in ("", "0")
 
 
-def _still_pinned(client: WebClient, channel: str, ts: str, pin: str, *, unknown: bool) -> bool:
-    """Whether a pin reaction is still on the message; `unknown` when Slack cannot say."""
-    try:
-        # Without `full`, Slack does not promise every reaction on the message.
-        message = (
-            client.reactions_get(channel=channel, timestamp=ts, full=True).get("message") or {}
-        )
-    except (SlackClientError, OSError) as error:
-        log.warning(
-            "reactions.get failed for %s/%s: %s; taking the pin as %s",
-            channel,
-            ts,
-            error,
-            "there" if unknown else "gone",
-        )
-        return unknown
+def _still_pinned(client: WebClient, channel: str, ts: str, pin: str) -> bool:
+    """Whether a pin reaction is still on the message; raises when Slack does not say."""
+    # Without `full`, Slack does not promise every reaction on the message.
+    message = client.reactions_get(channel=channel, timestamp=ts, full=True).get("message") or {}
     return any(
         r.get("name") == pin and r.get("count", 0) > 0 for r in message.get("reactions") or []
     )
+
+
+def _pinned_unless_unknown(client: WebClient, channel: str, ts: str, pin: str) -> bool:
+    """Whether a pin reaction is still on the message, taking it as there when Slack does
+    not say: recording a pin since removed loses nothing, ignoring one still there would."""
+    try:
+        return _still_pinned(client, channel, ts, pin)
+    except (SlackClientError, OSError) as error:
+        log.warning(
+            "reactions.get failed for %s/%s: %s; taking the pin as there", channel, ts, error
+        )
+        return True

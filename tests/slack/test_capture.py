@@ -179,6 +179,86 @@ def test_the_entry_stays_while_someone_else_still_pins_it(bot: Bot) -> None:
     assert [e.text for e in entries(bot)] == ["important"]
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(status=500, times=3),  # more than the client's two retries
+        Fault(status=429, error="ratelimited", retry_after=60),  # longer than the answer can wait
+    ],
+    ids=["server_error", "rate_limited"],
+)
+def test_a_removed_pin_slack_cannot_say_is_the_last_keeps_the_entry_until_it_can(
+    bot: Bot, fault: Fault
+) -> None:
+    """Only reactions.get says whether someone else still pins the message; when it does not
+    answer, taking the entry off may lose what another person pinned."""
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "important", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    reaction(bot, ts, user=ALICE)
+    bot.wait()
+    bot.fake.fail("reactions.get", fault)
+
+    unpinned = reaction(bot, ts, user=BOB, added=False, event_id="Ev9")
+
+    assert unpinned.status == 500  # so that Slack sends the event again
+    assert [e.text for e in entries(bot)] == ["important"]
+    # Slack's retry, once reactions.get answers: Alice's pin is still there.
+    assert reaction(bot, ts, user=BOB, added=False, event_id="Ev9", retry_num=1).status == 200
+    bot.wait()
+    assert [e.text for e in entries(bot)] == ["important"]
+    assert bot.fake.calls_to("reactions.remove") == []
+    # Alice's is the last: once Slack can say so, the entry goes.
+    bot.fake.fail("reactions.get", Fault(status=500, times=3))
+    assert reaction(bot, ts, user=ALICE, added=False, event_id="Ev10").status == 500
+    assert [e.text for e in entries(bot)] == ["important"]
+    assert reaction(bot, ts, user=ALICE, added=False, event_id="Ev10", retry_num=1).status == 200
+    bot.wait()
+    assert entries(bot) == []
+
+
+@pytest.mark.parametrize("code", ["missing_scope", "not_in_channel", "token_revoked"])
+def test_a_removed_pin_slack_will_not_let_the_bot_check_keeps_the_entry(
+    bot: Bot, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Slack's retries would be refused the same way: the event is answered, and the entry
+    # stays (`/incident delete` takes it off) rather than lose what someone else pinned.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "important", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    reaction(bot, ts, user=ALICE)
+    bot.wait()
+    bot.fake.fail("reactions.get", Fault(error=code))
+
+    assert reaction(bot, ts, user=BOB, added=False).status == 200
+    bot.wait()
+
+    assert [e.text for e in entries(bot)] == ["important"]
+    assert bot.fake.calls_to("reactions.remove") == []
+    assert any(code in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_a_pin_removed_from_a_message_deleted_since_takes_the_entry_off(bot: Bot) -> None:
+    # Slack answers reactions.get with message_not_found: no one can pin it any more.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned by mistake, then deleted", user=ALICE, ts=PIN_TS)
+    reaction(bot, ts, user=BOB)
+    bot.wait()
+    del bot.fake.messages[(CHANNEL, ts)]
+    event = {
+        "type": "reaction_removed",
+        "user": BOB,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "event_ts": "1795154500.000100",
+    }
+
+    assert bot.dispatch(*signed_event(SECRET, event, team_id=TEAM)).status == 200
+    bot.wait()
+
+    assert entries(bot) == []
+
+
 def test_a_thread_reply_can_be_pinned(bot: Bot) -> None:
     bot.command("start Outage")
     parent = bot.fake.post(CHANNEL, "thread start", user=ALICE, ts=PIN_TS)

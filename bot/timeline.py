@@ -17,13 +17,27 @@ from sqlalchemy.orm import Session
 
 from bot import incidents
 from bot.incidents import MAX_TEXT_LENGTH, IncidentError, check_text, next_entry_number
-from bot.models import EntryKind, EntryRevision, Incident, TimelineEntry
+from bot.models import (
+    REQUEST_ID_LENGTH,
+    EntryKind,
+    EntryRevision,
+    HandledRequest,
+    Incident,
+    TimelineEntry,
+)
 
 # Ends the text of a captured message that was longer than the timeline keeps.
 CUT_MARK = " … (cut: the whole message is in Slack)"
+# What a removed pin is kept as, among the handled requests (a day): Slack does not promise
+# to deliver events in order, and a pin delivered after its own removal must record nothing.
+UNPINNED = "unpinned"
 
 
 class EntryNotFoundError(IncidentError):
+    pass
+
+
+class PinRemovedError(IncidentError):
     pass
 
 
@@ -77,18 +91,30 @@ def find_captured(
 
 
 def capture_message(
-    session: Session, *, incident: Incident, message: Message, captured_by: str, now: datetime
+    session: Session,
+    *,
+    incident: Incident,
+    message: Message,
+    captured_by: str,
+    now: datetime,
+    pinned_ts: str | None = None,
 ) -> tuple[TimelineEntry, bool]:
     """Add a Slack message to the timeline once; returns the entry and whether it is new.
 
     Pinning a message already on the timeline changes nothing; pinning one whose entry
-    was removed brings that entry back.
+    was removed brings that entry back. A pin reaction's capture (`pinned_ts`, when Slack
+    says it was added) raises `PinRemovedError` if every pin was taken off the message after.
     """
     text = captured_text(message)
     # The incident was found before Slack was asked for the message, and a close may have
     # committed since: the entry would miss the postmortem that close publishes.
     if not incidents.is_open_locked(session, incident=incident):
         raise IncidentError(f"{incident.reference} is closed.")
+    # Checked under the incident's lock, which the removal takes to record itself.
+    if pinned_ts is not None and _unpinned_after(
+        session, incident=incident, channel_id=message.channel_id, ts=message.ts, moment=pinned_ts
+    ):
+        raise PinRemovedError("every pin was taken off the message after this one was added.")
     existing = find_captured(
         session, incident=incident, channel_id=message.channel_id, ts=message.ts
     )
@@ -145,16 +171,63 @@ def _files_only(files: Sequence[Attachment]) -> str:
 
 
 def uncapture_message(
-    session: Session, *, incident: Incident, channel_id: str, ts: str, user_id: str, now: datetime
+    session: Session,
+    *,
+    incident: Incident,
+    channel_id: str,
+    ts: str,
+    user_id: str,
+    now: datetime,
+    unpinned_ts: str | None = None,
 ) -> TimelineEntry | None:
-    """Take a captured message off the timeline (the record of it stays)."""
+    """Take a captured message off the timeline (the record of it stays). With `unpinned_ts`
+    (when Slack says the last pin was taken off), a pin added before then and delivered
+    later records nothing."""
     if not incidents.is_open_locked(session, incident=incident):
         return None  # closed since it was found: its postmortem is written
+    if unpinned_ts is not None:
+        _record_unpinned(
+            session, incident=incident, channel_id=channel_id, ts=ts, moment=unpinned_ts, now=now
+        )
     entry = find_captured(session, incident=incident, channel_id=channel_id, ts=ts)
     if entry is None or entry.deleted_at is not None:
         return None
     incidents.take_off_timeline(session, entry, user_id=user_id, now=now)
     return entry
+
+
+def _unpinned_key(incident: Incident, channel_id: str, ts: str) -> str:
+    # A channel shared with another workspace has the same id there, and its own events.
+    return f"{UNPINNED} {incident.team_id} {channel_id} {ts} "
+
+
+def _record_unpinned(
+    session: Session, *, incident: Incident, channel_id: str, ts: str, moment: str, now: datetime
+) -> None:
+    key = _unpinned_key(incident, channel_id, ts) + moment
+    if len(key) > REQUEST_ID_LENGTH or _slack_ts(moment) < (0, 0):
+        return  # not a Slack ts: nothing to compare a pin's with
+    if session.get(HandledRequest, key) is None:  # the same removal sent again
+        session.add(
+            HandledRequest(
+                request_id=key, team_id=incident.team_id, command=UNPINNED, handled_at=now
+            )
+        )
+
+
+def _unpinned_after(
+    session: Session, *, incident: Incident, channel_id: str, ts: str, moment: str
+) -> bool:
+    """Whether every pin was taken off the message after `moment` (a Slack ts)."""
+    prefix = _unpinned_key(incident, channel_id, ts)
+    removals = session.scalars(
+        select(HandledRequest.request_id).where(
+            HandledRequest.team_id == incident.team_id,
+            HandledRequest.command == UNPINNED,
+            HandledRequest.request_id.startswith(prefix, autoescape=True),
+        )
+    )
+    return any(_slack_ts(key.removeprefix(prefix)) > _slack_ts(moment) for key in removals)
 
 
 def refresh_message(

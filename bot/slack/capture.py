@@ -261,6 +261,7 @@ def register(app: App, services: Services) -> None:
                 message=message,
                 captured_by=str(event.get("user", "")),
                 now=services.clock(),
+                pinned_ts=_event_ts(event),
             )
         except IncidentError as error:
             session.rollback()
@@ -308,6 +309,7 @@ def register(app: App, services: Services) -> None:
             ts=ts,
             user_id=str(event.get("user", "")),
             now=services.clock(),
+            unpinned_ts=_event_ts(event),
         )
         session.commit()
         if entry is not None:
@@ -456,6 +458,12 @@ def is_retry(request: BoltRequest) -> bool:
     """
     retry_num = (request.headers.get("x-slack-retry-num") or [""])[0].strip()
     return retry_num not in ("", "0")
+
+
+def _event_ts(event: dict[str, Any]) -> str | None:
+    """When Slack says the event's change happened (its `event_ts`)."""
+    stamp = event.get("event_ts")
+    return stamp if isinstance(stamp, str) and stamp else None
 
 
 def _still_pinned(client: WebClient, channel: str, ts: str, pin: str) -> bool:

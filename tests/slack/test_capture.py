@@ -259,6 +259,66 @@ def test_a_pin_removed_from_a_message_deleted_since_takes_the_entry_off(bot: Bot
     assert entries(bot) == []
 
 
+def delivered(bot: Bot, ts: str, *, added: bool, user: str, event_ts: str) -> Reply:
+    """A reaction event Slack sends now, about a change made at `event_ts` (Slack's state is
+    left as it is: the change and any later ones have happened)."""
+    event = {
+        "type": "reaction_added" if added else "reaction_removed",
+        "user": user,
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": CHANNEL, "ts": ts},
+        "item_user": ALICE,
+        "event_ts": event_ts,
+    }
+    return bot.dispatch(*signed_event(SECRET, event, team_id=TEAM))
+
+
+def test_a_pin_removal_delivered_before_the_pin_leaves_nothing(bot: Bot) -> None:
+    # Slack does not promise to deliver events in the order they happened: Bob pinned and
+    # unpinned at once, and the removal arrived first, with nothing yet to take off.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned by mistake", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=True)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=False)
+
+    assert delivered(bot, ts, added=False, user=BOB, event_ts="1795155000.000200").status == 200
+    assert delivered(bot, ts, added=True, user=BOB, event_ts="1795155000.000100").status == 200
+    bot.wait()
+
+    assert entries(bot, live=False) == []
+    assert bot.fake.calls_to("reactions.add") == []  # no check mark on a message not pinned
+    # Pinning it again afterwards is a pin like any other.
+    bot.fake.react(CHANNEL, ts, "pushpin", ALICE, add=True)
+    assert delivered(bot, ts, added=True, user=ALICE, event_ts="1795155060.000100").status == 200
+    bot.wait()
+    assert [e.text for e in entries(bot)] == ["pinned by mistake"]
+
+
+def test_a_pin_removed_while_its_message_is_read_leaves_nothing(bot: Bot) -> None:
+    # In order, but handled at once: the removal is handled while the pin waits on Slack for
+    # the message, and finds nothing to take off yet.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "pinned by mistake", user=ALICE, ts=PIN_TS)
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=True)
+    bot.fake.fail("conversations.history", Fault(delay=1))
+    pinned: list[Reply] = []
+    pin = threading.Thread(
+        target=lambda: pinned.append(
+            delivered(bot, ts, added=True, user=BOB, event_ts="1795155000.000100")
+        )
+    )
+    pin.start()
+    bot.fake.wait_for("conversations.history")
+    bot.fake.react(CHANNEL, ts, "pushpin", BOB, add=False)
+    assert delivered(bot, ts, added=False, user=BOB, event_ts="1795155000.000200").status == 200
+    pin.join(timeout=30)
+    bot.wait()
+
+    assert [reply.status for reply in pinned] == [200]
+    assert entries(bot, live=False) == []
+    assert bot.fake.calls_to("reactions.add") == []
+
+
 def test_a_thread_reply_can_be_pinned(bot: Bot) -> None:
     bot.command("start Outage")
     parent = bot.fake.post(CHANNEL, "thread start", user=ALICE, ts=PIN_TS)

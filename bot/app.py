@@ -9,11 +9,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.authorization.authorize import InstallationStoreAuthorize
+from slack_bolt.context import BoltContext
 from slack_bolt.oauth.callback_options import FailureArgs
 from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
 from slack_bolt.request.internals import build_context
+from slack_sdk.errors import SlackApiError
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from slack_sdk.signature import SignatureVerifier
@@ -23,6 +26,7 @@ from bot.config import Settings
 from bot.services import Services, SlackClient, web_client
 from bot.slack import register, replies
 from bot.slack.middleware import COMMAND_DEADLINE_S, answering
+from bot.slack.publish import TOKEN_REFUSED
 
 # The bot scopes requested on install; manifest.yaml lists the same ones.
 BOT_SCOPES = (
@@ -162,6 +166,61 @@ class ExpiringOAuthStateStore(SQLAlchemyOAuthStateStore):
         return state
 
 
+class AuthorizationUnavailableError(Exception):
+    """Slack or the database could not say, just now, whether the app is installed."""
+
+
+class EventRetryingAuthorize(InstallationStoreAuthorize):
+    """Bolt's authorize, except for an event whose workspace could not be confirmed just now.
+
+    Bolt takes a failed lookup (auth.test rate limited or failing, the installation store not
+    answering) for "not installed" and answers 200. A command's response URL then tells the
+    person to try again, but an event answered 200 is never sent again, and a pin is lost.
+    Such an event raises instead: Bolt answers 500 and Slack sends it again. An event from a
+    workspace with no installation, or whose token Slack refuses, is answered 200 as before.
+    """
+
+    def __call__(
+        self,
+        *,
+        context: BoltContext,
+        enterprise_id: str | None,
+        team_id: str | None,
+        user_id: str | None,
+        **actor: str | None,
+    ) -> AuthorizeResult | None:
+        found = super().__call__(
+            context=context, enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, **actor
+        )
+        if found is not None or context.response_url is not None:
+            return found
+        # Asked again without Bolt's catch-alls: a database that does not answer raises here.
+        bot = self.installation_store.find_bot(
+            enterprise_id=enterprise_id,
+            team_id=team_id,
+            is_enterprise_install=context.is_enterprise_install,
+        )
+        if bot is None or not bot.bot_token:
+            return None
+        try:
+            checked = context.client.auth_test(token=bot.bot_token)
+        except SlackApiError as error:
+            code = error.response.get("error")
+            if code in TOKEN_REFUSED:
+                return None
+            raise AuthorizationUnavailableError(f"auth.test failed: {code}") from error
+        found = AuthorizeResult.from_auth_test_response(
+            auth_test_response=checked,
+            bot_token=bot.bot_token,
+            user_token=None,
+            bot_scopes=bot.bot_scopes,
+            user_scopes=None,
+        )
+        if self.cache_enabled:
+            self.authorize_result_cache[bot.bot_token] = found
+        return found
+
+
 def build_app(
     settings: Settings, services: Services, *, token_verification_enabled: bool = True
 ) -> App:
@@ -189,7 +248,7 @@ def build_app(
             ),
         )
         # Bolt's default authorize calls auth.test on every request; cache its answer.
-        authorize = InstallationStoreAuthorize(
+        authorize = EventRetryingAuthorize(
             installation_store=installations,
             client_id=settings.slack_client_id,
             client_secret=settings.slack_client_secret,

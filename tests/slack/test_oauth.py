@@ -16,11 +16,11 @@ from slack_bolt.response import BoltResponse
 from sqlalchemy import func, insert, select, text
 
 from bot.app import build_app
-from bot.demo import FakeSlack, Fault
-from bot.models import SLACK_OAUTH_STATES, Incident
+from bot.demo import FakeSlack, Fault, signed_event
+from bot.models import SLACK_OAUTH_STATES, Incident, TimelineEntry
 from bot.services import build_services
 from bot.web import build_wsgi
-from tests.conftest import Bot, Clock, Database, make_settings
+from tests.conftest import SECRET, Bot, Clock, Database, make_settings
 from tests.slack.test_slack_failures import answered
 
 
@@ -126,6 +126,54 @@ def test_a_rate_limited_auth_test_is_answered_in_time_with_what_to_do(multi: Bot
     with multi.services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Incident)) == 0
     assert "INC-1" in multi.command("start Outage", team="T0FIRST001").text  # once Slack answers
+
+
+def _pin(bot: Bot, team: str, ts: str, *, retry_num: int | None = None) -> BoltResponse:
+    """Bob's pin on `ts`, as Slack posts it (answered with text, not JSON, when refused)."""
+    event = {
+        "type": "reaction_added",
+        "user": "U0BOB00001",
+        "reaction": "pushpin",
+        "item": {"type": "message", "channel": "C0TEST0001", "ts": ts},
+        "event_ts": "1795154400.000200",
+    }
+    body, headers = signed_event(SECRET, event, team_id=team, retry_num=retry_num)
+    return bot.app.dispatch(BoltRequest(body=body, headers=dict(headers)))
+
+
+def test_a_pin_whose_workspace_slack_cannot_confirm_just_now_is_sent_again(
+    multi: Bot, database: Database
+) -> None:
+    # An event has no one to tell "try again": answered 200, Slack never sends it again and
+    # the pin is lost; answered 500, Slack sends it again (up to three times, over minutes).
+    token = install(multi, "T0FIRST001")
+    assert "INC-1" in multi.command("start Outage", team="T0FIRST001").text
+    # Another worker, whose first request from the workspace this is: Bolt asks auth.test.
+    multi = _multi_workspace_bot(database, multi.fake, multi.clock)
+    ts = multi.fake.post("C0TEST0001", "db is down", user="U0ALICE001", ts="1795154400.000100")
+    multi.fake.react("C0TEST0001", ts, "pushpin", "U0BOB00001")
+    # Asked twice: as Bolt asks, and again to tell a failure from a workspace not installed.
+    multi.fake.fail("auth.test", Fault(status=429, error="ratelimited", retry_after=30, times=2))
+
+    assert answered(lambda: _pin(multi, "T0FIRST001", ts)).status == 500
+
+    assert _pin(multi, "T0FIRST001", ts, retry_num=1).status == 200
+    multi.wait()
+    with multi.services.sessions() as session:
+        assert list(session.scalars(select(TimelineEntry.text))) == ["db is down"]
+    assert [call.token for call in multi.fake.calls_to("reactions.add")] == [token]
+
+
+def test_a_pin_from_a_workspace_that_is_not_installed_is_answered_and_dropped(
+    multi: Bot,
+) -> None:
+    # Slack's retries would find no installation either.
+    install(multi, "T0FIRST001")
+
+    assert _pin(multi, "T0STRANGER", "1795154400.000100").status == 200
+    assert _pin(multi, "T0STRANGER", "1795154400.000100", retry_num=1).status == 200
+    with multi.services.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 0
 
 
 def test_an_org_wide_install_opens_incident_channels_in_the_workspace_of_the_command(

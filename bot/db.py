@@ -36,7 +36,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -107,6 +107,8 @@ def make_engine(database_url: str, *, connections: int | None = None, **kwargs: 
             **kwargs,
         )
         _configure_sqlite(engine)
+        if not in_memory(url) and not url.query.get("uri"):
+            _keep_to_the_file(engine, url.database or "")  # before _track_holders, as below
         _track_holders(engine)
         return engine
     kwargs["connect_args"] = {**PG_CONNECT_ARGS, **kwargs.get("connect_args", {})}
@@ -126,6 +128,56 @@ def make_engine(database_url: str, *, connections: int | None = None, **kwargs: 
 def in_memory(url: URL) -> bool:
     """Whether `url` is a SQLite database in memory, which each connection has its own of."""
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+class DatabaseFileGoneError(SQLAlchemyError):
+    """The SQLite database file a connection opened is no longer at its path."""
+
+
+def _keep_to_the_file(engine: Engine, path: str) -> None:
+    """Hand out no SQLite connection whose database file was deleted.
+
+    SQLite goes on writing to the file it opened after that file is deleted (`rm
+    incidents.db`, a volume cleaned up): every command would still be committed into it and
+    acknowledged, and lost with the file when the process exits, while /healthz said ok.
+    Each connection remembers the file it opened; while its path names no file, commands
+    are refused ("could not record") and no empty database is made in its place, and once a
+    file is there again (put back, or another moved over it) new connections open it.
+    """
+    opened_before = False
+
+    @event.listens_for(engine, "do_connect")
+    def _on_do_connect(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        # The first connection may create the file (`db upgrade` of a new database); after
+        # that, a missing file was deleted.
+        if opened_before and _identity(path) is None:
+            raise sqlite3.OperationalError(f"the database file {path} was deleted")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        nonlocal opened_before
+        opened_before = True
+        record.info[_OPENED_FILE] = _identity(path)
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        found = _identity(path)
+        if found is None:
+            raise DatabaseFileGoneError(f"the database file {path} was deleted")
+        if found != record.info.get(_OPENED_FILE):
+            raise DisconnectionError(f"another file was put at {path}: opening it")
+
+
+_OPENED_FILE = "incident_bot_sqlite_file"
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at `path`; None when there is none."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _replace_closed_links(engine: Engine) -> None:

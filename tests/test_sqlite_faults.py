@@ -60,3 +60,14 @@ def test_a_command_after_the_database_file_is_deleted_is_not_acknowledged_into_i
     kept.rename(path)  # put back: the bot writes to it again
     assert "Added to" in bot.command("note after").text
     assert _notes_in(path) == ["before", "after"]
+
+
+def test_a_command_is_on_disk_before_it_is_acknowledged(bot: Bot, database: Database) -> None:
+    """In WAL mode, SQLite's `synchronous = NORMAL` does not sync the log at a commit: a
+    power cut or an OS crash (the outage may be the machine's own) rolls back commands already
+    answered "Added to". FULL syncs it at every commit, as PostgreSQL does; group commit
+    spreads that cost over the notes written together."""
+    assert "INC-1" in bot.command("start Outage").text
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

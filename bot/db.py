@@ -414,6 +414,17 @@ def read_only(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="REPEATABLE READ")
 
 
+def failed_commit_may_be_stored(engine: Engine) -> bool:
+    """Whether a COMMIT that raised may have been carried out all the same.
+
+    PostgreSQL's may: the server can commit and the link fail before its answer comes back.
+    SQLite's COMMIT is a call into the library in this process: when it raises (a full disk,
+    an I/O error, an interrupt at the deadline) the transaction was not committed, and the
+    rollback that follows ends it.
+    """
+    return engine.dialect.name != "sqlite"
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

@@ -256,8 +256,9 @@ class NoteWriter:
             )
             if committing or len(batch) == 1:
                 message = "the commit failed" if committing else "the database refused the note"
+                maybe_stored = committing and db.failed_commit_may_be_stored(self._engine)
                 for each in batch:
-                    _finish(each, error=NoteWriteError(message, maybe_stored=committing))
+                    _finish(each, error=NoteWriteError(message, maybe_stored=maybe_stored))
                 return True
             return False
 

@@ -7,13 +7,18 @@ Whatever happens to the file, a command answered as recorded is in the file that
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 
 from bot import db
-from tests.conftest import Bot, Database
+from bot.demo import signed_shortcut
+from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Database
 
 pytestmark = pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True)
 
@@ -71,3 +76,60 @@ def test_a_command_is_on_disk_before_it_is_acknowledged(bot: Bot, database: Data
     with database.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+@contextmanager
+def commits_refused(engine: Engine, *, after: int = 0) -> Iterator[None]:
+    """Every COMMIT but the first `after` fails as SQLite fails one it cannot write (a full
+    disk, an I/O error): the call raises and the transaction is not committed."""
+    spared = [after]
+
+    def refuse(_connection: Any) -> None:
+        if spared[0]:
+            spared[0] -= 1
+            return
+        full = sqlite3.OperationalError("database or disk is full")
+        raise OperationalError("COMMIT", None, full)  # as SQLAlchemy raises SQLite's error
+
+    event.listen(engine, "commit", refuse)
+    try:
+        yield
+    finally:
+        event.remove(engine, "commit", refuse)
+
+
+@pytest.mark.parametrize("typed", ["note the disk is full", "severity SEV1"])
+def test_a_commit_sqlite_refuses_is_told_as_not_recorded(
+    bot: Bot, database: Database, typed: str
+) -> None:
+    """SQLite's COMMIT runs in this process: when it fails, nothing was stored, and the
+    person should simply try again, not be sent to `/incident status` to find out."""
+    assert "INC-1" in bot.command("start Outage").text
+    with commits_refused(database.engine):
+        reply = bot.command(typed)
+    assert "could not record" in reply.text and "Nothing was saved" in reply.text
+    assert "could not confirm" not in reply.visible
+    assert _notes_in(_file(database)) == []
+
+
+def test_a_message_shortcut_whose_commit_sqlite_refuses_is_told_as_not_recorded(
+    bot: Bot, database: Database
+) -> None:
+    assert "INC-1" in bot.command("start Outage").text
+    ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts="1795154400.000100")
+    body, headers = signed_shortcut(
+        SECRET,
+        callback_id="add_to_timeline",
+        message={"type": "message", "user": ALICE, "text": "rolled back", "ts": ts},
+        team_id=TEAM,
+        channel_id=CHANNEL,
+        user_id=BOB,
+        response_url=bot.fake.response_url("shortcut"),
+    )
+    # The first commit ends the incident's lookup, before Slack is asked about the message.
+    with commits_refused(database.engine, after=1):
+        assert bot.dispatch(body, headers).status == 200
+    [told] = bot.fake.wait_for_responses(1)
+    assert "could not record" in told["text"] and "could not confirm" not in told["text"]
+    with database.engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM timeline_entries")) == 0

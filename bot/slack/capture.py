@@ -430,7 +430,8 @@ def register(app: App, services: Services) -> None:
             log.warning("could not add a message to the timeline", exc_info=True)
             rollback_quietly(session)
             ack()
-            trouble = replies.could_not_confirm() if committing else replies.could_not_record()
+            maybe_stored = committing and db.failed_commit_may_be_stored(services.engine)
+            trouble = replies.could_not_confirm() if maybe_stored else replies.could_not_record()
             respond(trouble)
             return
         ack()

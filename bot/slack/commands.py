@@ -869,7 +869,7 @@ def handle_incident_command(
         rollback_quietly(session)
         subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
         # A commit that failed on its way back may have reached the database.
-        maybe_stored = committing or (
+        maybe_stored = (committing and db.failed_commit_may_be_stored(services.engine)) or (
             isinstance(error, notes.NoteWriteError) and error.maybe_stored
         )
         outcome = Outcome(

@@ -204,7 +204,7 @@ def _socket(_args: argparse.Namespace) -> int:
     _finish_envelopes(handler.client)
     handler.close()  # type: ignore[no-untyped-call]
     # Then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
-    services.followups.finish(FOLLOWUP_GRACE_S)
+    services.stop(FOLLOWUP_GRACE_S)
     return 0
 
 

@@ -778,6 +778,7 @@ def run() -> int:
     from bot.services import build_services
 
     fake = FakeSlack(users={DEMO_USER: DEMO_ZONE}).start()
+    services = None
     try:
         settings = dataclasses.replace(
             Settings.load(),
@@ -825,6 +826,8 @@ def run() -> int:
         sys.stdout.flush()
         return 0
     finally:
+        if services is not None:
+            services.stop(0)  # incidents.db is left behind: all of it in the file
         fake.stop()
 
 

@@ -147,6 +147,14 @@ class Services:
     def __post_init__(self) -> None:
         self.notes = NoteWriter(self.engine)
 
+    def stop(self, grace: float) -> None:
+        """At shutdown: give the follow-ups `grace` seconds (FollowUps.finish), then close the
+        database's connections. On SQLite the last one closed moves what the write-ahead log
+        holds into the database file; left open to the process's end, the log kept it beside
+        the file, and a backup that copies the file alone (README) had none of it."""
+        self.followups.finish(grace)
+        self.engine.dispose()
+
 
 def build_services(
     settings: Settings,

@@ -157,7 +157,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
 
     def finish() -> None:
         for services in built:
-            services.followups.finish(FOLLOWUP_GRACE_S)
+            services.stop(FOLLOWUP_GRACE_S)
 
     run_gunicorn(build, host=host, port=port, workers=workers, threads=threads, on_exit=finish)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from alembic import command
 from sqlalchemy import text
 
 from bot import db, incidents, postmortem
-from bot.demo import FakeSlack, Fault
+from bot.demo import FakeSlack, Fault, SlashCommand
+from tests.conftest import ALICE, TEAM
+from tests.test_web import served
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +60,18 @@ def test_demo_prints_the_postmortem_and_leaves_the_database(
     assert "* 2:46 AM - 100% traffic online" in demo_run.stdout
     assert (demo_dir / "incidents.db").is_file()
     assert "INC-1 opened" in demo_run.stderr  # the commands and their answers, on stderr
+
+
+def test_the_demo_leaves_its_incident_in_incidents_db_itself(
+    demo_run: subprocess.CompletedProcess[str], demo_dir: Path, tmp_path: Path
+) -> None:
+    # Before any export of it below: one that opens and closes it folds the log in.
+    assert demo_run.returncode == 0, demo_run.stderr
+
+    exported = only_the_file(demo_dir / "incidents.db", tmp_path)
+
+    assert exported.returncode == 0, exported.stderr
+    assert "100% traffic online" in exported.stdout
 
 
 def test_demo_writes_to_incidents_db_here_never_to_the_configured_database(tmp_path: Path) -> None:
@@ -550,3 +566,44 @@ def test_socket_mode_refuses_the_multi_workspace_variables_naming_them(tmp_path:
         "incident-bot: configuration error: SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set"
     ), result.stderr
     assert "shh" not in result.stderr and "Traceback" not in result.stderr
+
+
+# --- a stopped bot leaves its SQLite database in one file --------------------------------
+
+
+def only_the_file(database_file: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`export INC-1` from a copy of `database_file` alone, as README's backup makes it."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    shutil.copy(database_file, backup / "copy.db")
+    env = {"DATABASE_URL": f"sqlite:///{backup / 'copy.db'}"}
+    return bot_cli("export", "INC-1", cwd=backup, env=env)
+
+
+def test_a_stopped_serve_leaves_what_it_recorded_in_the_sqlite_file(
+    fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """README: back up SQLite by copying its file while the bot is stopped. What the bot
+    wrote must then be in that file, not only in the write-ahead log beside it."""
+    env = {
+        "SLACK_BOT_TOKEN": "xoxb-x",
+        "SLACK_SIGNING_SECRET": "s",
+        "SLACK_API_URL": fake_slack.api_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'incidents.db'}",
+    }
+    assert bot_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+    slash = SlashCommand(secret="s", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+    with served({**clean, **env}, tmp_path) as server:
+        for typed in ("start Checkout is down", "note rolled back the deploy"):
+            body, headers = slash.signed(typed)
+            request = urllib.request.Request(f"{server.base}/slack/events", body.encode(), headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        server.process.terminate()
+        assert server.process.wait(timeout=30) == 0, server.log.read_text()
+
+    exported = only_the_file(tmp_path / "incidents.db", tmp_path)
+
+    assert exported.returncode == 0, exported.stderr
+    assert "rolled back the deploy" in exported.stdout

@@ -7,6 +7,8 @@ its Web API FakeSlack.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from bot.demo import FakeSlack, Fault, SlashCommand, signed_event
 from bot.models import TimelineEntry
@@ -213,3 +215,46 @@ def test_a_connection_slack_closes_later_is_opened_again(socket_mode: SocketMode
     socket_mode.wait_connected()
 
     assert "Added to" in command(socket_mode, "note payments 500 since the deploy")
+
+
+def test_a_stopped_socket_process_leaves_what_it_recorded_in_the_sqlite_file(
+    fake_slack: FakeSlack, socket_mode: SocketModeServer, tmp_path: Path
+) -> None:
+    """README: back up SQLite by copying its file while the bot is stopped; what the bot
+    wrote must then be in that file, not only in the write-ahead log beside it."""
+    database_file = tmp_path / "incidents.db"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))},
+        "SLACK_BOT_TOKEN": "xoxb-x",
+        "SLACK_APP_TOKEN": "xapp-x",
+        "SLACK_API_URL": fake_slack.api_url,
+        "DATABASE_URL": f"sqlite:///{database_file}",
+    }
+    upgrade = [sys.executable, "-m", "bot", "db", "upgrade"]
+    assert subprocess.run(upgrade, env=env, cwd=tmp_path, timeout=120).returncode == 0
+    log = tmp_path / "socket.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "socket"],
+            env=env,
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        socket_mode.wait_connected()
+        assert "opened" in command(socket_mode, "start Checkout is down")
+        assert "Added to" in command(socket_mode, "note rolled back the deploy")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    shutil.copy(database_file, tmp_path / "copy.db")  # the file alone, as a backup takes it
+    copy = create_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    with copy.connect() as conn:
+        texts = list(conn.scalars(select(TimelineEntry.text)))
+    copy.dispose()
+    assert texts == ["rolled back the deploy"]

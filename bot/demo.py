@@ -739,7 +739,7 @@ def signed_shortcut(
 
 
 def hum_replay(day: str) -> list[str]:
-    """The incident of shared/reference-postmortems/hum-ddos-outage.md as `/incident` texts."""
+    """The incident of tests/reference-postmortems/hum-ddos-outage.md as `/incident` texts."""
     return [
         f"start {day} 1:06 AM - Servers answer every request with 503 errors",
         f"note {day} 1:06 AM - Outage begins",

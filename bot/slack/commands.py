@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from bot import bidi, db, incidents, notes, timeline, timeparse
+from bot.config import Settings
 from bot.models import REQUEST_ID_LENGTH, Field, Incident, incident_reference
 from bot.services import Services
 from bot.slack import channels, publish, replies
@@ -483,8 +484,8 @@ def handle_list(call: Call, _incident: Incident | None) -> Outcome:
     return Outcome(replies.incident_list(found, now=call.now))
 
 
-def handle_help(_call: Call, _incident: Incident | None) -> Outcome:
-    return Outcome(help_reply(), result="help")
+def handle_help(call: Call, _incident: Incident | None) -> Outcome:
+    return Outcome(help_reply(call.services.settings), result="help")
 
 
 STATUS_ENTRIES = 20
@@ -600,14 +601,14 @@ SUBCOMMANDS: Sequence[Subcommand] = (
     Subcommand(
         "severity",
         "severity <level>",
-        "Set the severity (SEV1 to SEV4, or your configured levels).",
+        "Set the severity: {severities}.",
         handle_severity,
         aliases=("sev",),
     ),
     Subcommand(
         "role",
         "role <role> @person",
-        "Give someone a role (commander, communications, scribe, or your configured ones).",
+        "Give someone a role: {roles}.",
         handle_role,
     ),
     Subcommand(
@@ -663,24 +664,35 @@ def find_subcommand(name: str) -> Subcommand | None:
     return _BY_NAME.get(name)
 
 
-def help_reply(problem: str | None = None) -> Reply:
-    return replies.help_text([(sub.usage, sub.description) for sub in SUBCOMMANDS], problem=problem)
+def help_reply(settings: Settings, problem: str | None = None) -> Reply:
+    """Every subcommand's usage; the levels and roles are those this bot accepts
+    (INCIDENT_SEVERITIES, INCIDENT_ROLES), which may not be the defaults."""
+    accepted = {
+        "severities": ", ".join(f"`{level}`" for level in settings.severities),
+        "roles": ", ".join(f"`{role}`" for role in settings.roles),
+    }
+    rows = [(sub.usage, sub.description.format_map(accepted)) for sub in SUBCOMMANDS]
+    return replies.help_text(rows, problem=problem)
 
 
-def run_command(call_text: str, build_call: Callable[[str], Call]) -> Outcome:
+def run_command(call_text: str, build_call: Callable[[str], Call], settings: Settings) -> Outcome:
     """Dispatch one command's text; user errors come back as replies, nothing raised."""
     name, rest = split_subcommand(call_text)
     subcommand = find_subcommand(name)
-    outcome = _run(subcommand, name, rest, build_call)
+    outcome = _run(subcommand, name, rest, build_call, settings)
     label = subcommand.name if subcommand else shorten_name(name) or "help"
     return replace(outcome, subcommand=label)
 
 
 def _run(
-    subcommand: Subcommand | None, name: str, rest: str, build_call: Callable[[str], Call]
+    subcommand: Subcommand | None,
+    name: str,
+    rest: str,
+    build_call: Callable[[str], Call],
+    settings: Settings,
 ) -> Outcome:
     if not name:
-        return Outcome(help_reply(), result="help")
+        return Outcome(help_reply(settings), result="help")
     if subcommand is None:
         # The name as typed: help_text escapes it again for Slack.
         typed = shorten_name(slack_text.decode(name))
@@ -693,10 +705,10 @@ def _run(
                 f"I don't know {named}. Did you mean `/incident {meant[0]}`? "
                 "Nothing was recorded. Here is what I can do:"
             )
-        return Outcome(help_reply(problem), result="unknown_subcommand")
+        return Outcome(help_reply(settings, problem), result="unknown_subcommand")
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
-        return Outcome(help_reply(problem), result="missing_text")
+        return Outcome(help_reply(settings, problem), result="missing_text")
     call = replace(build_call(slack_text.decode(rest)), raw=rest)
     if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
@@ -860,7 +872,7 @@ def handle_incident_command(
     committing = False
     try:
         with db.deadline(services.engine, COMMAND_DEADLINE_S):
-            outcome = run_command(command.get("text", ""), build_call)
+            outcome = run_command(command.get("text", ""), build_call, services.settings)
             committing = True
             if session.in_transaction():  # a note is committed by the note writer instead
                 session.commit()

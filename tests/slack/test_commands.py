@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from bot import incidents
-from bot.demo import Fault, SlashCommand, hum_replay
+from bot.app import build_app
+from bot.demo import FakeSlack, Fault, SlashCommand, hum_replay
 from bot.incidents import MAX_TEXT_LENGTH
 from bot.models import (
     Action,
@@ -26,8 +27,21 @@ from bot.models import (
     RoleAssignment,
     TimelineEntry,
 )
-from bot.services import RequestPruning
-from tests.conftest import ALICE, BOB, CHANNEL, NOBODY, NOW, SECRET, TEAM, Bot, at_once
+from bot.services import RequestPruning, build_services
+from tests.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    NOBODY,
+    NOW,
+    SECRET,
+    TEAM,
+    Bot,
+    Clock,
+    Database,
+    at_once,
+    make_settings,
+)
 from tests.slack.test_capture import PIN_TS, reaction
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference-postmortems"
@@ -566,6 +580,30 @@ def test_help_says_which_times_a_when_can_be(bot: Bot) -> None:
     for example in ("`1:06 AM`", "`2026-11-20 01:06`", "`now`", "`10 min ago`"):
         assert example in said, example
     assert "detected" in said and "no ` - `" in said
+
+
+@pytest.mark.parametrize("typed", ["help", "frobnicate", "severity"])
+def test_help_names_the_severities_and_roles_this_team_configured(
+    database: Database, fake_slack: FakeSlack, clock: Clock, typed: str
+) -> None:
+    """With INCIDENT_SEVERITIES=P1,P2,P3 the help told people to pick from SEV1 to SEV4,
+    which `/incident severity` then refused; it lists what the bot accepts."""
+    settings = make_settings(
+        database.url, fake_slack.api_url, severities=("P1", "P2", "P3"), roles=("lead", "comms")
+    )
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+
+    said = bot.command(typed).visible
+
+    assert "`P1`, `P2`, `P3`" in said and "SEV" not in said
+    assert "`lead`, `comms`" in said and "scribe" not in said
+
+
+def test_help_names_the_default_severities_and_roles(bot: Bot) -> None:
+    said = bot.command("help").visible
+    assert "`SEV1`, `SEV2`, `SEV3`, `SEV4`" in said
+    assert "`commander`, `communications`, `scribe`" in said
 
 
 # What may stand between < and > in mrkdwn: a mention, a channel, a special, a link.

@@ -671,8 +671,15 @@ def help_reply(settings: Settings, problem: str | None = None) -> Reply:
         "severities": ", ".join(f"`{level}`" for level in settings.severities),
         "roles": ", ".join(f"`{role}`" for role in settings.roles),
     }
-    rows = [(sub.usage, sub.description.format_map(accepted)) for sub in SUBCOMMANDS]
+    rows = [(sub.usage, _described(sub).format_map(accepted)) for sub in SUBCOMMANDS]
     return replies.help_text(rows, problem=problem)
+
+
+def _described(sub: Subcommand) -> str:
+    """The subcommand's description, and the other names it answers to."""
+    if not sub.aliases:
+        return sub.description
+    return f"{sub.description} Also {', '.join(f'`{alias}`' for alias in sub.aliases)}."
 
 
 def run_command(call_text: str, build_call: Callable[[str], Call], settings: Settings) -> Outcome:

@@ -335,7 +335,8 @@ def help_text(rows: Sequence[tuple[str, str]], *, problem: str | None = None) ->
         shown = slack_text.message(problem)
         blocks.append(_section(f":warning: {shown}"))
         fallback = f"{shown}\n{body}"
-    blocks.append(_section(body))
+    # In as many sections as it needs: the levels and roles listed are the settings' own.
+    blocks.extend(_sections(["*Incident commands*", *lines]))
     blocks.append(
         _context(
             "`<when>` is optional: a time such as `1:06 AM`, `2026-11-20 01:06`, `now` or "

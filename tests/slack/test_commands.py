@@ -28,6 +28,7 @@ from bot.models import (
     TimelineEntry,
 )
 from bot.services import RequestPruning, build_services
+from bot.slack.commands import SUBCOMMANDS
 from tests.conftest import (
     ALICE,
     BOB,
@@ -39,6 +40,7 @@ from tests.conftest import (
     Bot,
     Clock,
     Database,
+    Reply,
     at_once,
     make_settings,
 )
@@ -598,6 +600,38 @@ def test_help_names_the_severities_and_roles_this_team_configured(
 
     assert "`P1`, `P2`, `P3`" in said and "SEV" not in said
     assert "`lead`, `comms`" in said and "scribe" not in said
+
+
+def shown_lines(reply: Reply) -> list[str]:
+    """The lines of the reply's sections, which Slack shows (not the notification's text)."""
+    blocks = reply.body["blocks"]
+    sections = [block["text"]["text"] for block in blocks if block["type"] == "section"]
+    return [line for section in sections for line in section.splitlines()]
+
+
+def test_help_names_every_alias_with_its_subcommand(bot: Bot) -> None:
+    """README lists the aliases (`sev` = `severity`); the help, which people read in Slack,
+    named none of them."""
+    lines = shown_lines(bot.command("help"))
+    for sub in SUBCOMMANDS:
+        [line] = [each for each in lines if each.startswith(f"`/incident {sub.name}")]
+        for alias in sub.aliases:
+            assert f"`{alias}`" in line, (sub.name, alias)
+
+
+def test_help_with_many_configured_levels_still_lists_every_subcommand(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    levels = tuple(f"LEVEL_{n:02d}_{'X' * 23}" for n in range(60))  # 32 characters each
+    settings = make_settings(database.url, fake_slack.api_url, severities=levels)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+
+    shown = "\n".join(shown_lines(bot.command("help")))  # Bot.dispatch: Slack would take it
+
+    assert f"`{levels[-1]}`" in shown
+    for sub in SUBCOMMANDS:
+        assert f"`/incident {sub.name}" in shown, sub.name
 
 
 def test_help_names_the_default_severities_and_roles(bot: Bot) -> None:

@@ -12,6 +12,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.authorization.authorize import InstallationStoreAuthorize
 from slack_bolt.context import BoltContext
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.oauth.callback_options import FailureArgs
 from slack_bolt.oauth.oauth_flow import OAuthFlow
 from slack_bolt.oauth.oauth_settings import OAuthSettings
@@ -232,6 +233,8 @@ def build_app(
     own token. Otherwise it runs on SLACK_BOT_TOKEN alone.
     """
     logger = logging.getLogger("bot.bolt")
+    if _UNUSED_TOKEN not in logger.filters:
+        logger.addFilter(_UNUSED_TOKEN)
     quiet_response_urls()
     client = web_client(settings, None if settings.multi_workspace else settings.slack_bot_token)
     if settings.multi_workspace:
@@ -297,6 +300,19 @@ def build_app(
     else:
         _acknowledge_uninstalls(app)
     return app
+
+
+class _UnusedTokenWarning(logging.Filter):
+    """Leaves out Bolt's warning that "`token` will be unused". Bolt reads SLACK_BOT_TOKEN
+    from the environment itself and, as the app is built with a client, says at every start
+    that it goes unused, though that client carries the same token: an operator who set it
+    as README says was told it was ignored."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+_UNUSED_TOKEN = _UnusedTokenWarning()
 
 
 def quiet_response_urls() -> None:

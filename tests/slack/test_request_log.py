@@ -9,8 +9,9 @@ import pytest
 
 from bot.app import build_app
 from bot.db import make_engine
+from bot.demo import FakeSlack
 from bot.services import build_services
-from tests.conftest import SECRET, TEAM, TOKEN, Bot, Clock, make_settings
+from tests.conftest import SECRET, TEAM, TOKEN, Bot, Clock, Database, make_settings
 
 
 def _command_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
@@ -64,3 +65,23 @@ def test_database_refusing_connections_gets_a_clear_could_not_record(
     assert "could not record" in reply.text and "try again" in reply.text
     assert "Traceback" not in reply.visible
     assert _command_lines(caplog)[-1]["outcome"] == "db_error"
+
+
+def test_starting_on_slack_bot_token_logs_no_warning_that_it_is_unused(
+    database: Database,
+    fake_slack: FakeSlack,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bolt reads SLACK_BOT_TOKEN from the environment itself and, as the app is built with
+    a client, warned at every start that "`token` will be unused": the token the operator
+    set as README says, and which the client the app is built with carries."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    settings = make_settings(database.url, fake_slack.api_url)
+    services = build_services(settings, engine=database.engine, create_schema=False)
+    caplog.set_level(logging.INFO)
+
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=Clock())
+
+    assert "opened" in bot.command("start Outage").text  # on that token
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

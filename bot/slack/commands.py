@@ -66,11 +66,24 @@ class Call:
             team_id=self.team_id, user_id=self.user_id, token=self.token
         )
 
-    def time_only(self) -> datetime:
+    def time_only(self, subcommand: str) -> datetime:
         """The text read as nothing but a time (`detected 1:06 AM`), or now when it is empty."""
         if not self.text:
             return self.now
-        return timeparse.parse_time(self.text, zone=self.zone(), now=self.now)
+        # People type `<when> -` as the other commands take it (`detected 7:20 AM -`). Text
+        # after it has nowhere to go: refused, not stored without it.
+        head, separator, tail = timeparse.partition(self.text)
+        if not separator or not timeparse.looks_like_time(head):
+            return timeparse.parse_time(self.text, zone=self.zone(), now=self.now)
+        if tail.strip():
+            raise incidents.IncidentError(
+                f"`/incident {subcommand}` takes only a time, so "
+                f"{bidi.quoted(replies.shorten(tail.strip(), 100))} would be lost. Mark it with "
+                f"`/incident {subcommand} {bidi.contained(head.strip())}` and add the text "
+                f"with `/incident note {bidi.contained(head.strip())} - <text>`. "
+                "Nothing was recorded."
+            )
+        return timeparse.parse_time(head, zone=self.zone(), now=self.now)
 
     def leading_time(self) -> timeparse.Leading:
         """The text split into its optional `<when> - ` and the rest."""
@@ -376,7 +389,7 @@ def handle_delete(call: Call, incident: Incident | None) -> Outcome:
 def _moment_handler(moment: incidents.Moment) -> Handler:
     def handle(call: Call, incident: Incident | None) -> Outcome:
         assert incident is not None
-        at = call.time_only()
+        at = call.time_only(moment.value)
         incidents.mark_moment(
             call.session,
             incident=incident,

@@ -257,6 +257,30 @@ def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
     assert incident(bot).detected_at is None and incident(bot).mitigated_at is None
 
 
+@pytest.mark.parametrize("typed", ["detected 7:20 AM -", "mitigated 7:20 AM -"])
+def test_a_moment_typed_with_the_dash_other_commands_take_is_read(bot: Bot, typed: str) -> None:
+    # `note 7:20 AM - …` and `close 7:20 AM -` take the dash; Slack trims the space after it.
+    bot.command("start 7:00 AM - Outage")
+    reply = bot.command(typed)
+    assert "impact" in reply.text and "7:20 AM EAT" in reply.text, reply.text
+    marked = incident(bot)
+    assert datetime(2026, 11, 20, 4, 20, tzinfo=UTC) in (marked.detected_at, marked.mitigated_at)
+
+
+@pytest.mark.parametrize(
+    "typed", ["detected 7:20 AM - alerts fired", "mitigated 10 min ago - rolled back"]
+)
+def test_a_moment_with_text_after_its_time_says_where_the_text_goes(bot: Bot, typed: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    reply = bot.command(typed)
+    # The time is one; what follows it would be lost, not "a time I cannot read".
+    assert "not a time" not in reply.text, reply.text
+    assert "takes only a time" in reply.text and "/incident note" in reply.text, reply.text
+    assert "Nothing was recorded" in reply.text
+    assert (incident(bot).detected_at, incident(bot).mitigated_at) == (None, None)
+    assert live(bot) == []
+
+
 def test_marking_a_moment_again_moves_it(bot: Bot) -> None:
     bot.command("start 7:00 AM - Outage")
     bot.command("detected 7:10 AM")

@@ -47,6 +47,8 @@ _CLOCK = re.compile(
     re.IGNORECASE,
 )
 _MERIDIEM = re.compile(r"(?<![a-z])[ap]\.?m(?![a-z])", re.IGNORECASE)
+# dateutil reads `A.M.` as A, then a zone named M: it is given to it as `AM`.
+_DOTTED_MERIDIEM = re.compile(r"(?<![a-z])([ap])\.m(?![a-z])\.?", re.IGNORECASE)
 _MONTHS = (
     "january february march april may june july august september october november december "
     "jan feb mar apr jun jul aug sep sept oct nov dec"
@@ -209,6 +211,7 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
         elif key not in ("at", "on"):
             words.append(word)
     cleaned = _UTC_OFFSET.sub(_plain_offset, " ".join(words))
+    cleaned = _DOTTED_MERIDIEM.sub(lambda match: f"{match.group(1).upper()}M", cleaned)
     cleaned = _NUMERIC_DATE.sub(_month_named, cleaned)
     tzinfos = _known_abbreviations(zone, now)
 

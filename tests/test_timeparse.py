@@ -5,6 +5,7 @@ Every test passes its own fixed `now`; nothing here reads the wall clock.
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -95,6 +96,27 @@ def test_reads_each_documented_form(typed: str, expected: datetime) -> None:
     result = parse(typed)
     assert result == expected
     assert result.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("1:06 A.M. UTC", utc(2026, 11, 20, 1, 6)),
+        ("1:06A.M. UTC", utc(2026, 11, 20, 1, 6)),
+        ("1 A.M UTC", utc(2026, 11, 20, 1, 0)),
+        ("1:06 A.M. EAT", utc(2026, 11, 19, 22, 6)),
+        ("Nov 19 1:06 P.M. UTC", utc(2026, 11, 19, 13, 6)),
+        ("9:05 A.M.", utc(2026, 11, 19, 6, 5)),
+        ("Nov 19 1:06 P.M.", utc(2026, 11, 19, 10, 6)),
+    ],
+)
+def test_a_meridiem_in_capitals_with_dots_is_read_as_in_lower_case(
+    typed: str, expected: datetime
+) -> None:
+    # dateutil took the M of `A.M.` for a zone: refused beside another zone, warned alone.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse(typed) == expected
 
 
 def test_extra_spaces_do_not_matter() -> None:

@@ -81,6 +81,7 @@ _ISO_OFFSET = re.compile(r"(t\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)[+-]\d{1,2}(?::?
 _OTHER_OFFSET = re.compile(
     r"(?:(?<=\s)|^)[+-]\d{1,2}(?::?\d{2})?(?!\S)|(?<=\d)\+\d{1,2}(?::?\d{2})?(?![\d:])"
 )
+_LONE_OFFSET = re.compile(r"[+-]\d{1,2}(?::?\d{2})?")
 _RELATIVE_DAYS = {"today": 0, "yesterday": 1}
 # A date of numbers alone (`03/11/2026`, `3.11.`, `03-11`), but not year-first (`2026-11-03`).
 _NUMERIC_DATE = re.compile(
@@ -210,7 +211,7 @@ def parse_time(text: str, *, zone: ZoneInfo, now: datetime) -> datetime:
             words.append(word.upper())  # dateutil knows only UTC and GMT as zones
         elif key not in ("at", "on"):
             words.append(word)
-    cleaned = _UTC_OFFSET.sub(_plain_offset, " ".join(words))
+    cleaned = _offset_last(_UTC_OFFSET.sub(_plain_offset, " ".join(words)))
     cleaned = _DOTTED_MERIDIEM.sub(lambda match: f"{match.group(1).upper()}M", cleaned)
     cleaned = _NUMERIC_DATE.sub(_month_named, cleaned)
     tzinfos = _known_abbreviations(zone, now)
@@ -373,6 +374,14 @@ def _count_clocks(text: str) -> int:
     for offset, keep in ((_UTC_OFFSET, ""), (_ISO_OFFSET, r"\1"), (_OTHER_OFFSET, "")):
         text = offset.sub(keep, text)
     return len(_CLOCK.findall(text))
+
+
+def _offset_last(text: str) -> str:
+    """`text` with an offset standing on its own (`-03:00 01:06`) moved to its end: dateutil
+    reads one only after the clock time, and drops or misreads one before it."""
+    words = text.split(" ")
+    offsets = [word for word in words if _LONE_OFFSET.fullmatch(word)]
+    return " ".join([word for word in words if word not in offsets] + offsets)
 
 
 def _plain_offset(match: re.Match[str]) -> str:

@@ -143,6 +143,26 @@ def test_utc_plus_offsets_mean_ahead_of_utc(typed: str, expected: datetime) -> N
 
 
 @pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        # Read as 01:06 in Nairobi, the offset dropped: dateutil takes one only after a time.
+        ("GMT-3 01:06", utc(2026, 11, 20, 4, 6)),
+        ("-03:00 01:06", utc(2026, 11, 20, 4, 6)),
+        ("Nov 19 UTC-5 22:00", utc(2026, 11, 20, 3, 0)),
+        ("GMT-3 2026-11-20T01:06", utc(2026, 11, 20, 4, 6)),
+        # Refused as not a time, or read as the year 300.
+        ("UTC+5:30 08:00", utc(2026, 11, 20, 2, 30)),
+        ("+03:00 01:06", utc(2026, 11, 19, 22, 6)),
+        ("-0300 01:06", utc(2026, 11, 20, 4, 6)),
+    ],
+)
+def test_an_offset_before_the_time_is_the_times(typed: str, expected: datetime) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse(typed) == expected
+
+
+@pytest.mark.parametrize(
     "typed",
     ["01:06 utc - db failover", "1:06 am gmt - db failover", "Nov 20 01:06 Utc - db failover"],
 )

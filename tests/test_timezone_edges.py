@@ -82,3 +82,52 @@ def test_start_today_at_a_utc_time_in_the_evening_in_los_angeles(bot: Bot) -> No
     with bot.services.sessions() as session:
         incident = session.scalars(select(Incident).where(Incident.channel_id == CHANNEL)).one()
     assert incident.started_at == utc(2026, 11, 19, 23, 0)
+
+
+# --- a time read in the writer's zone is shown in the incident's, and as it was read ------
+
+
+@pytest.mark.parametrize(
+    ("typed", "shown"),
+    [
+        # Bob, in Los Angeles, at 10 PM on Thursday: his 2:05 PM is 1:05 AM on Friday in
+        # Nairobi, the incident's zone.
+        ("note 14:05 - deploy started", "1:05 AM EAT (2:05 PM PST where you are)"),
+        ("edit 1 2:05 PM - deploy started", "1:05 AM EAT (2:05 PM PST where you are)"),
+        ("detected 2:05 PM", "1:05 AM EAT (2:05 PM PST where you are)"),
+        (
+            "note yesterday 21:00 - alert",
+            "8:00 AM EAT, Thu 19 Nov 2026 (9:00 PM PST, Wed 18 Nov 2026 where you are)",
+        ),
+    ],
+)
+def test_a_time_typed_in_another_zone_than_the_incidents_is_shown_in_both(
+    bot: Bot, typed: str, shown: str
+) -> None:
+    bot.command("start 1:00 AM - Outage")  # Alice, in Nairobi: the incident's zone is hers
+    bot.command("note 1:02 AM - first")
+
+    reply = bot.command(typed, user=BOB)
+
+    assert shown in reply.text, reply.text
+
+
+@pytest.mark.parametrize("typed", ["note 8:30 AM - x", "note 10 min ago - x", "note x"])
+def test_a_time_in_the_incidents_own_zone_is_shown_once(bot: Bot, typed: str) -> None:
+    bot.command("start 8:00 AM - Outage")
+    assert "where you are" not in bot.command(typed).text
+
+
+@pytest.mark.parametrize("zone", [None, "Mars/Olympus_Mons"])
+def test_a_time_read_in_the_fallback_zone_says_so(bot: Bot, zone: str | None) -> None:
+    # Slack does not know the writer (user_not_found), or gives a zone that is none: the time
+    # is read in INCIDENT_TIMEZONE (UTC here), and the writer must be able to tell.
+    writer = "U0CAROL001"
+    if zone is not None:
+        bot.fake.users[writer] = zone
+    bot.command("start 8:00 AM - Outage")
+
+    reply = bot.command("note 5:30 - db restarted", user=writer)
+
+    assert "8:30 AM EAT" in reply.text, reply.text
+    assert "read as 5:30 AM UTC" in reply.text and "time zone" in reply.text, reply.text

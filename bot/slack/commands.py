@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,7 +30,7 @@ from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
-from bot.slack.people import SLACKBOT
+from bot.slack.people import SLACKBOT, Person
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,23 @@ class Call:
         """True in a direct or group message, where the bot can neither post nor upload."""
         return in_conversation(self.channel_id, self.channel_name)
 
-    def zone(self) -> ZoneInfo:
-        """The caller's time zone (Slack's `users.info`), or the configured fallback."""
-        return self.services.people.zone_for(
+    @cached_property
+    def writer(self) -> Person:
+        """What Slack says of the caller, asked once per command: a lookup Slack did not
+        answer in time would otherwise be waited for again."""
+        return self.services.people.person(
             team_id=self.team_id, user_id=self.user_id, token=self.token
         )
+
+    def zone(self) -> ZoneInfo:
+        """The caller's time zone (Slack's `users.info`), or the configured fallback."""
+        return ZoneInfo(self.writer.zone or self.services.people.fallback)
+
+    def read_in(self, when: datetime | None) -> replies.ReadIn | None:
+        """The zone a typed time `when` was read in, for the reply; None when none was typed."""
+        if when is None:
+            return None
+        return replies.ReadIn(zone=self.zone().key, known=self.writer.zone is not None)
 
     def time_only(self, subcommand: str) -> datetime:
         """The text read as nothing but a time (`detected 1:06 AM`), or now when it is empty."""
@@ -216,6 +229,7 @@ def handle_note(call: Call, _incident: Incident | None) -> Outcome:
             now=call.now,
             number=added.number,
             unseparated=None if leading.when else timeparse.unseparated_time(note.text),
+            read_in=call.read_in(leading.when),
         )
     )
 
@@ -359,7 +373,8 @@ def handle_edit(call: Call, incident: Incident | None) -> Outcome:
         user_id=call.user_id,
         now=call.now,
     )
-    return Outcome(replies.entry_edited(incident, entry=entry, now=call.now))
+    read_in = call.read_in(leading.when)
+    return Outcome(replies.entry_edited(incident, entry=entry, now=call.now, read_in=read_in))
 
 
 def handle_delete(call: Call, incident: Incident | None) -> Outcome:
@@ -398,7 +413,14 @@ def _moment_handler(moment: incidents.Moment) -> Handler:
             user_id=call.user_id,
             now=call.now,
         )
-        return Outcome(replies.moment_marked(incident, moment=moment.value, at=at, now=call.now))
+        marked = replies.moment_marked(
+            incident,
+            moment=moment.value,
+            at=at,
+            now=call.now,
+            read_in=call.read_in(at if call.text else None),
+        )
+        return Outcome(marked)
 
     handle.__name__ = f"handle_{moment.value}"
     return handle

@@ -65,11 +65,6 @@ class UserDirectory:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="users-info")
 
-    def zone_for(self, *, team_id: str, user_id: str, token: str | None) -> ZoneInfo:
-        """The person's zone, or the fallback when Slack does not answer in time."""
-        zone = self.person(team_id=team_id, user_id=user_id, token=token).zone
-        return ZoneInfo(zone or self.fallback)
-
     def name_for(self, *, team_id: str, user_id: str, token: str | None) -> str:
         """The person's display name, or `@<user id>` when Slack does not say."""
         return self.person(team_id=team_id, user_id=user_id, token=token).name or f"@{user_id}"

@@ -88,6 +88,35 @@ def local_time(moment: datetime, zone: str, *, now: datetime | None = None) -> s
     return label
 
 
+@dataclass(frozen=True)
+class ReadIn:
+    """The zone a typed time was read in: the writer's, or the fallback when Slack did not
+    say theirs (`known` false)."""
+
+    zone: str
+    known: bool = True
+
+
+def time_as_read(moment: datetime, zone: str, *, read_in: ReadIn | None, now: datetime) -> str:
+    """`local_time` in the incident's zone, and the time as the writer's own clock read it
+    when that is another (`1:05 AM EAT (2:05 PM PST where you are)`), or in the fallback
+    zone when Slack did not give theirs: each side can check the time against what was meant.
+    """
+    shown = local_time(moment, zone, now=now)
+    if read_in is None:
+        return shown
+    as_read = local_time(moment, read_in.zone, now=now)
+    if not read_in.known:
+        return f"{shown} (read as {as_read}: Slack did not say your time zone)"
+    if _wall(moment, read_in.zone) == _wall(moment, zone):
+        return shown
+    return f"{shown} ({as_read} where you are)"
+
+
+def _wall(moment: datetime, zone: str) -> datetime:
+    return moment.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+
+
 # A placeholder in our own usage hints (`/incident note <text>`, INC-<n>). Slack reads `<` and
 # `>` as the edges of a link or mention, so they are sent as entities. Mentions (<@U1>),
 # channels (<#C1>) and links (<https://…|…>) never match; typed text is already escaped.
@@ -172,10 +201,12 @@ def noted(
     now: datetime,
     number: int,
     unseparated: tuple[str, str] | None = None,
+    read_in: ReadIn | None = None,
 ) -> Reply:
     """`unseparated` is a time the text starts with but did not set off with " - ", and
-    the rest of the text: the reply says how to date entry `number` by it."""
-    when = local_time(occurred_at, timezone, now=now)
+    the rest of the text: the reply says how to date entry `number` by it. `read_in` is the
+    zone a typed time was read in (none when it was not typed)."""
+    when = time_as_read(occurred_at, timezone, read_in=read_in, now=now)
     said = [f"Added to *{reference}* at {when}: {quoted(text)}"]
     if unseparated:
         time, rest = unseparated
@@ -379,8 +410,10 @@ def timeline_list(
     return Reply(text=f"{incident.reference}: {len(entries)} timeline {word}", blocks=blocks)
 
 
-def entry_edited(incident: Incident, *, entry: TimelineEntry, now: datetime) -> Reply:
-    when = local_time(entry.occurred_at, incident.timezone, now=now)
+def entry_edited(
+    incident: Incident, *, entry: TimelineEntry, now: datetime, read_in: ReadIn | None = None
+) -> Reply:
+    when = time_as_read(entry.occurred_at, incident.timezone, read_in=read_in, now=now)
     return simple(
         f"Entry `#{entry.number}` of *{incident.reference}* is now {when} - {quoted(entry.text)}"
         "\n_The previous version is kept in its history._"
@@ -400,10 +433,11 @@ def captured(*, reference: str, number: int, created: bool) -> Reply:
     return simple(f"That message is already on *{reference}*'s timeline (`#{number}`).")
 
 
-def moment_marked(incident: Incident, *, moment: str, at: datetime, now: datetime) -> Reply:
-    return simple(
-        f"*{incident.reference}*: impact {moment} at {local_time(at, incident.timezone, now=now)}."
-    )
+def moment_marked(
+    incident: Incident, *, moment: str, at: datetime, now: datetime, read_in: ReadIn | None = None
+) -> Reply:
+    when = time_as_read(at, incident.timezone, read_in=read_in, now=now)
+    return simple(f"*{incident.reference}*: impact {moment} at {when}.")
 
 
 def severity_set(incident: Incident, *, level: str, previous: str | None, by: str) -> Reply:

@@ -82,6 +82,8 @@ _OTHER_OFFSET = re.compile(
     r"(?:(?<=\s)|^)[+-]\d{1,2}(?::?\d{2})?(?!\S)|(?<=\d)\+\d{1,2}(?::?\d{2})?(?![\d:])"
 )
 _LONE_OFFSET = re.compile(r"[+-]\d{1,2}(?::?\d{2})?")
+# What people set a time off with when not " - ": hyphens, en and em dashes.
+_DASHES = re.compile(r"[-\u2013\u2014]+")
 _RELATIVE_DAYS = {"today": 0, "yesterday": 1}
 # A date of numbers alone (`03/11/2026`, `3.11.`, `03-11`), but not year-first (`2026-11-03`).
 _NUMERIC_DATE = re.compile(
@@ -146,9 +148,18 @@ def unseparated_time(text: str) -> tuple[str, str] | None:
         return None  # the first test alone spares most notes the search below
     words = text.split(maxsplit=5)
     for count in range(min(len(words) - 1, 5), 0, -1):
-        head = " ".join(words[:count])
+        # What set the time off instead of " - " (`10:05: db`, `10:05 -- db`, an en or em
+        # dash) belongs to neither the time nor the text: the edit given back must read.
+        time_words = [*words[: count - 1], words[count - 1].rstrip(",:;")]
+        while time_words and _DASHES.fullmatch(time_words[-1]):
+            time_words.pop()
+        head = " ".join(time_words)
         if looks_like_time(head) and _counted_back(head) != timedelta(0):
-            return head, text.split(maxsplit=count)[count]
+            rest = text.split(maxsplit=count)[count]
+            first, _, after = rest.partition(" ")
+            if _DASHES.fullmatch(first):
+                rest = after.strip()
+            return (head, rest) if rest else None
     return None
 
 

@@ -727,6 +727,9 @@ def test_text_that_only_mentions_now_stays_text(text: str) -> None:
         ("at  10:00 PM   yesterday  db failover", ("at 10:00 PM yesterday", "db failover")),
         ("10 min ago we restarted", ("10 min ago", "we restarted")),
         ("Nov 20 1:06 AM alerts fired", ("Nov 20 1:06 AM", "alerts fired")),
+        ("8:50 PM: rolled back", ("8:50 PM", "rolled back")),  # not `8:50` and `PM: …`
+        ("10:05 \u2014 db back up", ("10:05", "db back up")),
+        ("10:05 --", None),
         ("10:05", None),  # a time and nothing else: no text to date
         ("10:05 - db back up", None),  # dated as asked
         ("now it works", None),  # stamped now anyway

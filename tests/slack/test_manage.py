@@ -207,6 +207,32 @@ def test_a_note_that_starts_with_a_time_without_the_dash_says_how_to_date_it(bot
     assert live(bot) == [(1, "rolled back", datetime(2026, 11, 20, 5, 50, tzinfo=UTC))]
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "note 8:50 AM: rolled back",
+        "note 8:50 AM, rolled back",
+        "note 8:50 AM -- rolled back",
+        "note 8:50 AM \u2013 rolled back",  # an en dash
+        "note 8:50 AM \u2014 rolled back",  # an em dash, as phones write `--`
+    ],
+)
+def test_the_edit_suggested_for_a_time_set_off_otherwise_than_by_the_dash_dates_it(
+    bot: Bot, typed: str
+) -> None:
+    # `10:05: db back up` is how many write it; the edit suggested must work as given and
+    # leave the text without the punctuation that set the time off.
+    bot.command("start 8:00 AM - Outage")
+    reply = bot.command(typed)
+    suggested = re.search(r"`/incident (edit 1 [^`]*)`", reply.text)
+    assert suggested, reply.text
+    assert suggested.group(1) == "edit 1 8:50 AM - rolled back", reply.text
+
+    bot.command(suggested.group(1))
+
+    assert live(bot) == [(1, "rolled back", datetime(2026, 11, 20, 5, 50, tzinfo=UTC))]
+
+
 def test_the_edit_suggested_for_a_long_note_never_holds_a_shortened_text(bot: Bot) -> None:
     bot.command("start 8:00 AM - Outage")
     long_text = "rolled back & " * 250  # 3,500 characters, more once escaped

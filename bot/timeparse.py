@@ -8,7 +8,8 @@ Only this module knows python-dateutil. The rules, in short:
 * A bare time of day is read in the writer's zone and is today, or yesterday if that
   would lie in the future. A weekday (`Wed 23:50`) is the latest such day likewise;
   `today`/`yesterday` are taken as said, as days of the writer's calendar even when the
-  time names another zone. A date without a year is this year, or last year likewise.
+  time names another zone. A date without a year is this year, or last year likewise,
+  except that one less than a week ahead is refused (more likely a slip than last year).
   A full date in the future is refused, and so is part of a date (`Nov 1:06`) and a date
   of numbers that reads two ways (`03/11`: March or November?).
 * `now`, and a time counted back from it (`10 min ago`, `an hour ago`, `1h30m ago`), are
@@ -40,6 +41,10 @@ _TRIMMED_SEPARATOR = SEPARATOR.rstrip()
 
 # A few seconds of disagreement between a person's clock and ours is not "the future".
 FUTURE_TOLERANCE = timedelta(minutes=2)
+# A date without a year less than this far ahead is refused as in the future, not taken for
+# last year's: a day typed wrong, or a colleague's date already tomorrow, is far likelier in
+# an incident's timeline than a moment almost a year back.
+YEARLESS_AHEAD = timedelta(days=7)
 
 _CLOCK = re.compile(
     r"(?<![\d.])\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?!\d)"
@@ -297,10 +302,13 @@ def _resolve(
         if _is_future(candidate, target_zone, now):
             if has_year:
                 raise TimeParseError(f"{bidi.quoted(text)} is in the future.")
+            last_years = f"{bidi.quoted(text)} is in the future; give the year for {year - 1}."
+            if candidate - local_now.replace(tzinfo=None) < YEARLESS_AHEAD:
+                raise TimeParseError(last_years)
             try:
                 candidate = candidate.replace(year=year - 1)
             except ValueError:
-                raise TimeParseError(f"{bidi.quoted(text)} is in the future.") from None
+                raise TimeParseError(last_years) from None
     elif relative_day is not None:
         # "today" and "yesterday" are the writer's days, even when the clock time is given in
         # another zone (`today 23:00 UTC` at 5 PM in Los Angeles, when UTC is already tomorrow).

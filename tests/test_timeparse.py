@@ -312,7 +312,15 @@ def test_today_with_a_date_is_refused() -> None:
 
 def test_date_without_year_in_the_future_is_last_year() -> None:
     assert parse("Dec 25 1:00") == utc(2025, 12, 24, 22, 0)
-    assert parse("Nov 20 10:00 AM") == utc(2025, 11, 20, 7, 0)  # an hour ahead of now
+    assert parse("Nov 27 10:00 AM") == utc(2025, 11, 27, 7, 0)  # a week ahead of now
+
+
+@pytest.mark.parametrize("typed", ["Nov 20 10:00 AM", "Nov 21 1:06", "20/11 10:00", "Nov 26 23:00"])
+def test_date_without_year_just_ahead_is_refused_not_taken_for_last_year(typed: str) -> None:
+    # An hour to a week ahead (a day typed wrong, a colleague's date already tomorrow): taken
+    # for last year's, the note landed a year back and stretched the impact window to a year.
+    with pytest.raises(TimeParseError, match="in the future; give the year for 2025"):
+        parse(typed)
 
 
 def test_date_without_year_in_the_past_is_this_year() -> None:
@@ -641,7 +649,8 @@ def test_a_time_of_day_from_the_last_22_hours_reads_back(
 @given(
     zone=st.sampled_from(ZONES),
     now=NOWS,
-    minutes_ago=st.integers(min_value=0, max_value=364 * 24 * 60),
+    # Not the last week of the year before: that date is less than a week ahead this year.
+    minutes_ago=st.integers(min_value=0, max_value=357 * 24 * 60),
 )
 def test_a_date_and_time_from_the_last_year_reads_back(
     zone: ZoneInfo, now: datetime, minutes_ago: int

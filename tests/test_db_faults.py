@@ -22,16 +22,13 @@ from sqlalchemy.engine import make_url
 
 from bot import db
 from bot.app import build_app
-from bot.demo import FakeSlack, signed_shortcut
+from bot.demo import FakeSlack
 from bot.models import TimelineEntry
 from bot.services import FollowUps, build_services
 from bot.web import build_wsgi
 from tests.conftest import (
     ALICE,
-    BOB,
     CHANNEL,
-    SECRET,
-    TEAM,
     TEST_DATABASE_URL,
     Bot,
     Clock,
@@ -41,6 +38,7 @@ from tests.conftest import (
     make_settings,
 )
 from tests.faultproxy import FaultProxy
+from tests.slack.test_capture import shortcut_request
 
 pytestmark = pytest.mark.skipif(not TEST_DATABASE_URL, reason="TEST_DATABASE_URL is not set")
 
@@ -239,15 +237,8 @@ def test_the_message_shortcut_with_the_database_gone_says_so_and_stores_nothing(
     bot = faulty.bot
     assert "INC-1" in bot.command("start Outage").text
     ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts="1795154400.000100")
-    body, headers = signed_shortcut(
-        SECRET,
-        callback_id="add_to_timeline",
-        message={"type": "message", "user": ALICE, "text": "rolled back", "ts": ts},
-        team_id=TEAM,
-        channel_id=CHANNEL,
-        user_id=BOB,
-        response_url=bot.fake.response_url("shortcut"),
-    )
+    message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
+    body, headers = shortcut_request(bot, message)
 
     getattr(faulty.proxy, fault)()
     reply, took = timed(lambda: bot.dispatch(body, headers))

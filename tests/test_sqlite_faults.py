@@ -17,8 +17,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from bot import db
-from bot.demo import signed_shortcut
-from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Database
+from tests.conftest import ALICE, CHANNEL, Bot, Database
+from tests.slack.test_capture import shortcut_request
 
 pytestmark = pytest.mark.parametrize("db_kind", ["sqlite"], indirect=True)
 
@@ -117,15 +117,8 @@ def test_a_message_shortcut_whose_commit_sqlite_refuses_is_told_as_not_recorded(
 ) -> None:
     assert "INC-1" in bot.command("start Outage").text
     ts = bot.fake.post(CHANNEL, "rolled back", user=ALICE, ts="1795154400.000100")
-    body, headers = signed_shortcut(
-        SECRET,
-        callback_id="add_to_timeline",
-        message={"type": "message", "user": ALICE, "text": "rolled back", "ts": ts},
-        team_id=TEAM,
-        channel_id=CHANNEL,
-        user_id=BOB,
-        response_url=bot.fake.response_url("shortcut"),
-    )
+    message = {"type": "message", "user": ALICE, "text": "rolled back", "ts": ts}
+    body, headers = shortcut_request(bot, message)
     # The first commit ends the incident's lookup, before Slack is asked about the message.
     with commits_refused(database.engine, after=1):
         assert bot.dispatch(body, headers).status == 200

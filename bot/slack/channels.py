@@ -19,7 +19,7 @@ from bot.models import Incident
 from bot.services import Services, web_client
 from bot.slack import replies
 from bot.slack.middleware import team_of, with_session
-from bot.slack.publish import UNREACHABLE, tell
+from bot.slack.publish import UNREACHABLE, explained, tell
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def open_incident_channel(
         except SlackApiError as error:
             if error.response.get("error") == "name_taken":
                 continue
-            why = str(error.response.get("error", ""))
-            log.warning("conversations.create %s failed: %s", name, error)
+            why = explained(error)
+            log.warning("conversations.create %s failed: %s", name, why)
             break
         except UNREACHABLE as error:
             why = "Slack could not be reached"
@@ -100,7 +100,10 @@ def open_incident_channel(
         log.warning("inviting %s to the channel of %s failed: %s", starter, reference, error)
     try:
         client.chat_postMessage(
-            channel=created, text=header.text, blocks=[b.to_dict() for b in header.blocks]
+            channel=created,
+            text=header.text,
+            blocks=[b.to_dict() for b in header.blocks],
+            unfurl_links=False,  # a link in the title is not the channel's first message
         )
     except UNREACHABLE as error:
         log.warning("posting in the channel of %s failed: %s", reference, error)

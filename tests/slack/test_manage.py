@@ -833,6 +833,38 @@ def test_a_channel_slack_refuses_to_create_is_explained_and_the_incident_stays(
     assert "INC-1" in bot.command("note still here").text
 
 
+def test_a_channel_the_app_lacks_the_scope_to_create_names_the_scope(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    # An install made before channels:manage was asked for: Slack says which scope it needs.
+    settings = replace(make_settings(database.url, fake_slack.api_url), incident_channels=True)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+    needed = {"needed": "channels:manage", "provided": "commands,chat:write"}
+    fake_slack.fail("conversations.create", Fault(error="missing_scope", details=needed))
+
+    bot.command("start Checkout down https://status.example.com/incidents/42")
+    bot.wait()
+
+    [told] = fake_slack.wait_for_responses(1)
+    assert "the app lacks channels:manage; reinstall it" in told["text"]
+    assert incident(bot).channel_id == CHANNEL
+
+
+def test_the_header_in_the_incidents_own_channel_unfurls_no_link(
+    database: Database, fake_slack: FakeSlack, clock: Clock
+) -> None:
+    settings = replace(make_settings(database.url, fake_slack.api_url), incident_channels=True)
+    services = build_services(settings, engine=database.engine, clock=clock, create_schema=False)
+    bot = Bot(app=build_app(settings, services), services=services, fake=fake_slack, clock=clock)
+
+    bot.command("start Checkout down https://status.example.com/incidents/42")
+    bot.wait()
+
+    [header] = fake_slack.calls_to("chat.postMessage")
+    assert header.params["unfurl_links"] is False
+
+
 def test_a_refused_invite_still_leaves_the_header_in_the_new_channel(
     database: Database, fake_slack: FakeSlack, clock: Clock
 ) -> None:

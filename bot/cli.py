@@ -139,11 +139,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _socket(_args: argparse.Namespace) -> int:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
     from slack_sdk.errors import SlackApiError
 
     from bot.app import build_app
     from bot.services import FOLLOWUP_GRACE_S, build_services
+    from bot.socket_mode import IncidentSocketModeHandler
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
     if settings.multi_workspace:
@@ -161,7 +161,8 @@ def _socket(_args: argparse.Namespace) -> int:
     if refused:
         return refused
     services = build_services(settings, create_schema=False, request_threads=SOCKET_THREADS)
-    handler = SocketModeHandler(
+    assert settings.slack_app_token is not None  # required above
+    handler = IncidentSocketModeHandler(
         build_app(settings, services), settings.slack_app_token, concurrency=SOCKET_THREADS
     )
     # slack_sdk logs a WebSocket it could not open and goes on, retrying every few seconds.

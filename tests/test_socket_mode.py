@@ -217,6 +217,29 @@ def test_a_connection_slack_closes_later_is_opened_again(socket_mode: SocketMode
     assert "Added to" in command(socket_mode, "note payments 500 since the deploy")
 
 
+def test_a_command_in_flight_when_slack_closes_the_connection_is_answered_on_the_next(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """Slack closes the connection while a command is being carried out: the command is
+    recorded, and its answer goes on the connection opened in its place. slack_sdk asked
+    whether it was still connected before the closed connection had let go of its socket,
+    so it opened none; its monitor did, up to ten seconds later, and the answer, with no
+    connection to go on meanwhile, was lost."""
+    _, log = socket_process
+    fake_slack.fail("users.info", Fault(delay=1.5))  # the caller's time zone, slow to come
+    slash = SlashCommand(secret="unused", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+    envelope = socket_mode.deliver("slash_commands", dict(parse_qsl(slash.body("start Down"))))
+    assert fake_slack.wait_for("users.info"), "the command was not being carried out"
+
+    socket_mode.drop()
+
+    assert "opened" in str(socket_mode.ack(envelope)["payload"]["text"]), log.read_text()
+    socket_mode.wait_connected()
+    assert "Added to" in command(socket_mode, "note payments 500 since the deploy")
+
+
 def test_a_stopped_socket_process_leaves_what_it_recorded_in_the_sqlite_file(
     fake_slack: FakeSlack, socket_mode: SocketModeServer, tmp_path: Path
 ) -> None:

@@ -71,6 +71,12 @@ class SocketModeServer:
         self._send(_TEXT, json.dumps(envelope).encode())
         return envelope_id
 
+    def disconnect(self, reason: str) -> None:
+        """Tell the client its connection is to end (`warning`, `refresh_requested`), or
+        that Socket Mode was turned off for the app (`link_disabled`), as Slack does."""
+        message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "test"}}
+        self._send(_TEXT, json.dumps(message).encode())
+
     def ack(self, envelope_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The app's acknowledgement of an envelope; its `payload` is the answer, if any."""
         with self._lock:

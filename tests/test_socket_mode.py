@@ -240,6 +240,32 @@ def test_a_command_in_flight_when_slack_closes_the_connection_is_answered_on_the
     assert "Added to" in command(socket_mode, "note payments 500 since the deploy")
 
 
+def test_a_command_the_bot_takes_after_its_time_to_answer_has_passed_is_not_recorded(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+    database: Database,
+) -> None:
+    """A command that waited before the bot could take it (here behind a reconnection that
+    Slack was slow to grant) is answered "could not record", as one whose database work
+    outlasts the deadline is, and nothing is stored. Its deadline ran from when the bot
+    took it, not from when it arrived: it was recorded after Slack had shown the person an
+    error, and typed again, it was recorded twice."""
+    _, log = socket_process
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    fake_slack.fail("apps.connections.open", Fault(delay=3))  # longer than COMMAND_DEADLINE_S
+    socket_mode.disconnect("refresh_requested")
+    slash = SlashCommand(secret="unused", team_id=TEAM, channel_id="C0TEST0001", user_id=ALICE)
+    envelope = socket_mode.deliver("slash_commands", dict(parse_qsl(slash.body("note late"))))
+
+    answer = str(socket_mode.ack(envelope)["payload"]["text"])
+
+    assert "Nothing was saved" in answer, log.read_text()
+    with database.engine.connect() as conn:
+        assert list(conn.scalars(select(TimelineEntry.text))) == []
+    assert '"outcome": "late"' in log.read_text()
+
+
 def test_a_stopped_socket_process_leaves_what_it_recorded_in_the_sqlite_file(
     fake_slack: FakeSlack, socket_mode: SocketModeServer, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from bot.models import REQUEST_ID_LENGTH, Field, Incident, incident_reference
 from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
-from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, with_session
+from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, time_left, with_session
 from bot.slack.people import SLACKBOT, Person
 from bot.slack.replies import Reply
 
@@ -891,7 +891,10 @@ def handle_incident_command(
 ) -> None:
     """The `/incident` listener: parse, run one use case, commit, then acknowledge."""
     started = time.perf_counter()
-    deadline = time.monotonic() + COMMAND_DEADLINE_S
+    # Counted from the command's arrival where that is known (Socket Mode), as Slack counts.
+    left = time_left()
+    budget = COMMAND_DEADLINE_S if left is None else min(left, COMMAND_DEADLINE_S)
+    deadline = time.monotonic() + budget
     session: Session = context["db"]
     now = services.clock()
 
@@ -913,11 +916,17 @@ def handle_incident_command(
 
     committing = False
     try:
-        with db.deadline(services.engine, COMMAND_DEADLINE_S):
-            outcome = run_command(command.get("text", ""), build_call, services.settings)
-            committing = True
-            if session.in_transaction():  # a note is committed by the note writer instead
-                session.commit()
+        if budget <= 0:  # it waited out its time before it was taken: Slack has given up
+            subcommand = find_subcommand(split_subcommand(command.get("text", ""))[0])
+            outcome = Outcome(
+                replies.too_late(), result="late", subcommand=subcommand.name if subcommand else ""
+            )
+        else:
+            with db.deadline(services.engine, budget):
+                outcome = run_command(command.get("text", ""), build_call, services.settings)
+                committing = True
+                if session.in_transaction():  # a note is committed by the note writer instead
+                    session.commit()
     except (SQLAlchemyError, notes.NoteWriteError) as error:
         log.warning("could not record a command: %s", type(error).__name__, exc_info=True)
         rollback_quietly(session)

@@ -37,9 +37,13 @@ _answer_by: ContextVar[float | None] = ContextVar("answer_by", default=None)
 
 
 @contextmanager
-def answering(within: float) -> Iterator[None]:
-    """Handle a request that Slack needs answered within `within` seconds."""
-    token = _answer_by.set(time.monotonic() + within)
+def answering(within: float, *, since: float | None = None) -> Iterator[None]:
+    """Handle a request that Slack needs answered within `within` seconds of `since` (its
+    time.monotonic() on arrival; by default, now). Inside another `answering`, the earlier
+    of the two times holds."""
+    answer_by = (time.monotonic() if since is None else since) + within
+    outer = _answer_by.get()
+    token = _answer_by.set(answer_by if outer is None else min(outer, answer_by))
     try:
         yield
     finally:

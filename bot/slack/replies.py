@@ -341,6 +341,13 @@ def could_not_record() -> Reply:
     )
 
 
+def too_late() -> Reply:
+    return simple(
+        ":warning: I could not record that: it reached me too late to answer in time. Nothing "
+        "was saved; please try again."
+    )
+
+
 # Bolt says this (as text, not a Reply) when it cannot authorize a request: the workspace's
 # token is gone, or Slack refused to check it just now (auth.test rate limited, down).
 NOT_AUTHORIZED = (

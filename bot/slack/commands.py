@@ -444,13 +444,46 @@ def handle_severity(call: Call, incident: Incident | None) -> Outcome:
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|([^>]*))?>[.!,;:]*$")
 
 
+# What else the list that opens at @ (or #) offers: a user group, everyone in the channel,
+# a channel; and one person's mention, of which there may be several.
+_NOT_A_PERSON = re.compile(r"<([#!])([^<>|]*)(\|[^<>]*)?>")
+_PERSON = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^<>]*)?>")
+
+
+def _not_one_person(mention: str, role: str) -> str:
+    """Why `mention` (as Slack sent it) does not name one person, for the refusal: the
+    person may well have picked what they typed from Slack's list."""
+    usage = f"`/incident role {role} @ann`"
+    for piece in _NOT_A_PERSON.finditer(mention):
+        sigil, target, label = piece.groups()
+        if sigil == "#":
+            kind = "a channel"
+        elif target.startswith("subteam^"):
+            kind = "a user group"
+        elif target in ("here", "channel", "everyone"):
+            kind, label = "everyone in the channel", target
+        else:  # a date, or markup Slack may add one day
+            continue
+        # Without its label Slack's markup holds only an id, which would mean nothing.
+        named = bidi.quoted(slack_text.decode(piece.group())) if label else "That"
+        return (
+            f"{named} is {kind}; give the {role} role to one person: {usage}. Nothing was recorded."
+        )
+    people = len(_PERSON.findall(mention))
+    if people > 1:
+        return f"Give the {role} role to one person at a time: {usage}. Nothing was recorded."
+    if people:
+        return (
+            f"Give the {role} role with only the person's mention after it: {usage}. "
+            "Nothing was recorded."
+        )
+    return f"Mention the person (type @ and pick them from the list), e.g. {usage}."
+
+
 def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
     match = _MENTION.match(mention.strip())
     if match is None:
-        raise incidents.IncidentError(
-            "Mention the person (type @ and pick them from the list), e.g. "
-            f"`/incident role {role} @ann`."
-        )
+        raise incidents.IncidentError(_not_one_person(mention, role))
     user_id, label = match.group(1), (match.group(2) or "").strip()
     person = call.services.people.person(team_id=call.team_id, user_id=user_id, token=call.token)
     name = label or person.name or f"@{user_id}"

@@ -615,6 +615,38 @@ def test_bad_role_assignments_are_refused(bot: Bot, typed: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("arrived", "why"),
+    [
+        ("role scribe <!subteam^S0ONCALL01|@oncall>", "“@oncall” is a user group"),
+        ("commander <!subteam^S0ONCALL01>", "That is a user group"),
+        ("commander <#C0GENERAL1|general>", "“#general” is a channel"),
+        ("role scribe <#C0GENERAL1>", "That is a channel"),
+        ("commander <!here>", "“@here” is everyone in the channel"),
+        ("commander <!channel>", "“@channel” is everyone in the channel"),
+        ("commander <@U0BOB00001|bob> <@U0ALICE001|alice>", "one person at a time"),
+        ("role scribe <@U0BOB00001> and <@U0ALICE001>", "one person at a time"),
+        ("commander <@U0BOB00001|bob> taking over", "only the person's mention"),
+    ],
+)
+def test_a_role_for_a_group_a_channel_or_several_people_says_why_it_is_refused(
+    bot: Bot, arrived: str, why: str
+) -> None:
+    # The person did mention someone from the list: "mention the person" would not tell
+    # them what was wrong.
+    bot.command("start Outage")
+    reply = bot.command(arrived, escaped=True)
+
+    assert reply.status == 200 and not reply.in_channel
+    # What it quotes is escaped: the refusal cannot ping the channel it names.
+    assert why in reply.text.replace("\u200b", "") and "Nothing was recorded" in reply.text
+    assert "<!" not in reply.visible and "<#" not in reply.visible
+    assert "@here" not in reply.visible and "@channel" not in reply.visible
+    assert live(bot) == []
+    with bot.services.sessions() as session:
+        assert session.scalars(select(RoleAssignment)).all() == []
+
+
+@pytest.mark.parametrize(
     ("arrived", "named"),
     [
         ("role r&amp;d <@U0BOB00001>", "“r&amp;d”"),

@@ -621,10 +621,10 @@ def mark_moment(
     at: datetime,
     user_id: str,
     now: datetime,
-) -> None:
+) -> TimelineEntry | None:
     """Record when the impact was detected or mitigated; the moment goes on the timeline.
 
-    Marking it again moves it: the earlier mark leaves the timeline.
+    Marking it again moves it: the earlier mark leaves the timeline, and is returned.
     """
     check_moment(session, incident=incident, moment=moment, at=at)
     earlier = _moment_entry(session, incident=incident, moment=moment)
@@ -633,6 +633,7 @@ def mark_moment(
     set_moment(session, incident=incident, moment=moment, at=at, user_id=user_id, now=now)
     label = MOMENT_LABELS[moment]
     add_event(session, incident=incident, text=label, user_id=user_id, at=at, now=now)
+    return earlier
 
 
 MOMENT_LABELS = {Moment.DETECTED: "Impact detected", Moment.MITIGATED: "Impact mitigated"}

@@ -405,7 +405,7 @@ def _moment_handler(moment: incidents.Moment) -> Handler:
     def handle(call: Call, incident: Incident | None) -> Outcome:
         assert incident is not None
         at = call.time_only(moment.value)
-        incidents.mark_moment(
+        earlier = incidents.mark_moment(
             call.session,
             incident=incident,
             moment=moment,
@@ -419,6 +419,7 @@ def _moment_handler(moment: incidents.Moment) -> Handler:
             at=at,
             now=call.now,
             read_in=call.read_in(at if call.text else None),
+            earlier=earlier,
         )
         return Outcome(marked)
 

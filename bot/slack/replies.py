@@ -441,10 +441,25 @@ def captured(*, reference: str, number: int, created: bool) -> Reply:
 
 
 def moment_marked(
-    incident: Incident, *, moment: str, at: datetime, now: datetime, read_in: ReadIn | None = None
+    incident: Incident,
+    *,
+    moment: str,
+    at: datetime,
+    now: datetime,
+    read_in: ReadIn | None = None,
+    earlier: TimelineEntry | None = None,
 ) -> Reply:
+    """`earlier` is the mark this one replaced: two responders may both mark the moment,
+    and the second moves it, which they must know."""
     when = time_as_read(at, incident.timezone, read_in=read_in, now=now)
-    return simple(f"*{incident.reference}*: impact {moment} at {when}.")
+    said = f"*{incident.reference}*: impact {moment} at {when}."
+    if earlier is not None:
+        was = local_time(earlier.occurred_at, incident.timezone, now=now)
+        said += (
+            f"\n{slack_text.user(earlier.author_id)} had marked it at {was}; that mark is "
+            "off the timeline, replaced by this one."
+        )
+    return simple(said)
 
 
 def severity_set(incident: Incident, *, level: str, previous: str | None, by: str) -> Reply:

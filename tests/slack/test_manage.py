@@ -326,6 +326,22 @@ def test_marking_a_moment_again_moves_it(bot: Bot) -> None:
     assert revisions == [("delete", "Impact detected", ALICE)]
 
 
+def test_marking_a_moment_again_says_where_it_moved_from(bot: Bot) -> None:
+    # Two responders both type `detected`, minutes apart: the second moves the detection
+    # later, and must be told that it was marked already, when and by whom.
+    bot.command("start 7:00 AM - Outage")
+    bot.command("detected")  # 9:00 AM in Nairobi
+    bot.clock.advance(minutes=5)
+
+    reply = bot.command("detected", user=BOB)
+
+    assert "impact detected at 9:05 AM EAT" in reply.text
+    assert "<@U0ALICE001> had marked it at 9:00 AM EAT" in reply.text
+    assert "that mark is off the timeline, replaced by this one" in reply.text
+    first = bot.command("mitigated")
+    assert "moved" not in first.text
+
+
 def test_deleting_or_moving_a_moments_entry_moves_the_moment(bot: Bot) -> None:
     bot.command("start 7:00 AM - Outage")
     bot.command("detected 7:10 AM")  # entry 1

@@ -310,28 +310,32 @@ def status(
     if known:
         blocks.extend(_sections(known))
     if entries:
-        hidden = total - len(entries)
         lines = [_entry_line(e, incident.timezone, now, 200) for e in entries]
+        shown = _latest_that_fit(lines, SECTION_LIMIT - 150)
+        # Counted after the cut: the latest entries escaped may fill the section before all
+        # of them are in.
+        hidden = total - len(shown)
         if hidden:
-            lines.insert(0, f"_{hidden} earlier entr{'y' if hidden == 1 else 'ies'} not shown_")
-        blocks.append(_section("*Timeline*\n" + _fit_lines(lines)))
+            word = "entry" if hidden == 1 else "entries"
+            shown.insert(0, f"_{hidden} earlier {word} not shown: `/incident timeline` lists all_")
+        blocks.append(_section("*Timeline*\n" + "\n".join(shown)))
     else:
         blocks.append(_section("*Timeline*\nNothing noted yet: `/incident note <text>`"))
     word = "entry" if total == 1 else "entries"
     return Reply(text=f"{incident.reference}: {total} timeline {word} so far", blocks=blocks)
 
 
-def _fit_lines(lines: list[str]) -> str:
-    # Keep the newest lines when the section limit forces a cut.
+def _latest_that_fit(lines: list[str], limit: int) -> list[str]:
+    """The last of `lines` that fit in `limit` characters, joined by line breaks; at least
+    one (a line is cut to a section's size where it is shown)."""
     kept: list[str] = []
     size = 0
     for line in reversed(lines):
-        if size + len(line) + 1 > SECTION_LIMIT - 20:
-            kept.append("…")
+        if kept and size + len(line) + 1 > limit:
             break
         kept.append(line)
         size += len(line) + 1
-    return "\n".join(reversed(kept))
+    return kept[::-1]
 
 
 def could_not_record() -> Reply:

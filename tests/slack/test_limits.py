@@ -222,3 +222,25 @@ def test_a_long_title_leaves_the_lines_after_it_in_the_summary_and_the_status(bo
     summary = json.dumps(json.loads(blocks) if isinstance(blocks, str) else blocks)
     for shown in ("*Window:*", "*Impact:* checkout returned 503", "*Root cause:* a bad deploy"):
         assert shown in summary, shown
+
+
+def test_the_status_of_entries_too_long_for_its_section_says_how_many_it_leaves_out(
+    bot: Bot,
+) -> None:
+    # Each entry escapes to about a thousand characters: a section holds two or three of the
+    # latest 20, and the rest must be counted, as the entries before those 20 are.
+    bot.command("start Outage")
+    add_entries(bot, 3000, "&" * 300)
+
+    reply = bot.command("status")
+
+    timeline = next(
+        block["text"]["text"]
+        for block in reply.body["blocks"]
+        if block["text"]["text"].startswith("*Timeline*")
+    )
+    shown = re.findall(r"`#(\d+)`", timeline)
+    assert shown[-1] == "3000"
+    said = re.search(r"(\d+) earlier entries not shown", timeline)
+    assert said is not None and int(said.group(1)) == 3000 - len(shown)
+    assert "`/incident timeline`" in timeline

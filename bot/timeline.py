@@ -244,7 +244,12 @@ def refresh_message(
     if entry is None:
         return None
     # A version with no `edited` (Slack's own change, an unfurl) is older than any edit.
-    if _slack_ts(message.edited_ts) < _slack_ts(entry.source_edited_ts):
+    version, held = _slack_ts(message.edited_ts), _slack_ts(entry.source_edited_ts)
+    if version < held:
+        return entry
+    # Slack announces changes that are no edit (language detection, an unfurl): the version
+    # the entry was read from does not undo a correction made with `/incident edit` since.
+    if version == held and _corrected_since_read(session, entry):
         return entry
     if message.edited_ts is not None:
         entry.source_edited_ts = message.edited_ts
@@ -258,6 +263,21 @@ def refresh_message(
     entry.text = text
     entry.files = files
     return entry
+
+
+def _corrected_since_read(session: Session, entry: TimelineEntry) -> bool:
+    """Whether `/incident edit` changed the entry's text after it was last read from Slack."""
+    changes = session.scalars(
+        select(EntryRevision)
+        .where(EntryRevision.entry_id == entry.id, EntryRevision.action.in_(("edit", "refresh")))
+        .order_by(EntryRevision.id.desc())
+    )
+    for change in changes:
+        if change.action == "refresh":
+            return False
+        if change.new_text != change.old_text:  # not a new time alone
+            return True
+    return False
 
 
 def _slack_ts(ts: str | None) -> tuple[int, int]:

@@ -391,6 +391,35 @@ def test_editing_a_pinned_message_in_slack_refreshes_the_entry(bot: Bot) -> None
     assert (revision.action, revision.old_text) == ("refresh", "DB at 90% CPU")
 
 
+@pytest.mark.parametrize("edited_first", [False, True])
+def test_a_pinned_entry_corrected_by_edit_keeps_the_correction_until_the_message_is_edited(
+    bot: Bot, edited_first: bool
+) -> None:
+    # Slack also announces a change that is no edit (its language detection, an unfurl):
+    # the same version of the message must not undo what the commander corrected.
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, "DB at 90% CPU", user=ALICE, ts=PIN_TS)
+    if edited_first:
+        bot.fake.edit(CHANNEL, ts, "DB at 95% CPU")
+    reaction(bot, ts)
+    bot.command("edit 1 DB at 95% CPU on the primary")
+    bot.command("edit 1 8:59 AM")  # then its time alone
+    same = dict(bot.fake.messages[(CHANNEL, ts)])
+
+    assert message_changed(bot, same, previous_text=same["text"]).status == 200
+    [entry] = entries(bot)
+    assert entry.text == "DB at 95% CPU on the primary"
+
+    # An edit in Slack after the correction is newer, and replaces it (README).
+    edited = {
+        **bot.fake.edit(CHANNEL, ts, "DB at 99% CPU"),
+        "edited": {"user": ALICE, "ts": "1895154402.000001"},
+    }
+    assert message_changed(bot, edited, previous_text=same["text"]).status == 200
+    [entry] = entries(bot)
+    assert entry.text == "DB at 99% CPU"
+
+
 def test_an_older_edit_delivered_late_does_not_replace_a_newer_one(bot: Bot) -> None:
     # Slack does not promise to deliver events in the order they happened.
     bot.command("start Outage")

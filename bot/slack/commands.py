@@ -147,6 +147,7 @@ class Subcommand:
     # delivered again changes nothing. Not for those that only read, nor for notes (their
     # entry keeps it: bot/notes.py).
     records_request: bool = True
+    reads_only: bool = False  # a refusal then has nothing to say about what was recorded
 
 
 def handle_start(call: Call, _: Incident | None) -> Outcome:
@@ -630,6 +631,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         handle_status,
         needs_text=False,
         records_request=False,
+        reads_only=True,
     ),
     Subcommand(
         "timeline",
@@ -639,6 +641,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         aliases=("entries",),
         needs_text=False,
         records_request=False,
+        reads_only=True,
     ),
     Subcommand(
         "edit",
@@ -702,6 +705,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         needs_text=False,
         needs_incident=False,
         records_request=False,
+        reads_only=True,
     ),
     Subcommand(
         "help",
@@ -711,6 +715,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         needs_text=False,
         needs_incident=False,
         records_request=False,
+        reads_only=True,
     ),
 )
 
@@ -826,7 +831,15 @@ def _run(
         return subcommand.handler(call, incident)
     except (incidents.IncidentError, timeparse.TimeParseError) as error:
         call.session.rollback()
-        return Outcome(replies.refusal(error.message), result="refused")
+        message = error.message
+        # Said of every refused change: under stress, one refusal that does not say it
+        # leaves the person unsure whether the change went in anyway.
+        if not subcommand.reads_only and "nothing was" not in message.lower():
+            message = f"{message} {NOTHING_RECORDED}"
+        return Outcome(replies.refusal(message), result="refused")
+
+
+NOTHING_RECORDED = "Nothing was recorded."
 
 
 # `close INC-12 …`: the incident named, as its own channel was archived and takes no commands.

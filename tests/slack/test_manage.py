@@ -283,6 +283,49 @@ def test_bad_moments_are_refused(bot: Bot, typed: str) -> None:
     assert incident(bot).detected_at is None and incident(bot).mitigated_at is None
 
 
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "detected 6:00 AM",  # before the start
+        "mitigated 7:10 AM",  # before the detection
+        "detected 7:50 AM",  # after the mitigation
+        "detected 25:99",
+        "severity 9",
+        "severity 1",  # the level it has
+        "edit 9 x",
+        "delete 9",
+        "edit 2 new text",  # a moment's entry: its time alone can change
+        "edit 2 6:00 AM",
+        "edit 1",
+        "delete 1 2",
+        "cause \u200b",
+        "note 7:10 AM",
+    ],
+)
+def test_a_refused_change_says_that_nothing_was_recorded(bot: Bot, typed: str) -> None:
+    # Under stress, a refusal that does not say so leaves the person unsure whether the
+    # change went in anyway.
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note first")
+    bot.command("detected 7:30 AM")
+    bot.command("mitigated 7:40 AM")
+    bot.command("severity 1")
+    before = live(bot)
+
+    reply = bot.command(typed)
+
+    assert reply.body["blocks"][0]["text"]["text"].startswith(":warning:"), reply.text
+    assert reply.text.count("Nothing was recorded.") == 1, reply.text
+    assert live(bot) == before
+
+
+@pytest.mark.parametrize("typed", ["timeline 9", "timeline x", "timeline 1 2"])
+def test_a_refused_question_claims_nothing_about_recording(bot: Bot, typed: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    reply = bot.command(typed)
+    assert reply.text and "recorded" not in reply.text
+
+
 @pytest.mark.parametrize("typed", ["detected 7:20 AM -", "mitigated 7:20 AM -"])
 def test_a_moment_typed_with_the_dash_other_commands_take_is_read(bot: Bot, typed: str) -> None:
     # `note 7:20 AM - …` and `close 7:20 AM -` take the dash; Slack trims the space after it.

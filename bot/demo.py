@@ -172,8 +172,10 @@ class FakeSlack:
     # --- inspecting and steering ---------------------------------------------------------
 
     def fail(self, method: str, fault: Fault) -> None:
+        # A copy, counted down as it is given: the caller's may be given again (a test's
+        # parameter, shared by the SQLite and PostgreSQL runs of the test).
         with self._lock:
-            self.faults.setdefault(method, []).append(fault)
+            self.faults.setdefault(method, []).append(dataclasses.replace(fault))
 
     def calls_to(self, method: str) -> list[ApiCall]:
         with self._lock:

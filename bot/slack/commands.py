@@ -93,8 +93,7 @@ class Call:
                 f"`/incident {subcommand}` takes only a time, so "
                 f"{bidi.quoted(replies.shorten(tail.strip(), 100))} would be lost. Mark it with "
                 f"`/incident {subcommand} {bidi.contained(head.strip())}` and add the text "
-                f"with `/incident note {bidi.contained(head.strip())} - <text>`. "
-                "Nothing was recorded."
+                f"with `/incident note {bidi.contained(head.strip())} - <text>`."
             )
         return timeparse.parse_time(head, zone=self.zone(), now=self.now)
 
@@ -199,7 +198,7 @@ def _refuse_only_a_time(text: str, subcommand: str, what: str) -> None:
     if _time_only(text):
         raise incidents.EmptyTextError(
             f"{bidi.quoted(text)} is only a time; the {what} goes after it: "
-            f"`/incident {subcommand} {bidi.contained(text)} - <{what}>`. Nothing was recorded."
+            f"`/incident {subcommand} {bidi.contained(text)} - <{what}>`."
         )
 
 
@@ -468,17 +467,12 @@ def _not_one_person(mention: str, role: str) -> str:
             continue
         # Without its label Slack's markup holds only an id, which would mean nothing.
         named = bidi.quoted(slack_text.decode(piece.group())) if label else "That"
-        return (
-            f"{named} is {kind}; give the {role} role to one person: {usage}. Nothing was recorded."
-        )
+        return f"{named} is {kind}; give the {role} role to one person: {usage}."
     people = len(_PERSON.findall(mention))
     if people > 1:
-        return f"Give the {role} role to one person at a time: {usage}. Nothing was recorded."
+        return f"Give the {role} role to one person at a time: {usage}."
     if people:
-        return (
-            f"Give the {role} role with only the person's mention after it: {usage}. "
-            "Nothing was recorded."
-        )
+        return f"Give the {role} role with only the person's mention after it: {usage}."
     return f"Mention the person (type @ and pick them from the list), e.g. {usage}."
 
 
@@ -881,7 +875,7 @@ def _closing_by_name(call: Call, number: int) -> str | Outcome:
 
 def _not_closed(why: str) -> Outcome:
     """`why` is the bot's own mrkdwn (it may link a channel), holding nothing typed."""
-    return Outcome(replies.simple(f":warning: {why} Nothing was recorded."), result="refused")
+    return Outcome(replies.simple(f":warning: {why} {NOTHING_RECORDED}"), result="refused")
 
 
 # Subcommands that may read a time in the caller's zone, and those that name a person.

@@ -389,10 +389,14 @@ class FakeSlack:
             is_private = channel.startswith("G") or channel in self.private
             if channel in self.deleted or (is_private and channel in self.members_only):
                 return {"ok": False, "error": "channel_not_found"}
+            if channel.startswith("D"):  # a direct message: a person, no name
+                return {"ok": True, "channel": {"id": channel, "is_im": True, "user": "U0DM000001"}}
+            named = {id_: name for name, id_ in self.channel_names.items()}
             return {
                 "ok": True,
                 "channel": {
                     "id": channel,
+                    "name": named.get(channel, channel.lower()),
                     "is_channel": not is_private,
                     "is_group": is_private,
                     "is_private": is_private,

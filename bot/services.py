@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from bot import db, incidents, postmortem
 from bot.config import Settings
 from bot.notes import NoteWriter
+from bot.slack.channel_names import ChannelDirectory
 from bot.slack.middleware import AFTER_RETRY_S, patience, time_left
 from bot.slack.people import UserDirectory
 
@@ -139,6 +140,7 @@ class Services:
     sessions: sessionmaker[Session]
     templates: Environment
     people: UserDirectory
+    channels: ChannelDirectory
     followups: FollowUps = field(default_factory=FollowUps)
     clock: Callable[[], datetime] = utc_now
     notes: NoteWriter = field(init=False)
@@ -176,6 +178,7 @@ def build_services(
         sessions=db.make_session_factory(engine),
         templates=postmortem.build_environment(settings.templates_dir),
         people=UserDirectory(fallback=settings.incident_timezone, api_url=settings.slack_api_url),
+        channels=ChannelDirectory(api_url=settings.slack_api_url),
         clock=clock,
     )
 

@@ -8,7 +8,7 @@ holds one entry per message). Events from channels without an open incident are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -89,8 +89,10 @@ def to_message(
     channel: str,
     client: WebClient,
     author_name: Callable[[str], str | None],
+    channel_names: Callable[[list[str]], Mapping[str, str]],
 ) -> timeline.Message:
-    """What the timeline keeps of a Slack message: decoded text, author, link and files."""
+    """What the timeline keeps of a Slack message: decoded text, author, link and files.
+    `author_name` names a user id, `channel_names` the channel ids it can (`<#C123>`)."""
     ts = str(raw["ts"])
     author = str(raw.get("user") or raw.get("bot_id") or raw.get("username") or "")
     permalink: str | None = None
@@ -106,12 +108,17 @@ def to_message(
         for f in raw.get("files") or []
         if isinstance(f, dict)
     ]
+    text = message_text(raw)
     return timeline.Message(
         channel_id=channel,
         ts=ts,
         author_id=author,
         author_name=author_name(author) if author.startswith(("U", "W")) else _bot_name(raw),
-        text=slack_text.decode(message_text(raw), name_of=author_name),
+        text=slack_text.decode(
+            text,
+            name_of=author_name,
+            channel_names=channel_names(slack_text.unnamed_channels(text)),
+        ),
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,
@@ -191,6 +198,9 @@ def register(app: App, services: Services) -> None:
     def names(team_id: str, token: str | None) -> Callable[[str], str | None]:
         return lambda user: services.people.name_for(team_id=team_id, user_id=user, token=token)
 
+    def channel_names(team_id: str, token: str | None) -> Callable[[list[str]], Mapping[str, str]]:
+        return lambda ids: services.channels.names(team_id=team_id, channel_ids=ids, token=token)
+
     def react(token: str | None, channel: str, ts: str, *, add: bool) -> Callable[[], None]:
         return lambda: confirm_capture(services, token, channel, ts, add=add)
 
@@ -237,7 +247,11 @@ def register(app: App, services: Services) -> None:
             log.warning("pinned message %s/%s could not be read", channel, ts)
             return
         message = to_message(
-            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
+            raw,
+            channel=channel,
+            client=client,
+            author_name=names(team_id, context.bot_token),
+            channel_names=channel_names(team_id, context.bot_token),
         )
         event_id = request_id(body, "event_id")
         if event_id is not None:
@@ -342,7 +356,11 @@ def register(app: App, services: Services) -> None:
             return
         end_lookup(session)
         message = to_message(
-            raw, channel=channel, client=client, author_name=names(team_id, context.bot_token)
+            raw,
+            channel=channel,
+            client=client,
+            author_name=names(team_id, context.bot_token),
+            channel_names=channel_names(team_id, context.bot_token),
         )
         try:
             timeline.refresh_message(
@@ -398,6 +416,7 @@ def register(app: App, services: Services) -> None:
                     channel=channel,
                     client=client,
                     author_name=names(team_id, context.bot_token),
+                    channel_names=channel_names(team_id, context.bot_token),
                 )
                 trigger_id = request_id(body)
                 if trigger_id is not None:

@@ -784,7 +784,12 @@ def _run(
     if subcommand.needs_text and not rest:
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
         return Outcome(help_reply(settings, problem), result="missing_text")
-    call = replace(build_call(slack_text.decode(rest)), raw=rest)
+    call = build_call(rest)
+    # Looked up before the command's transaction begins, as people are (_look_up_people).
+    channel_names = call.services.channels.names(
+        team_id=call.team_id, channel_ids=slack_text.unnamed_channels(rest), token=call.token
+    )
+    call = replace(call, text=slack_text.decode(rest, channel_names=channel_names), raw=rest)
     if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")

@@ -114,7 +114,7 @@ class UserDirectory:
                 person = Person(zone=None, name=None, unknown=True)
             else:
                 log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
-                failed_for = _retry_after(error)
+                failed_for = retry_after(error)
         except Exception as error:  # any other failure (network, timeout) means the fallbacks
             log.warning("users.info failed for %s: %s; using fallbacks", key[1], error)
         with self._lock:
@@ -124,7 +124,7 @@ class UserDirectory:
         return person
 
 
-def _retry_after(error: SlackApiError) -> float:
+def retry_after(error: SlackApiError) -> float:
     """How long to use the fallbacks after `error`: as long as Slack asks, when it says."""
     if error.response.status_code == 429:
         try:

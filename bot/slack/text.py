@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from bot import bidi
 
@@ -11,6 +11,8 @@ from bot import bidi
 _MARKUP = re.compile(r"<([^<>]*)>")
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _ZERO_WIDTH_SPACE = "\u200b"
+# A channel mention without its name: <#C0123ABCD>, or <#C0123ABCD|> in a command's text.
+_UNNAMED_CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)\|?>")
 # What Slack reads as one piece of markup: an entity, or a link or mention (<@U1>,
 # <#C1|general>, <https://x|label>). Cut inside one, its pieces would show as typed.
 _PIECE = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
@@ -26,18 +28,35 @@ _BACKTICK = str.maketrans("`", "\u02cb")
 _QUOTE = re.compile(r"^([^\S\n]*)&gt;", re.MULTILINE)
 
 
-def decode(text: str, *, name_of: Callable[[str], str | None] | None = None) -> str:
+def decode(
+    text: str,
+    *,
+    name_of: Callable[[str], str | None] | None = None,
+    channel_names: Mapping[str, str] | None = None,
+) -> str:
     """Turn Slack's escaped command text into what the person typed.
 
     Mentions become their visible form (`@ann`, `#general`, `@here`), links their URL or
     label, and the three escaped characters (`&amp;`, `&lt;`, `&gt;`) themselves. A message's
     text names no one (`<@U123>`, where a command's has `<@U123|ann>`): `name_of` gives the
-    name Slack shows for a user id, or else the id is kept.
+    name Slack shows for a user id, or else the id is kept. So for channels (`<#C123>`),
+    whose names `channel_names` holds (`unnamed_channels` lists the ids to look up).
     """
-    return _unescape(_MARKUP.sub(lambda match: _visible_form(match, name_of), text))
+    return _unescape(
+        _MARKUP.sub(lambda match: _visible_form(match, name_of, channel_names or {}), text)
+    )
 
 
-def _visible_form(match: re.Match[str], name_of: Callable[[str], str | None] | None) -> str:
+def unnamed_channels(text: str) -> list[str]:
+    """The ids of the channels `text` mentions without their names, in order, once each."""
+    return list(dict.fromkeys(_UNNAMED_CHANNEL.findall(text)))
+
+
+def _visible_form(
+    match: re.Match[str],
+    name_of: Callable[[str], str | None] | None,
+    channel_names: Mapping[str, str],
+) -> str:
     inner = match.group(1)
     target, _, label = inner.partition("|")
     if target.startswith("@"):
@@ -47,7 +66,8 @@ def _visible_form(match: re.Match[str], name_of: Callable[[str], str | None] | N
         name = name_of(user_id) if name_of and re.fullmatch(r"[UW][A-Z0-9]+", user_id) else None
         return f"@{name.removeprefix('@')}" if name else target
     if target.startswith("#"):
-        return f"#{label}" if label else target
+        name = label or channel_names.get(target[1:])
+        return f"#{name.removeprefix('#')}" if name else target
     if target.startswith("!"):
         keyword = target[1:].split("^", 1)[0]
         if keyword in ("channel", "here", "everyone"):

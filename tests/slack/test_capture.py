@@ -904,3 +904,72 @@ def test_a_shortcut_answer_that_cannot_reach_its_response_url_does_not_log_the_u
 
     assert [r.getMessage() for r in caplog.records if url in r.getMessage()] == []
     assert entries(bot, live=False) == []
+
+
+def test_channels_mentioned_in_a_pinned_message_are_kept_by_their_names(bot: Bot) -> None:
+    """Slack sends a channel mention in a message as `<#C0123ABCD>`, with no name: the entry,
+    and so the postmortem, read "#C0WARROOM1" where the channel had read "#war-room"."""
+    bot.fake.channel_names["war-room"] = "C0WARROOM1"
+    bot.fake.members_only.add("G0SECRET01")  # private, and the bot is not in it
+    bot.command("start Outage")
+    text = "moving to <#C0WARROOM1>; <#G0SECRET01> and <#C0GENERAL1|general> know"
+    ts = bot.fake.post(CHANNEL, text, user=ALICE, ts=PIN_TS)
+    later = bot.fake.post(CHANNEL, "still in <#C0WARROOM1>", user=ALICE, ts="1795154460.000100")
+
+    reaction(bot, ts)
+    reaction(bot, later)
+    bot.wait()
+    bot.command("close")
+    bot.wait()
+
+    first, second = entries(bot)
+    # Slack does not show the bot G0SECRET01 (channel_not_found): its id is all there is.
+    assert first.text == "moving to #war-room; #G0SECRET01 and #general know"
+    assert second.text == "still in #war-room"
+    assert "moving to #war-room; #G0SECRET01" in bot.fake.uploaded_text()
+    asked = [call.params["channel"] for call in bot.fake.calls_to("conversations.info")]
+    assert sorted(asked) == ["C0WARROOM1", "G0SECRET01"]  # once each: the answers are cached
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(error="missing_scope", details={"needed": "channels:read"}),
+        Fault(status=429, error="ratelimited", retry_after=30, times=2),
+        Fault(status=500, error="fatal_error", times=2),
+        Fault(delay=2.5),  # longer than a lookup may wait
+    ],
+    ids=["missing_scope", "ratelimited", "server_error", "timeout"],
+)
+def test_a_channel_slack_does_not_name_keeps_its_id_and_the_pin_is_kept(
+    bot: Bot, fault: Fault
+) -> None:
+    bot.fake.channel_names["war-room"] = "C0WARROOM1"
+    bot.command("start Outage")
+    bot.fake.fail("conversations.info", fault)
+    ts = bot.fake.post(CHANNEL, "moving to <#C0WARROOM1>", user=ALICE, ts=PIN_TS)
+
+    assert reaction(bot, ts).status == 200
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == "moving to #C0WARROOM1"
+
+
+def test_a_message_naming_many_channels_looks_up_a_few(bot: Bot) -> None:
+    """conversations.info allows about 50 calls a minute: a message listing channels must
+    not use them all, nor keep the event waiting on each in turn."""
+    ids = [f"C0MANY000{n}" for n in range(8)]
+    for n, channel_id in enumerate(ids):
+        bot.fake.channel_names[f"team-{n}"] = channel_id
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, " ".join(f"<#{c}>" for c in ids), user=ALICE, ts=PIN_TS)
+
+    reaction(bot, ts)
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert (
+        entry.text == "#team-0 #team-1 #team-2 #team-3 #team-4 #C0MANY0005 #C0MANY0006 #C0MANY0007"
+    )
+    assert len(bot.fake.calls_to("conversations.info")) == 5

@@ -771,6 +771,21 @@ def test_slack_markup_is_stored_as_typed_and_never_pings(bot: Bot) -> None:
     assert "&lt;b&gt;" in reply.text  # shown as typed, not as markup
 
 
+def test_a_channel_a_command_mentions_without_its_name_is_stored_by_its_name(bot: Bot) -> None:
+    """Slack escapes a channel in a command's text as `<#C0123ABCD|general>`, but sends some
+    (private channels, Slack Connect ones) as `<#C0123ABCD|>` or `<#C0123ABCD>`: the note
+    read "#C0WARROOM1" where the person had typed "#war-room"."""
+    bot.fake.channel_names["war-room"] = "C0WARROOM1"
+    bot.fake.channel_names["db-team"] = "G0DBTEAM01"
+    bot.command("start Outage")
+
+    reply = bot.command("note moving to <#C0WARROOM1|> with <#G0DBTEAM01>", escaped=True)
+
+    [entry] = stored_entries(bot)
+    assert entry.text == "moving to #war-room with #db-team"
+    assert "#war-room" in reply.visible
+
+
 def test_template_syntax_in_text_is_just_text(bot: Bot) -> None:
     bot.command("start {{ 7*7 }} {% if true %}boom{% endif %}")
     bot.command("note {{ config }}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from bot import bidi
 
@@ -69,15 +70,30 @@ def _visible_form(
         name = label or channel_names.get(target[1:])
         return f"#{name.removeprefix('#')}" if name else target
     if target.startswith("!"):
-        keyword = target[1:].split("^", 1)[0]
+        keyword, *details = target[1:].split("^")
         if keyword in ("channel", "here", "everyone"):
             return f"@{keyword}"
+        if keyword == "subteam":
+            # A user group's handle, when Slack gave it; else a neutral word that names no
+            # group (its handle would need usergroups:read).
+            return f"@{label.removeprefix('@')}" if label else "@group"
         if label:
-            return label if label.startswith("@") or keyword != "subteam" else f"@{label}"
+            return label
+        if keyword == "date":
+            return _date(details)
         return f"@{keyword}"
     if label and label not in _autolinked_forms(target):
         return f"{label} ({target})"
     return label or target
+
+
+def _date(details: list[str]) -> str:
+    """`<!date^1700000000^{date_short}>` sent without its fallback text: the moment in UTC."""
+    try:
+        moment = datetime.fromtimestamp(int(details[0]), UTC)
+    except (IndexError, ValueError, OverflowError, OSError):
+        return "(a date)"
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _autolinked_forms(target: str) -> set[str]:

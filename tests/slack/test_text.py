@@ -29,6 +29,8 @@ ZWSP = "\u200b"
         ("<!everyone> look", "@everyone look"),
         ("paging <!subteam^S0ONCALL1|@oncall>", "paging @oncall"),
         ("paging <!subteam^S0ONCALL1|oncall>", "paging @oncall"),
+        # A group Slack sent without its handle: a word that names no group, never "@subteam".
+        ("paging <!subteam^S0ONCALL1>", "paging @group"),
         ("dashboard <https://x.example/d|label>", "dashboard label (https://x.example/d)"),
         ("dashboard <https://x.example/d>", "dashboard https://x.example/d"),
         ("dashboard <https://x.example/d|https://x.example/d>", "dashboard https://x.example/d"),
@@ -37,6 +39,9 @@ ZWSP = "\u200b"
         ("see <https://status.example.com|status.example.com>", "see status.example.com"),
         ("mail <mailto:ops@example.com|ops@example.com>", "mail ops@example.com"),
         ("<!date^1392734382^{date}|Feb 18> deploy", "Feb 18 deploy"),
+        ("<!date^1700000000^{date_short}^https://x.example|Nov 14> deploy", "Nov 14 deploy"),
+        # Slack asks for the fallback text; one sent without it is the moment, not "@date".
+        ("<!date^1700000000^{date_short}> deploy", "2023-11-14 22:13 UTC deploy"),
         ("a &amp; b", "a & b"),
         ("1 &lt; 2 &gt; 0", "1 < 2 > 0"),
         ("&lt;script&gt;alert(1)&lt;/script&gt;", "<script>alert(1)</script>"),

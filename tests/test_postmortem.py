@@ -7,6 +7,7 @@ standard library's parser, so the tests check what a reader would see, not templ
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 import uuid
@@ -25,13 +26,15 @@ from hypothesis import strategies as st
 from jinja2 import Environment
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot import bidi, db, incidents, postmortem
 from bot.config import Settings
 from bot.incidents import has_visible_text
 from bot.models import Field, Incident
-from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Database
+from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Bot, Database
+from tests.slack.test_capture import reaction
 
 # Copies of ../shared/reference-postmortems, so that a clone on its own can run the tests.
 REFERENCES = Path(__file__).resolve().parent / "reference-postmortems"
@@ -1208,3 +1211,71 @@ def test_role_names_are_shown_as_configured_in_markdown(stories: Stories) -> Non
 
     assert rendered.md[2] == Block("p", "_on_call_: ann · Comms__lead: *bob*")
     assert rendered.page.blocks[3] == Block("p", "_on_call_: ann · Comms__lead: *bob*")
+
+
+# --- Slack's markup, from a signed command or a pinned message to both postmortems ------
+
+# (as Slack sends it, as the person saw it)
+SLACK_TEXT = [
+    (
+        "see <https://x.example/a?b=1&amp;c=2|the runbook> and <https://x.example/b>",
+        "see the runbook (https://x.example/a?b=1&c=2) and https://x.example/b",
+    ),
+    ("1 &lt; 2 &amp;&amp; 3 &gt; 2; &amp;lt;b&amp;gt;", "1 < 2 && 3 > 2; &lt;b&gt;"),
+    ("mail <mailto:ops@x.example|ops@x.example>", "mail ops@x.example"),
+    ("deploy at <!date^1700000000^{date_short}|Nov 14>", "deploy at Nov 14"),
+    ("<!here> <!channel> <!everyone> look", "@here @channel @everyone look"),
+    ("`a|b&lt;c&gt;` and ```x &lt; y | z```", "`a|b<c>` and ```x < y | z```"),
+    (":fire: # not *bold* _x_ | a | b | ~no~", ":fire: # not *bold* _x_ | a | b | ~no~"),
+    ("1. first\n2. second\n# third\n&gt; fourth", "1. first\n2. second\n# third\n> fourth"),
+    (
+        '&lt;script&gt;alert(1)&lt;/script&gt; &lt;a href="javascript:alert(1)" x=\'"\'&gt;',
+        '<script>alert(1)</script> <a href="javascript:alert(1)" x=\'"\'>',
+    ),
+]
+
+
+def test_slack_markup_reaches_both_postmortems_as_the_person_saw_it(bot: Bot) -> None:
+    bot.command("start Outage")
+    answers = [bot.command(f"note {sent}", escaped=True) for sent, _ in SLACK_TEXT]
+    # An integration may post what no person can type: a link whose target runs script.
+    alert = "<javascript:alert(1)|open> the <https://x.example/d?a=1&amp;b=2|dashboard>"
+    ts = bot.fake.post(CHANNEL, alert, user=BOB, ts="1795154460.000100")
+    reaction(bot, ts)
+    bot.wait()
+    answers.append(bot.command("timeline"))  # lists every entry's text
+    bot.clock.advance(minutes=5)
+    answers.append(bot.command("close"))
+    bot.wait()
+
+    seen = [typed for _, typed in SLACK_TEXT]
+    markdown = markdown_blocks(bot.fake.uploaded_text())
+    timeline = [block.text for block in sections(markdown)["Timeline"] if block.kind == "li"]
+    assert timeline[: len(seen)] == [shown_by_markdown(f"9:00 AM - {typed}") for typed in seen]
+    assert timeline[len(seen)].startswith(
+        "9:01 AM - u0bob00001: open (javascript:alert(1)) the dashboard "
+        "(https://x.example/d?a=1&b=2)"
+    )
+
+    with bot.services.sessions() as session:
+        [incident] = session.scalars(select(Incident)).all()
+        context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
+    html = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
+    page = html_blocks(html)
+    our_tags = {"html", "head", "meta", "title", "body", "h1", "h2", "p", "strong", "ul", "li"}
+    assert set(page.tags) <= our_tags | {"br", "footer", "a"}
+    html_timeline = [b.text for b in sections(page.blocks)["Timeline:"] if b.kind == "li"]
+    assert html_timeline[: len(seen)] == [f"9:00 AM - {html_text(typed)}" for typed in seen]
+    # The only link is the bot's own: the pinned message's permalink.
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert hrefs == [f"https://demo.slack.com/archives/{CHANNEL}/p1795154460000100"]
+
+    # Nothing typed pings: every message the bot sent and every answer it gave.
+    sent = [
+        f"{call.params.get('text', '')}{call.params.get('blocks', '')}" for call in bot.fake.calls
+    ]
+    sent += [json.dumps(response) for response in bot.fake.responses]
+    sent += [answer.visible for answer in answers]
+    for text in sent:
+        assert "<!" not in text
+        assert not re.search(r"(?<!\u200b)@(channel|here|everyone)\b", text), text

@@ -22,6 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from bot import bidi
 from bot.models import (
     Action,
+    DeletedChannel,
     EntryKind,
     EntryRevision,
     Field,
@@ -782,6 +783,22 @@ def move_channel(
         .execution_options(synchronize_session=False)
     )
     return count
+
+
+def mark_channel_deleted(session: Session, *, team_id: str, channel_id: str, private: bool) -> int:
+    """Note on a workspace's incidents in `channel_id`, open and closed, that Slack deleted
+    the channel, and whether it was private; how many incidents it concerned. A private
+    channel stays private: a later word that it was public changes nothing."""
+    kind = DeletedChannel.PRIVATE if private else DeletedChannel.PUBLIC
+    query = update(Incident).where(Incident.team_id == team_id, Incident.channel_id == channel_id)
+    if not private:
+        query = query.where(Incident.channel_deleted.is_(None))
+    marked = session.execute(
+        query.values(channel_deleted=kind.value)
+        .returning(Incident.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(marked.all())
 
 
 def latest_incident(session: Session, *, team_id: str, channel_id: str) -> Incident | None:

@@ -29,6 +29,13 @@ class EntryKind(StrEnum):
     EVENT = "event"  # a change the bot recorded: severity, roles, status, key moments
 
 
+class DeletedChannel(StrEnum):
+    """What Slack said of an incident's channel when it deleted it (its event's type)."""
+
+    PUBLIC = "public"  # channel_deleted
+    PRIVATE = "private"  # group_deleted
+
+
 class Field(StrEnum):
     """The parts of a postmortem that are set as a whole (the latest value wins)."""
 
@@ -89,6 +96,9 @@ class Incident(Base):
     mitigated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # The counter behind the timeline's short numbers (#1, #2, ...).
     last_entry_number: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Set once Slack says the channel was deleted (DeletedChannel): no command can be typed
+    # there again, and Slack no longer shows it, so `close INC-<n>` is typed elsewhere.
+    channel_deleted: Mapped[str | None] = mapped_column(String(16), default=None)
 
     entries: Mapped[list[TimelineEntry]] = relationship(
         back_populates="incident", order_by="(TimelineEntry.occurred_at, TimelineEntry.id)"
@@ -102,6 +112,10 @@ class Incident(Base):
     @property
     def is_open(self) -> bool:
         return self.status == IncidentStatus.OPEN
+
+    @property
+    def private_channel_deleted(self) -> bool:
+        return self.channel_deleted == DeletedChannel.PRIVATE
 
 
 class TimelineEntry(Base):

@@ -42,6 +42,8 @@ def test_the_manifest_subscribes_to_the_events_the_app_listens_to() -> None:
         "message.channels",
         "message.groups",
         "channel_id_changed",
+        "channel_deleted",
+        "group_deleted",
         "app_uninstalled",
         "tokens_revoked",
     }
@@ -74,6 +76,8 @@ def test_every_event_the_manifest_subscribes_to_is_answered_by_the_app(bot: Bot)
             event.update(user="U0ALICE001", reaction="tada", item=item)
         if kind == "channel_id_changed":
             event.update(old_channel_id="G0OLD00001", new_channel_id="C0NEW00001")
+        if kind in ("channel_deleted", "group_deleted"):
+            event["channel"] = "C0GONE0001"
         if kind == "tokens_revoked":
             event["tokens"] = {"bot": ["U0BOT00001"]}
         body, headers = signed_event(SECRET, event, team_id=TEAM)

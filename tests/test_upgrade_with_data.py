@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Engine, MetaData, Table, inspect, select, text
 
 from bot import db
@@ -28,7 +29,12 @@ from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Bot, Clock, Database, make_settings
 from tests.test_migrations import HEAD_REVISION, SLACK_ENV, empty_database_of, run_cli
 
-OLDER_REVISIONS = ["0001", "0002", "0003", "0004", "0005"]
+OLDER_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+# Every revision, oldest first, as Alembic chains them (not by their ids' spelling).
+IN_ORDER = [
+    script.revision
+    for script in reversed(list(ScriptDirectory(str(db.MIGRATIONS_DIR)).walk_revisions()))
+]
 # Tables incident-bot 0.1 made with create_all, before it used migrations: 0001's, unrecorded.
 UNRECORDED = "unrecorded"
 
@@ -406,7 +412,7 @@ def fill(engine: Engine, revision: str) -> dict[str, list[dict[str, Any]]]:
             kept = [
                 {key: value for key, value in row.items() if key in columns}
                 for row in rows
-                if row.get("since", "0001") <= revision
+                if IN_ORDER.index(row.get("since", "0001")) <= IN_ORDER.index(revision)
             ]
             if kept:
                 connection.execute(table.insert(), kept)

@@ -169,3 +169,28 @@ def register(app: App, services: Services) -> None:
             log.info("channel %s is now %s: %d incident(s) moved with it", old, new, moved)
 
     app.event("channel_id_changed")(handle_channel_id_changed)
+
+    @with_session(services.sessions)
+    def handle_channel_deleted(
+        event: dict[str, Any], body: dict[str, Any], context: BoltContext
+    ) -> None:
+        """Slack deleted a channel (`channel_deleted`, public; `group_deleted`, private, sent
+        only if the bot was in it). Slack then answers `channel_not_found` for it, as for a
+        private channel the bot is not in, so only this event says that it is gone for good
+        and whether it was private; its incidents note it (`close INC-<n>` from elsewhere)."""
+        channel = str(event.get("channel") or "")
+        if not channel:
+            return
+        session: Session = context["db"]
+        marked = incidents.mark_channel_deleted(
+            session,
+            team_id=team_of(context, body),
+            channel_id=channel,
+            private=event.get("type") == "group_deleted",
+        )
+        session.commit()
+        if marked:
+            log.info("channel %s was deleted: %d incident(s) noted it", channel, marked)
+
+    app.event("channel_deleted")(handle_channel_deleted)
+    app.event("group_deleted")(handle_channel_deleted)

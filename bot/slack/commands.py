@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from bot import bidi, db, incidents, notes, timeline, timeparse
 from bot.config import Settings
-from bot.models import REQUEST_ID_LENGTH, Field, Incident, incident_reference
+from bot.models import REQUEST_ID_LENGTH, DeletedChannel, Field, Incident, incident_reference
 from bot.services import Services
 from bot.slack import channels, publish, replies
 from bot.slack import text as slack_text
@@ -286,7 +286,11 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
         now=call.now,
     )
     services, incident_id, token = call.services, incident.id, call.token
-    channel_id, response_url, reference = call.channel_id, call.response_url, incident.reference
+    response_url, reference = call.response_url, incident.reference
+    # Where the close was typed; nowhere for a private channel Slack deleted: only its
+    # members saw its timeline, and they cannot any more.
+    unposted = incident.private_channel_deleted and incident.channel_id != call.channel_id
+    channel_id = None if unposted else call.channel_id
 
     def followup() -> None:
         publish.publish_postmortem(
@@ -299,10 +303,10 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
         )
 
     return Outcome(
-        replies.closed(incident),
+        replies.closed_unposted(incident) if unposted else replies.closed(incident),
         followup=followup,
         doing=(
-            f"publishing the postmortem of {reference} to {channel_id} "
+            f"publishing the postmortem of {reference} to {channel_id or 'no channel'} "
             f"(`incident-bot export {reference}` prints it)"
         ),
     )
@@ -613,7 +617,7 @@ SUBCOMMANDS: Sequence[Subcommand] = (
         "close",
         "close [<when> -] [<text>]",
         "Close the incident (the text becomes the last entry) and post the postmortem. "
-        "`close INC-<n> …` closes one whose channel was archived, from here.",
+        "`close INC-<n> …` closes one whose channel was archived or deleted, from here.",
         handle_close,
         aliases=("end", "resolve"),
         needs_text=False,
@@ -858,10 +862,12 @@ def named_incident(text: str) -> tuple[int | None, str]:
 def _closing_by_name(call: Call, number: int) -> str | Outcome:
     """The channel in which the incident `close INC-<n>` names is open, or the refusal: it
     must be this channel's, or one whose channel is archived (no one can type a command
-    there) and public (its postmortem is then posted here, where the close was typed)."""
+    there) and public (its postmortem is then posted here, where the close was typed), or
+    one whose channel Slack said it deleted (a private one's postmortem is posted nowhere)."""
     reference = incident_reference(number)
     incident = incidents.find_incident(call.session, team_id=call.team_id, number=number)
     channel_id, is_open = (incident.channel_id, incident.is_open) if incident else ("", False)
+    deleted = incident.channel_deleted if incident else None
     # End the lookup's transaction before Slack is asked: on SQLite it holds the write lock.
     call.session.rollback()
     if incident is None:
@@ -870,8 +876,12 @@ def _closing_by_name(call: Call, number: int) -> str | Outcome:
         return _not_closed(f"{reference} is already closed.")
     if channel_id == call.channel_id:
         return channel_id
+    if deleted == DeletedChannel.PRIVATE:  # closed, and posted nowhere: a DM will do
+        return channel_id
     if call.in_conversation():
         return _not_closed(f"Close {reference} in a channel, where I can post its postmortem.")
+    if deleted == DeletedChannel.PUBLIC:  # Slack knows it no more: nothing to ask
+        return channel_id
     why_not = channels.why_not_closed_elsewhere(
         call.services, token=call.token, channel_id=channel_id, reference=reference
     )

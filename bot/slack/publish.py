@@ -64,11 +64,12 @@ def publish_postmortem(
     *,
     incident_id: int,
     reference: str,
-    channel_id: str,
+    channel_id: str | None,
     token: str | None,
     response_url: str | None,
 ) -> None:
-    """Render and keep the postmortem, then post the summary and the Markdown file."""
+    """Render and keep the postmortem, then post the summary and the Markdown file in
+    `channel_id`; in none when it is None (the incident's private channel was deleted)."""
     failure: str | None = None  # of the template, told once the session is closed
     try:
         with services.sessions() as session:
@@ -116,19 +117,22 @@ def publish_postmortem(
                 "postmortem."
             ),
         )
+    if channel_id is None:
+        return
+    posted_in = channel_id
 
     client = web_client(services.settings, token)
 
     def post_summary() -> None:
         client.chat_postMessage(
-            channel=channel_id,
+            channel=posted_in,
             text=summary.text,
             blocks=[block.to_dict() for block in summary.blocks],
             unfurl_links=False,
         )
 
     try:
-        _as_member(client, channel_id, post_summary)
+        _as_member(client, posted_in, post_summary)
     except SlackApiError as error:
         code = str(error.response.get("error", ""))
         log.warning("posting the summary of %s failed: %s", reference, explained(error))
@@ -165,14 +169,14 @@ def publish_postmortem(
 
     def upload() -> None:
         client.files_upload_v2(
-            channel=channel_id,
+            channel=posted_in,
             content=content,
             filename=f"{reference}-postmortem.md",
             title=replies.plain(f"Postmortem {reference}: {title}", 250),
         )
 
     try:
-        _as_member(client, channel_id, upload)
+        _as_member(client, posted_in, upload)
     except UNREACHABLE as error:
         code = explained(error) if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)

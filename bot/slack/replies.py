@@ -245,6 +245,17 @@ def closed(incident: Incident) -> Reply:
     return simple(f"*{incident.reference}* is closed. Posting the summary and the postmortem here…")
 
 
+def closed_unposted(incident: Incident) -> Reply:
+    """A close of an incident whose private channel was deleted: only its members saw its
+    timeline, and they no longer can, so it is posted in no other channel."""
+    reference = incident.reference
+    return simple(
+        f"*{reference}* is closed. Its channel was private and has been deleted, so its "
+        "summary and postmortem are posted nowhere else; they are kept: "
+        f"`incident-bot export {reference}` prints the postmortem."
+    )
+
+
 def close_summary(
     incident: Incident, *, window: str, duration: str, entries: int, actions: int
 ) -> Reply:
@@ -501,7 +512,7 @@ def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
     if not found:
         return simple("No incidents are open in this workspace.")
     lines = [
-        f"*{i.reference}* {slack_text.channel(i.channel_id)} "
+        f"*{i.reference}* {_where(i)} "
         f"{'[' + slack_text.escape(i.severity) + '] ' if i.severity else ''}"
         f"{quoted(i.title, 150)} · since {local_time(i.started_at, i.timezone, now=now)}"
         for i in found
@@ -515,6 +526,14 @@ def incident_list(found: Sequence[Incident], *, now: datetime) -> Reply:
     return Reply(
         text=f"{len(found)} open incident{'' if len(found) == 1 else 's'}", blocks=tuple(blocks)
     )
+
+
+def _where(incident: Incident) -> str:
+    """The incident's channel in a list: a link, or how to close it once Slack deleted it
+    (a link to a deleted channel shows only as a private one would)."""
+    if incident.channel_deleted is None:
+        return slack_text.channel(incident.channel_id)
+    return f"(its channel was deleted: `/incident close {incident.reference}` from here)"
 
 
 def _sections(lines: Sequence[str]) -> list[Block]:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.demo import Fault, signed_event
-from bot.models import Incident
+from bot.models import Incident, Postmortem
 from tests.conftest import ALICE, BOB, CHANNEL, SECRET, TEAM, Bot, Reply
 from tests.slack.test_capture import PIN_TS, entries, reaction
 
@@ -83,9 +83,10 @@ def archive_private(bot: Bot) -> None:
     bot.fake.archived.add(CHANNEL)  # the bot is still a member: Slack shows it the channel
 
 
-def status_of(bot: Bot, number: int = 1) -> tuple[str, list[str]]:
+def status_of(bot: Bot, number: int = 1, *, team: str = TEAM) -> tuple[str, list[str]]:
     with bot.services.sessions() as session:
-        incident = session.scalars(select(Incident).where(Incident.number == number)).one()
+        query = select(Incident).where(Incident.number == number, Incident.team_id == team)
+        incident = session.scalars(query).one()
         texts = [e.text for e in incident.entries if e.deleted_at is None]
         return incident.status, texts
 
@@ -163,3 +164,77 @@ def test_closing_an_incident_that_is_already_closed_by_name_says_so(bot: Bot) ->
     reply = bot.command("close INC-1 again", channel=OTHER)
     assert "INC-1 is already closed" in reply.text
     assert status_of(bot) == ("closed", [])
+
+
+def delete(bot: Bot, channel: str = CHANNEL, *, private: bool = False) -> Reply:
+    """Delete a channel in Slack: it no longer knows it, and says so by an event, a private
+    one's only to its members (the bot among them here)."""
+    bot.fake.deleted.add(channel)
+    kind = "group_deleted" if private else "channel_deleted"
+    return channel_event(bot, {"type": kind, "channel": channel})
+
+
+def test_an_incident_whose_channel_was_deleted_is_closed_from_another_channel_by_name(
+    bot: Bot,
+) -> None:
+    bot.command("start Checkout is down")
+    bot.command("note 9:10 AM - rolled back")
+    bot.command("start Elsewhere", team="T0OTHER001")  # the same channel id, another workspace
+
+    assert delete(bot).status == 200
+
+    listed = bot.command("list", channel=OTHER).visible
+    assert "its channel was deleted" in listed and "/incident close INC-1" in listed
+    reply = bot.command("close INC-1 9:30 AM - the channel went with it", channel=OTHER)
+    assert reply.status == 200 and "INC-1" in reply.text
+    assert status_of(bot) == ("closed", ["rolled back", "the channel went with it"])
+    bot.wait()
+    # Slack knows the channel no more: nothing to ask it, and the postmortem goes where the
+    # close was typed.
+    assert bot.fake.calls_to("conversations.info") == []
+    [summary] = bot.fake.calls_to("chat.postMessage")
+    assert summary.params["channel"] == OTHER and "INC-1" in summary.params["text"]
+    [upload] = bot.fake.calls_to("files.completeUploadExternal")
+    assert upload.params["channel_id"] == OTHER
+    assert b"rolled back" in next(iter(bot.fake.uploads.values()))
+    # The other workspace's channel of the same id was not deleted.
+    refused = bot.command("close INC-1", channel=OTHER, team="T0OTHER001")
+    assert "Nothing was recorded" in refused.text
+    assert status_of(bot, team="T0OTHER001") == ("open", [])
+
+
+@pytest.mark.parametrize("where", [OTHER, "D0DIRECT01"], ids=["channel", "direct_message"])
+def test_a_deleted_private_channels_incident_is_closed_by_name_and_posted_nowhere(
+    bot: Bot, where: str
+) -> None:
+    # Only the channel's members saw its timeline, and with the channel gone none can: its
+    # summary and postmortem are kept, and shown to no one in another channel.
+    bot.command("start Payroll export leaks", channel=PRIVATE)
+    bot.command("note 9:10 AM - secret detail", channel=PRIVATE)
+    assert delete(bot, PRIVATE, private=True).status == 200
+
+    reply = bot.command("close INC-1 contained", channel=where)
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "INC-1* is closed" in reply.text and "posted nowhere" in reply.text
+    assert "secret detail" not in reply.text
+    assert status_of(bot) == ("closed", ["secret detail", "contained"])
+    bot.wait()
+    assert bot.fake.calls_to("chat.postMessage") == []
+    assert bot.fake.calls_to("files.completeUploadExternal") == []
+    assert bot.fake.calls_to("conversations.info") == []
+    with bot.services.sessions() as session:
+        [kept] = session.scalars(select(Postmortem)).all()
+        assert "secret detail" in kept.markdown
+
+
+def test_a_channel_deleted_event_after_group_deleted_leaves_the_channel_private(bot: Bot) -> None:
+    bot.command("start Payroll export leaks", channel=PRIVATE)
+    delete(bot, PRIVATE, private=True)
+    delete(bot, PRIVATE)  # a second word, as a public channel: it was private
+
+    reply = bot.command("close INC-1", channel=OTHER)
+
+    assert "posted nowhere" in reply.text and status_of(bot) == ("closed", [])
+    bot.wait()
+    assert bot.fake.calls_to("chat.postMessage") == []

@@ -201,11 +201,14 @@ def _socket(_args: argparse.Namespace) -> int:
     handler.client.default_auto_reconnect_enabled = True
     handler.client.auto_reconnect_enabled = True
     log.info("answering Slack over Socket Mode; stop with SIGTERM or Ctrl-C")
-    _wait_for_a_stop()
+    _wait_for_a_stop(handler.client.stopped)
     _finish_envelopes(handler.client)
     handler.close()  # type: ignore[no-untyped-call]
     # Then give queued follow-ups (a close's postmortem) the same grace as `serve` does.
     services.stop(FOLLOWUP_GRACE_S)
+    if handler.client.refused is not None:  # nothing more will reach it until it is fixed
+        print(f"incident-bot: stopped: {handler.client.refused}.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -227,9 +230,9 @@ def _finish_envelopes(client: SocketModeClient) -> None:
     client.message_workers.shutdown(wait=True)
 
 
-def _wait_for_a_stop() -> None:
-    """Block until SIGTERM (a deploy, systemd, Kubernetes) or SIGINT (Ctrl-C) arrives."""
-    stop = threading.Event()
+def _wait_for_a_stop(stop: threading.Event) -> None:
+    """Block until SIGTERM (a deploy, systemd, Kubernetes) or SIGINT (Ctrl-C) arrives, or
+    `stop` is set otherwise (Slack refused the connection for good)."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())
     stop.wait()

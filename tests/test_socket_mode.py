@@ -307,3 +307,73 @@ def test_a_stopped_socket_process_leaves_what_it_recorded_in_the_sqlite_file(
         texts = list(conn.scalars(select(TimelineEntry.text)))
     copy.dispose()
     assert texts == ["rolled back the deploy"]
+
+
+def stopped(process: subprocess.Popen[bytes], log: Path) -> str:
+    """What the process logged, once it has stopped by itself (within a minute)."""
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running, having logged:\n{log.read_text()}")
+    return log.read_text()
+
+
+def test_socket_mode_turned_off_for_the_app_stops_the_process_and_says_what_to_do(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """Slack says `link_disabled` when the app's Socket Mode is switched off; slack_sdk took
+    it as any disconnect and asked for a new connection every ten seconds, for ever."""
+    process, log = socket_process
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    asked = len(fake_slack.calls_to("apps.connections.open"))
+
+    socket_mode.disconnect("link_disabled")
+
+    said = stopped(process, log)
+    assert process.returncode == 2, said
+    assert "incident-bot: stopped: Slack turned Socket Mode off for the app (link_disabled)" in said
+    assert "Socket Mode page" in said
+    assert len(fake_slack.calls_to("apps.connections.open")) == asked
+
+
+@pytest.mark.parametrize("code", ["invalid_auth", "token_revoked"])
+def test_an_app_token_slack_refuses_later_stops_the_process_and_names_it(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+    code: str,
+) -> None:
+    """The app-level token revoked while the bot runs: every new connection is refused
+    for good, and slack_sdk asked again every ten seconds, for ever."""
+    process, log = socket_process
+    fake_slack.fail("apps.connections.open", Fault(error=code, times=1000))
+
+    socket_mode.drop()
+
+    said = stopped(process, log)
+    assert process.returncode == 2, said
+    assert (
+        f"Slack refused SLACK_APP_TOKEN when asked for a connection (apps.connections.open: {code})"
+        in said
+    )
+    assert len(fake_slack.calls_to("apps.connections.open")) == 2  # the first start's, and one
+
+
+def test_a_connection_that_cannot_be_opened_for_now_is_tried_again(
+    fake_slack: FakeSlack,
+    socket_mode: SocketModeServer,
+    socket_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """Slack failing for a while (an error of its own) is no reason to stop."""
+    process, log = socket_process
+    assert "opened" in command(socket_mode, "start Checkout is down")
+    fake_slack.fail("apps.connections.open", Fault(error="internal_error", times=2))
+
+    socket_mode.drop()
+    socket_mode.wait_connected(timeout=60)
+
+    assert "Added to" in command(socket_mode, "note still here"), log.read_text()
+    assert process.poll() is None, log.read_text()
+    assert len(fake_slack.calls_to("apps.connections.open")) == 4, log.read_text()

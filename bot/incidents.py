@@ -336,6 +336,14 @@ def close_incident(
             f"{incident.reference} started at {_local(start, zone)}; it cannot close before "
             f"that ({_local(closed_at, zone)}). Nothing was recorded."
         )
+    # A reopen said the impact was not over then: the close that ends it comes after.
+    reopened = latest_reopen(session, incident=incident)
+    if reopened is not None and _before(closed_at, reopened):
+        zone = ZoneInfo(incident.timezone)
+        raise CloseBeforeStartError(
+            f"{incident.reference} was reopened at {_local(reopened, zone)}; it cannot close "
+            f"before that ({_local(closed_at, zone)}). Nothing was recorded."
+        )
     # Resolved comes after mitigated. Not necessarily after detected: an impact may end by
     # itself before anyone notices it.
     mitigated = incident.mitigated_at
@@ -360,6 +368,17 @@ def close_incident(
     incident.closed_by = user_id
     session.flush()
     return incident
+
+
+def latest_reopen(session: Session, *, incident: Incident) -> datetime | None:
+    """When the incident was last reopened, if it ever was."""
+    return session.scalar(
+        select(func.max(FieldChange.changed_at)).where(
+            FieldChange.incident_id == incident.id,
+            FieldChange.field == "status",
+            FieldChange.value == "reopened",
+        )
+    )
 
 
 def is_open_locked(session: Session, *, incident: Incident) -> bool:

@@ -1120,3 +1120,23 @@ def test_a_name_in_a_refusal_cannot_format_it(bot: Bot, kind: str) -> None:
     for shown in (reply.text, section):
         assert formatting_markers(shown) == [], shown
         assert NAME in shown.replace(ZWSP, "").replace("\u02cb", "`"), shown
+
+
+def test_a_close_before_the_latest_reopen_is_refused_and_nothing_changes(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")  # 09:00 in Nairobi now
+    bot.command("close 8:00 AM - fixed")
+    bot.wait()
+    bot.clock.advance(minutes=30)  # 09:30
+    bot.command("reopen errors are back")
+    before = live(bot)
+
+    reply = bot.command("close 7:40 AM - fixed")
+
+    assert reply.status == 200 and not reply.in_channel
+    assert "reopened at 2026-11-20 09:30 EAT" in reply.text, reply.text
+    assert "cannot close before that (2026-11-20 07:40 EAT)" in reply.text, reply.text
+    assert reply.text.endswith("Nothing was recorded."), reply.text
+    assert incident(bot).status == "open" and incident(bot).closed_at is None
+    assert live(bot) == before
+    bot.wait()
+    assert len(bot.fake.uploads) == 1  # the first close's postmortem only

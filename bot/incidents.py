@@ -564,7 +564,11 @@ def set_severity(
     level, previous = matches[0], incident.severity
     if level == previous:
         raise IncidentError(f"{incident.reference} is already {level}.")
-    incident.severity = level
+    change = (
+        f"Severity changed from {previous} to {level}" if previous else f"Severity set to {level}"
+    )
+    entry = add_event(session, incident=incident, text=change, user_id=user_id, at=now, now=now)
+    session.flush()  # the entry's id, which the change keeps
     session.add(
         FieldChange(
             incident_id=incident.id,
@@ -572,13 +576,26 @@ def set_severity(
             value=level,
             changed_by=user_id,
             changed_at=now,
+            entry_id=entry.id,
         )
     )
-    change = (
-        f"Severity changed from {previous} to {level}" if previous else f"Severity set to {level}"
-    )
-    add_event(session, incident=incident, text=change, user_id=user_id, at=now, now=now)
+    incident.severity = level
     return level
+
+
+def current_severity(session: Session, *, incident: Incident) -> str | None:
+    """The severity the timeline gives: the latest change whose entry is still on it."""
+    return session.scalar(
+        select(FieldChange.value)
+        .outerjoin(TimelineEntry, TimelineEntry.id == FieldChange.entry_id)
+        .where(
+            FieldChange.incident_id == incident.id,
+            FieldChange.field == "severity",
+            TimelineEntry.deleted_at.is_(None),  # also true of a change with no entry
+        )
+        .order_by(FieldChange.id.desc())
+        .limit(1)
+    )
 
 
 def _severity_key(level: str) -> str:
@@ -601,16 +618,7 @@ def assign_role(
         raise IncidentError(
             f"{bidi.marked(holder.user_name)} is already the {role} of {incident.reference}."
         )
-    assignment = RoleAssignment(
-        incident_id=incident.id,
-        role=role,
-        user_id=user_id,
-        user_name=user_name,
-        assigned_by=assigned_by,
-        assigned_at=now,
-    )
-    session.add(assignment)
-    add_event(
+    entry = add_event(
         session,
         incident=incident,
         text=f"{bidi.contained(user_name)} is now the {role}",
@@ -618,19 +626,67 @@ def assign_role(
         at=now,
         now=now,
     )
+    session.flush()  # the entry's id, which the assignment keeps
+    assignment = RoleAssignment(
+        incident_id=incident.id,
+        role=role,
+        user_id=user_id,
+        user_name=user_name,
+        assigned_by=assigned_by,
+        assigned_at=now,
+        entry_id=entry.id,
+    )
+    session.add(assignment)
     return assignment
 
 
 def current_roles(session: Session, *, incident: Incident) -> dict[str, RoleAssignment]:
-    """Who holds each role now: the latest assignment of each."""
+    """Who holds each role now: the latest assignment of each whose entry is still on the
+    timeline."""
     holders: dict[str, RoleAssignment] = {}
     for assignment in session.scalars(
         select(RoleAssignment)
-        .where(RoleAssignment.incident_id == incident.id)
+        .outerjoin(TimelineEntry, TimelineEntry.id == RoleAssignment.entry_id)
+        .where(
+            RoleAssignment.incident_id == incident.id,
+            TimelineEntry.deleted_at.is_(None),  # also true of one with no entry
+        )
         .order_by(RoleAssignment.id)
     ):
         holders[assignment.role] = assignment
     return holders
+
+
+@dataclass(frozen=True)
+class Undone:
+    """What deleting an entry changed besides the timeline: the severity, or who holds a role
+    (None when nobody does now)."""
+
+    severity: bool = False
+    role: str | None = None
+    holder: RoleAssignment | None = None
+
+
+def follow_timeline(
+    session: Session,
+    *,
+    incident: Incident,
+    severity: str | None,
+    roles: dict[str, RoleAssignment],
+) -> list[Undone]:
+    """Bring the severity and the role holders in line with the timeline that is left, after
+    an entry was deleted; `severity` and `roles` are what they were before. What changed."""
+    session.flush()
+    changed: list[Undone] = []
+    incident.severity = current_severity(session, incident=incident)
+    if incident.severity != severity:
+        changed.append(Undone(severity=True))
+    holders = current_roles(session, incident=incident)
+    for role in sorted(set(roles) | set(holders)):
+        before, after = roles.get(role), holders.get(role)
+        if (before and before.user_id) != (after and after.user_id):
+            changed.append(Undone(role=role, holder=after))
+    return changed
 
 
 def mark_moment(

@@ -202,10 +202,13 @@ class RoleAssignment(Base):
     user_name: Mapped[str] = mapped_column(String(255))
     assigned_by: Mapped[str] = mapped_column(SLACK_ID)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The timeline entry that records it: deleting the entry undoes the assignment.
+    entry_id: Mapped[int | None] = mapped_column(default=None)
 
 
 class FieldChange(Base):
-    """Every value ever given to an incident's impact, cause, resolution or summary."""
+    """Every value ever given to an incident's impact, cause, resolution, summary, severity,
+    key moments or status."""
 
     __tablename__ = "field_changes"
     __table_args__ = (Index("ix_field_changes_incident", "incident_id", "field", "id"),)
@@ -216,6 +219,8 @@ class FieldChange(Base):
     value: Mapped[str] = mapped_column(Text)
     changed_by: Mapped[str] = mapped_column(SLACK_ID)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A severity's timeline entry: deleting the entry undoes the change.
+    entry_id: Mapped[int | None] = mapped_column(default=None)
 
 
 class Action(Base):

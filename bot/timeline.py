@@ -349,16 +349,23 @@ def edit_entry(
 
 def delete_entry(
     session: Session, *, incident: Incident, number: int, user_id: str, now: datetime
-) -> TimelineEntry:
-    """Take an entry off the timeline; who did it and when is kept."""
+) -> tuple[TimelineEntry, list[incidents.Undone]]:
+    """Take an entry off the timeline; who did it and when is kept. A severity or role
+    change goes with its entry: what that changed comes back with it."""
     entry = entry_by_number(session, incident=incident, number=number)
     moment = incidents.moment_of(incident, entry)
+    severity, roles = incident.severity, incidents.current_roles(session, incident=incident)
     incidents.take_off_timeline(session, entry, user_id=user_id, now=now)
     if moment is not None:  # the mark goes with its entry
         incidents.set_moment(
             session, incident=incident, moment=moment, at=None, user_id=user_id, now=now
         )
-    return entry
+    undone: list[incidents.Undone] = []
+    if entry.kind == EntryKind.EVENT.value:
+        undone = incidents.follow_timeline(
+            session, incident=incident, severity=severity, roles=roles
+        )
+    return entry, undone
 
 
 def revisions(session: Session, *, entry: TimelineEntry) -> list[EntryRevision]:

@@ -386,7 +386,7 @@ def handle_delete(call: Call, incident: Incident | None) -> Outcome:
     number, rest = _entry_number(call.text)
     if rest:
         raise incidents.IncidentError("`/incident delete` takes only an entry number.")
-    entry = timeline.delete_entry(
+    entry, undone = timeline.delete_entry(
         call.session, incident=incident, number=number, user_id=call.user_id, now=call.now
     )
     followup = None
@@ -399,7 +399,7 @@ def handle_delete(call: Call, incident: Incident | None) -> Outcome:
             publish.confirm_capture(services, token, channel, ts, add=False)
 
     return Outcome(
-        replies.entry_deleted(incident, entry=entry),
+        replies.entry_deleted(incident, entry=entry, undone=undone),
         followup=followup,
         doing=f"taking the confirmation off {entry.source_channel}/{entry.source_ts}",
     )
@@ -650,7 +650,8 @@ SUBCOMMANDS: Sequence[Subcommand] = (
     Subcommand(
         "delete",
         "delete <n>",
-        "Take entry <n> off the timeline (the record of it is kept).",
+        "Take entry <n> off the timeline (the record of it is kept); a severity or role "
+        "change goes with its entry.",
         handle_delete,
         aliases=("remove",),
     ),

@@ -19,7 +19,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot import bidi
-from bot.incidents import EntryRow, zone_abbreviation
+from bot.incidents import EntryRow, Undone, zone_abbreviation
 from bot.models import Incident, TimelineEntry
 from bot.slack import text as slack_text
 
@@ -442,10 +442,35 @@ def entry_edited(
     )
 
 
-def entry_deleted(incident: Incident, *, entry: TimelineEntry) -> Reply:
-    return simple(
+def entry_deleted(
+    incident: Incident, *, entry: TimelineEntry, undone: Sequence[Undone] = ()
+) -> Reply:
+    """`undone`: the severity or role holders the deletion put back. The channel was told of
+    the change the entry recorded, so it is told that the change is undone."""
+    said = (
         f"Entry `#{entry.number}` ({quoted(entry.text, 200)}) is off *{incident.reference}*'s "
         "timeline. The record of it, and who removed it, is kept."
+    )
+    if not undone:
+        return simple(said)
+    reference, deleted = incident.reference, f"(entry #{entry.number} deleted)"
+    lines = []
+    for change in undone:
+        if change.severity and incident.severity:
+            level = slack_text.escape(incident.severity)
+            lines.append(f"{reference} is {level} again {deleted}")
+        elif change.severity:
+            lines.append(f"{reference} has no severity now {deleted}")
+        elif change.role and change.holder is not None:
+            role, holder = slack_text.escape(change.role), slack_text.user(change.holder.user_id)
+            lines.append(f"{holder} is the {role} of {reference} again {deleted}")
+        elif change.role:
+            lines.append(f"{reference} has no {slack_text.escape(change.role)} now {deleted}")
+    text = "\n".join(lines)
+    return Reply(
+        text=text,
+        blocks=(_section(f":leftwards_arrow_with_hook: {text}\n{said}"),),
+        in_channel=True,
     )
 
 

@@ -1140,3 +1140,63 @@ def test_a_close_before_the_latest_reopen_is_refused_and_nothing_changes(bot: Bo
     assert live(bot) == before
     bot.wait()
     assert len(bot.fake.uploads) == 1  # the first close's postmortem only
+
+
+def test_deleting_a_severity_entry_puts_back_the_severity_the_timeline_leaves(bot: Bot) -> None:
+    bot.command("start Outage")
+    bot.command("severity SEV2")  # #1
+    bot.command("note looking")  # #2
+    bot.command("severity SEV1")  # #3
+
+    reply = bot.command("delete 3")
+
+    assert reply.in_channel, reply.text
+    assert "INC-1 is SEV2 again (entry #3 deleted)" in reply.text, reply.text
+    assert incident(bot).severity == "SEV2"
+    assert "Severity:* SEV2" in bot.command("status").visible
+
+    reply = bot.command("delete 1")
+
+    assert "INC-1 has no severity now (entry #1 deleted)" in reply.text, reply.text
+    assert incident(bot).severity is None
+    assert "Severity:*" not in bot.command("status").visible
+    bot.command("severity SEV3")
+    assert incident(bot).severity == "SEV3"
+    bot.command("close")
+    bot.wait()
+    assert "SEV3" in bot.fake.uploaded_text()
+
+
+def test_deleting_a_role_entry_puts_back_the_previous_holder_or_none(bot: Bot) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    bot.command("commander <@U0BOB00001>", escaped=True)  # #1
+    bot.command("commander <@U0ALICE001|alice>", escaped=True)  # #2
+
+    reply = bot.command("delete 2")
+
+    assert reply.in_channel, reply.text
+    assert "<@U0BOB00001> is the commander of INC-1 again (entry #2 deleted)" in reply.text
+    assert "Commander:* Bob" in bot.command("status").visible
+
+    reply = bot.command("delete 1")
+
+    assert "INC-1 has no commander now (entry #1 deleted)" in reply.text, reply.text
+    assert "Commander" not in bot.command("status").visible
+    bot.command("close")
+    bot.wait()
+    assert "Bob" not in bot.fake.uploaded_text()
+
+
+def test_deleting_an_earlier_role_entry_leaves_the_holder_and_says_nothing_of_it(
+    bot: Bot,
+) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    bot.command("commander <@U0ALICE001|alice>", escaped=True)  # #1
+    bot.command("commander <@U0BOB00001>", escaped=True)  # #2
+
+    reply = bot.command("delete 1")
+
+    assert not reply.in_channel and "again" not in reply.text, reply.text
+    assert "Commander:* Bob" in bot.command("status").visible

@@ -640,10 +640,50 @@ def assign_role(
     return assignment
 
 
-def current_roles(session: Session, *, incident: Incident) -> dict[str, RoleAssignment]:
+def take_role_away(
+    session: Session, *, incident: Incident, role: str, taken_by: str, now: datetime
+) -> Holder:
+    """Leave a role with nobody; the change goes on the timeline. Who held it."""
+    holder = current_roles(session, incident=incident).get(role)
+    if holder is None:
+        raise IncidentError(
+            f"Nobody is the {role} of {incident.reference}; there is no one to take the role from."
+        )
+    entry = add_event(
+        session,
+        incident=incident,
+        text=f"{bidi.contained(holder.user_name)} is no longer the {role}",
+        user_id=taken_by,
+        at=now,
+        now=now,
+    )
+    session.flush()  # the entry's id, which the change keeps
+    session.add(
+        RoleAssignment(
+            incident_id=incident.id,
+            role=role,
+            user_id=None,
+            user_name=None,
+            assigned_by=taken_by,
+            assigned_at=now,
+            entry_id=entry.id,
+        )
+    )
+    return holder
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The person who holds a role."""
+
+    user_id: str
+    user_name: str
+
+
+def current_roles(session: Session, *, incident: Incident) -> dict[str, Holder]:
     """Who holds each role now: the latest assignment of each whose entry is still on the
-    timeline."""
-    holders: dict[str, RoleAssignment] = {}
+    timeline, unless that took the role away."""
+    latest: dict[str, RoleAssignment] = {}
     for assignment in session.scalars(
         select(RoleAssignment)
         .outerjoin(TimelineEntry, TimelineEntry.id == RoleAssignment.entry_id)
@@ -653,8 +693,12 @@ def current_roles(session: Session, *, incident: Incident) -> dict[str, RoleAssi
         )
         .order_by(RoleAssignment.id)
     ):
-        holders[assignment.role] = assignment
-    return holders
+        latest[assignment.role] = assignment
+    return {
+        role: Holder(user_id=held.user_id, user_name=held.user_name or f"@{held.user_id}")
+        for role, held in latest.items()
+        if held.user_id is not None
+    }
 
 
 @dataclass(frozen=True)
@@ -664,7 +708,7 @@ class Undone:
 
     severity: bool = False
     role: str | None = None
-    holder: RoleAssignment | None = None
+    holder: Holder | None = None
 
 
 def follow_timeline(
@@ -672,7 +716,7 @@ def follow_timeline(
     *,
     incident: Incident,
     severity: str | None,
-    roles: dict[str, RoleAssignment],
+    roles: dict[str, Holder],
 ) -> list[Undone]:
     """Bring the severity and the role holders in line with the timeline that is left, after
     an entry was deleted; `severity` and `roles` are what they were before. What changed."""

@@ -198,8 +198,9 @@ class RoleAssignment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(64))
-    user_id: Mapped[str] = mapped_column(SLACK_ID)
-    user_name: Mapped[str] = mapped_column(String(255))
+    # None: the role was taken away (`/incident role commander none`).
+    user_id: Mapped[str | None] = mapped_column(SLACK_ID)
+    user_name: Mapped[str | None] = mapped_column(String(255))
     assigned_by: Mapped[str] = mapped_column(SLACK_ID)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The timeline entry that records it: deleting the entry undoes the assignment.

@@ -480,7 +480,18 @@ def _not_one_person(mention: str, role: str) -> str:
     return f"Mention the person (type @ and pick them from the list), e.g. {usage}."
 
 
+# What takes a role away instead of a person: `/incident role commander none`.
+NOBODY = frozenset({"none", "nobody", "no one", "noone", "no-one", "clear"})
+
+
 def _assign(call: Call, incident: Incident, role: str, mention: str) -> Outcome:
+    if " ".join(slack_text.decode(mention).lower().split()).rstrip(".!") in NOBODY:
+        holder = incidents.take_role_away(
+            call.session, incident=incident, role=role, taken_by=call.user_id, now=call.now
+        )
+        return Outcome(
+            replies.role_taken_away(incident, role=role, user_id=holder.user_id, by=call.user_id)
+        )
     match = _MENTION.match(mention.strip())
     if match is None:
         raise incidents.IncidentError(_not_one_person(mention, role))
@@ -678,14 +689,14 @@ SUBCOMMANDS: Sequence[Subcommand] = (
     ),
     Subcommand(
         "role",
-        "role <role> @person",
-        "Give someone a role: {roles}.",
+        "role <role> @person|none",
+        "Give someone a role: {roles}; `none` takes it away.",
         handle_role,
     ),
     Subcommand(
         "commander",
-        "commander @person",
-        "Make someone the incident commander.",
+        "commander @person|none",
+        "Make someone the incident commander; `none` leaves nobody in the role.",
         handle_commander,
         aliases=("ic", "lead"),
     ),

@@ -523,6 +523,17 @@ def role_assigned(incident: Incident, *, role: str, user_id: str, by: str) -> Re
     )
 
 
+def role_taken_away(incident: Incident, *, role: str, user_id: str, by: str) -> Reply:
+    message = (
+        f":bust_in_silhouette: {slack_text.user(user_id)} is no longer the "
+        f"{slack_text.escape(role)} of *{incident.reference}*; nobody holds the role "
+        f"(set by {slack_text.user(by)})"
+    )
+    return Reply(
+        text=f"{incident.reference}: no {role}", blocks=(_section(message),), in_channel=True
+    )
+
+
 def reopened(incident: Incident, *, reason: str, by: str) -> Reply:
     message = (
         f":arrows_counterclockwise: *{incident.reference}* reopened by {slack_text.user(by)}: "

@@ -1200,3 +1200,39 @@ def test_deleting_an_earlier_role_entry_leaves_the_holder_and_says_nothing_of_it
 
     assert not reply.in_channel and "again" not in reply.text, reply.text
     assert "Commander:* Bob" in bot.command("status").visible
+
+
+@pytest.mark.parametrize(
+    "typed", ["role commander none", "commander nobody", "role Commander No one", "ic clear"]
+)
+def test_a_role_can_be_taken_away_and_the_timeline_says_so(bot: Bot, typed: str) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    bot.command("commander <@U0BOB00001>", escaped=True)  # #1
+
+    reply = bot.command(typed)
+
+    assert reply.in_channel, reply.text
+    assert "<@U0BOB00001> is no longer the commander of *INC-1*" in reply.visible, reply.visible
+    assert [text for _, text, _ in live(bot)] == [
+        "Bob is now the commander",
+        "Bob is no longer the commander",
+    ]
+    assert "Commander" not in bot.command("status").visible
+    refused = bot.command("role commander none")
+    assert "Nobody is the commander of INC-1" in refused.text, refused.text
+    assert refused.text.endswith("Nothing was recorded.") and not refused.in_channel
+    assert len(live(bot)) == 2
+
+    bot.command("delete 2")  # taking it away is undone: Bob is back
+    assert "Commander:* Bob" in bot.command("status").visible
+
+
+def test_taking_away_a_role_nobody_holds_is_refused(bot: Bot) -> None:
+    bot.command("start Outage")
+
+    reply = bot.command("role scribe none")
+
+    assert "Nobody is the scribe of INC-1; there is no one to take the role from." in reply.text
+    assert reply.text.endswith("Nothing was recorded.")
+    assert live(bot) == []

@@ -358,9 +358,15 @@ def _entry_number(text: str) -> tuple[int, str]:
     return int(digits), rest.strip()
 
 
+_NO_TIME_SEPARATOR = re.compile(r"^-(?:\s+|$)")
+
+
 def handle_edit(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     number, rest = _entry_number(call.text)
+    # `edit 3 - new text`: the optional `<when> -` with no time in it. The separator is not
+    # the text's (text that starts with a dash comes after a time: `edit 3 1:10 AM - - x`).
+    rest = _NO_TIME_SEPARATOR.sub("", rest, count=1)
     if rest and _time_only(rest):  # `edit 3 1:10 AM`: a new time only
         rest = rest + timeparse.SEPARATOR
     head, separator, _ = timeparse.partition(rest)

@@ -1236,3 +1236,34 @@ def test_taking_away_a_role_nobody_holds_is_refused(bot: Bot) -> None:
     assert "Nobody is the scribe of INC-1; there is no one to take the role from." in reply.text
     assert reply.text.endswith("Nothing was recorded.")
     assert live(bot) == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("edit 1 - new text", "new text"),
+        ("edit #1 -  new text", "new text"),
+        ("edit 1 8:06 AM - - a dash the text starts with", "- a dash the text starts with"),
+        ("edit 1 -5% errors", "-5% errors"),
+    ],
+)
+def test_an_edit_with_no_time_before_the_separator_keeps_the_separator_out_of_the_text(
+    bot: Bot, typed: str, stored: str
+) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 8:10 AM - old text")
+
+    reply = bot.command(typed)
+
+    assert "is now" in reply.text, reply.text
+    assert [text for _, text, _ in live(bot)] == [stored]
+
+
+def test_an_edit_of_a_separator_alone_is_refused(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 8:10 AM - old text")
+
+    reply = bot.command("edit 1 -")
+
+    assert "Give a new time" in reply.text and reply.text.endswith("Nothing was recorded.")
+    assert [text for _, text, _ in live(bot)] == ["old text"]

@@ -329,6 +329,7 @@ def close_incident(
         raise IncidentError(f"{incident.reference} is already closed.")
     if text is not None and text.strip():
         text = check_text(text)
+    check_typed_time(incident, closed_at)
     start = impact_start(session, incident=incident)
     if _before(closed_at, start):
         zone = ZoneInfo(incident.timezone)
@@ -378,6 +379,26 @@ def latest_reopen(session: Session, *, incident: Incident) -> datetime | None:
             FieldChange.field == "status",
             FieldChange.value == "reopened",
         )
+    )
+
+
+# A typed time further before the incident's start than this is more likely a slip (the
+# year: 2016 for 2026) than meant, and it would stretch the impact window to match. A week,
+# as for a time counted back (`ago`) or a date without a year typed ahead.
+BEFORE_START_LIMIT = timedelta(days=7)
+
+
+def check_typed_time(incident: Incident, at: datetime) -> None:
+    """Refuse a time typed for an entry, a mark or a close more than `BEFORE_START_LIMIT`
+    before the incident's start (`start` itself may be given any past time)."""
+    if at >= incident.started_at - BEFORE_START_LIMIT:
+        return
+    zone = ZoneInfo(incident.timezone)
+    raise IncidentError(
+        f"{incident.reference} began at {_local(incident.started_at, zone)}; {_local(at, zone)} "
+        "is more than 7 days before that, which is more likely a slip (the year?) than meant. "
+        "Give the time again; if it is right, write it into the text of an entry stamped now "
+        "(`/incident note <text>`)."
     )
 
 
@@ -761,6 +782,7 @@ MOMENT_LABELS = {Moment.DETECTED: "Impact detected", Moment.MITIGATED: "Impact m
 
 def check_moment(session: Session, *, incident: Incident, moment: Moment, at: datetime) -> None:
     """Refuse a moment before the impact began, or a detection after the mitigation."""
+    check_typed_time(incident, at)
     start = impact_start(session, incident=incident)
     zone = ZoneInfo(incident.timezone)
     if _before(at, start):

@@ -319,6 +319,8 @@ def edit_entry(
     new_text = check_text(text) if text else None
     if new_text is None and occurred_at is None:
         raise IncidentError("Give a new time (`<when> -`), a new text, or both.")
+    if occurred_at is not None:
+        incidents.check_typed_time(incident, occurred_at)
     moment = incidents.moment_of(incident, entry)
     if moment is not None:  # the incident's own mark: it follows its entry
         if new_text is not None and new_text != entry.text:

@@ -206,6 +206,18 @@ def handle_note(call: Call, _incident: Incident | None) -> Outcome:
     _refuse_only_a_time(call.text, "note", "text")
     leading = call.leading_time()
     occurred_at = leading.when or call.now
+    if leading.when is not None:
+        # The note writer finds the incident as it writes (bot/notes.py); its start, which
+        # never changes, is read here. The read ends before the writer is waited for: on
+        # SQLite, a transaction left open would hold up the writer's commit.
+        try:
+            incident = incidents.find_open_incident(
+                call.session, team_id=call.team_id, channel_id=call.channel_id
+            )
+            if incident is not None:
+                incidents.check_typed_time(incident, leading.when)
+        finally:
+            call.session.rollback()
     note = notes.NewNote(
         team_id=call.team_id,
         channel_id=call.channel_id,

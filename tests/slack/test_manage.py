@@ -1267,3 +1267,36 @@ def test_an_edit_of_a_separator_alone_is_refused(bot: Bot) -> None:
 
     assert "Give a new time" in reply.text and reply.text.endswith("Nothing was recorded.")
     assert [text for _, text, _ in live(bot)] == ["old text"]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "note 2016-11-22 10:00 - x",
+        "close 2016-11-22 10:00 - fixed",
+        "edit 1 2016-11-22 10:00 -",
+        "detected 2016-11-22 10:00",
+        "mitigated Nov 12 2026 6:59 AM",
+    ],
+)
+def test_a_typed_time_more_than_a_week_before_the_start_is_refused(bot: Bot, typed: str) -> None:
+    bot.command("start 7:00 AM - Outage")
+    bot.command("note 8:10 AM - first")
+    before = live(bot)
+
+    reply = bot.command(typed)
+
+    assert "INC-1 began at 2026-11-20 07:00 EAT" in reply.text, reply.text
+    assert "more than 7 days before that" in reply.text, reply.text
+    assert reply.text.endswith("Nothing was recorded.") and not reply.in_channel
+    assert live(bot) == before
+    assert incident(bot).status == "open" and incident(bot).detected_at is None
+
+
+def test_a_typed_time_within_a_week_before_the_start_widens_the_window(bot: Bot) -> None:
+    bot.command("start 7:00 AM - Outage")
+
+    reply = bot.command("note Nov 13 7:00 AM - first errors in the logs")
+
+    assert "cannot" not in reply.text and "days before" not in reply.text, reply.text
+    assert [text for _, text, _ in live(bot)] == ["first errors in the logs"]

@@ -29,7 +29,7 @@ from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Bot, Clock, Database, make_settings
 from tests.test_migrations import HEAD_REVISION, SLACK_ENV, empty_database_of, run_cli
 
-OLDER_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006"]
+OLDER_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 # Every revision, oldest first, as Alembic chains them (not by their ids' spelling).
 IN_ORDER = [
     script.revision

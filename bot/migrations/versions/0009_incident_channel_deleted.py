@@ -1,7 +1,7 @@
 """Incidents note that Slack deleted their channel, and whether it was private.
 
-Revision ID: incident_channel_deleted
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05 15:40:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "incident_channel_deleted"
-down_revision: str | Sequence[str] | None = "0006"
+revision: str = "0009"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

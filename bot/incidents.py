@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from bot.models import (
     Incident,
     IncidentStatus,
     Postmortem,
+    Publication,
     RoleAssignment,
     TimelineEntry,
     Workspace,
@@ -321,8 +323,11 @@ def close_incident(
     user_id: str,
     text: str | None,
     now: datetime,
+    publish_to: PublishTo | None = None,
 ) -> Incident:
-    """Close an incident, the optional text becoming its last timeline entry."""
+    """Close an incident, the optional text becoming its last timeline entry, and record its
+    postmortem's publication as pending (`publish_to`, or the incident's channel), claimed
+    for `PUBLICATION_LEASE` by whoever closes it (`publication(...).claim`)."""
     # Two closes at once (PostgreSQL): the second waits here for the first to commit, then
     # finds the incident closed, instead of closing it again and publishing a second time.
     if not is_open_locked(session, incident=incident):
@@ -367,6 +372,12 @@ def close_incident(
     incident.status = IncidentStatus.CLOSED.value
     incident.closed_at = closed_at
     incident.closed_by = user_id
+    _publication_pending(
+        session,
+        incident=incident,
+        to=publish_to or PublishTo(channel_id=incident.channel_id),
+        now=now,
+    )
     session.flush()
     return incident
 
@@ -547,6 +558,132 @@ def record_postmortem(
     postmortem = Postmortem(incident_id=incident.id, rendered_at=now, markdown=markdown)
     session.add(postmortem)
     return postmortem
+
+
+# --- publication of the postmortem ----------------------------------------------------------
+
+# How long whoever publishes a postmortem holds it before another worker may take it over
+# (renewed before each call to Slack, see `hold_publication`).
+PUBLICATION_LEASE = timedelta(minutes=5)
+# Attempts at publishing a postmortem before it is given up (the close's follow-up is the first).
+PUBLICATION_ATTEMPTS = 8
+# The wait after the first failed attempt; it doubles after each one, up to the longest.
+PUBLICATION_RETRY_FIRST = timedelta(minutes=1)
+PUBLICATION_RETRY_LONGEST = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class PublishTo:
+    """Where a closed incident's postmortem goes: the channel the close was typed in, and
+    the installation (an org-wide one's organization) whose token posts it."""
+
+    channel_id: str
+    enterprise_id: str | None = None
+    is_enterprise_install: bool = False
+
+
+def _publication_pending(
+    session: Session, *, incident: Incident, to: PublishTo, now: datetime
+) -> Publication:
+    found = session.get(Publication, incident.id)
+    if found is None:
+        found = Publication(incident_id=incident.id)
+        session.add(found)
+    found.pending = True
+    found.channel_id = to.channel_id
+    found.enterprise_id = to.enterprise_id
+    found.is_enterprise_install = to.is_enterprise_install
+    found.claim = uuid.uuid4().hex
+    found.claimed_until = now + PUBLICATION_LEASE
+    found.attempts = 1
+    found.summary_posted = False
+    return found
+
+
+def publication(session: Session, *, incident_id: int) -> Publication | None:
+    """The incident's publication (None: closed before publications were recorded)."""
+    return session.get(Publication, incident_id)
+
+
+def publication_retry_after(attempts: int) -> timedelta:
+    """How long after the `attempts`-th failed attempt the next may be made."""
+    doublings = min(max(0, attempts - 1), 16)  # an hour is reached long before
+    return min(PUBLICATION_RETRY_FIRST * (1 << doublings), PUBLICATION_RETRY_LONGEST)
+
+
+def hold_publication(
+    session: Session, *, incident_id: int, claim: str, now: datetime
+) -> Publication | None:
+    """The publication, its claim renewed for `PUBLICATION_LEASE`, if `claim` still holds it
+    and it is pending; None if it is no longer this claim's to publish (reopened, taken over,
+    done)."""
+    found = session.scalars(
+        select(Publication)
+        .where(Publication.incident_id == incident_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if found is None or not found.pending or found.claim != claim:
+        return None
+    found.claimed_until = now + PUBLICATION_LEASE
+    return found
+
+
+def finish_publication(
+    session: Session, *, incident_id: int, claim: str, failed: bool, now: datetime
+) -> Publication | None:
+    """End `claim`'s attempt: published (or refused for good), or `failed` with what a later
+    attempt could get past, to be tried again after `publication_retry_after`, or given up
+    (no longer pending) once it has had `PUBLICATION_ATTEMPTS`. None if the claim no longer
+    held it."""
+    found = hold_publication(session, incident_id=incident_id, claim=claim, now=now)
+    if found is None:
+        return None
+    found.claim = None
+    if not failed or found.attempts >= PUBLICATION_ATTEMPTS:
+        found.pending = False
+        found.claimed_until = None
+    else:
+        found.claimed_until = now + publication_retry_after(found.attempts)
+    return found
+
+
+@dataclass(frozen=True)
+class ClaimedPublication:
+    """A pending publication taken by `claim_publication`: to publish, or `given_up`."""
+
+    publication: Publication
+    incident: Incident
+    given_up: bool
+
+
+def claim_publication(session: Session, *, now: datetime) -> ClaimedPublication | None:
+    """Take the pending publication that has waited longest and that no one holds (its claim
+    expired, or its wait after a failure is over), claimed for `PUBLICATION_LEASE`; one that
+    has had its attempts (its last claimant died with it) is given up instead. None when
+    there is none. Rows another transaction is taking are left to it (PostgreSQL; SQLite
+    has one writer at a time)."""
+    found = session.scalars(
+        select(Publication)
+        .where(
+            Publication.pending.is_(True),
+            (Publication.claimed_until.is_(None)) | (Publication.claimed_until <= now),
+        )
+        .order_by(Publication.claimed_until, Publication.incident_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).first()
+    if found is None:
+        return None
+    incident = session.get_one(Incident, found.incident_id)
+    if found.attempts >= PUBLICATION_ATTEMPTS:
+        found.pending, found.claim, found.claimed_until = False, None, None
+        return ClaimedPublication(publication=found, incident=incident, given_up=True)
+    found.attempts += 1
+    found.claim = uuid.uuid4().hex
+    found.claimed_until = now + PUBLICATION_LEASE
+    return ClaimedPublication(publication=found, incident=incident, given_up=False)
 
 
 # --- severity, roles, key moments, status ----------------------------------------------------
@@ -871,6 +1008,10 @@ def reopen_incident(
             incident.status = IncidentStatus.OPEN.value
             incident.closed_at = None
             incident.closed_by = None
+            # A postmortem not yet published is not published now: the next close's is.
+            pending = session.get(Publication, incident.id)
+            if pending is not None and pending.pending:
+                pending.pending, pending.claim = False, None
             session.flush()
     except IntegrityError:
         raise IncidentError("Another incident opened in this channel meanwhile.") from None

@@ -249,6 +249,35 @@ class Postmortem(Base):
     markdown: Mapped[str] = mapped_column(Text)
 
 
+class Publication(Base):
+    """Whether a closed incident's postmortem still has to reach its channel.
+
+    Recorded pending in the close's own transaction, so that a worker stopped (or Slack out of
+    reach) between the acknowledgement and the upload loses nothing: a sweeper in every worker
+    publishes what is pending and claimed by no one (bot/slack/publish.py).
+    """
+
+    __tablename__ = "publications"
+    __table_args__ = (Index("ix_publications_pending", "pending", "claimed_until"),)
+
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    pending: Mapped[bool]
+    # Where the close was typed: the summary and the file go there.
+    channel_id: Mapped[str] = mapped_column(SLACK_ID)
+    # Whose installation's token posts it, with SLACK_CLIENT_ID (an org-wide install's).
+    enterprise_id: Mapped[str | None] = mapped_column(SLACK_ID, default=None)
+    is_enterprise_install: Mapped[bool] = mapped_column(default=False)
+    # Who is publishing it (a random id per attempt), and until when no one else may; after a
+    # failure, when it may be tried again.
+    claim: Mapped[str | None] = mapped_column(String(36), default=None)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # The summary is in the channel: a later attempt uploads the file alone.
+    summary_posted: Mapped[bool] = mapped_column(default=False)
+
+
 # slack_sdk's OAuth stores (multi-workspace installs) keep their own tables; declaring them on
 # our metadata puts them under the same migrations as everything else.
 SLACK_INSTALLATIONS = SQLAlchemyInstallationStore.build_installations_table(

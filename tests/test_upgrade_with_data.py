@@ -24,17 +24,18 @@ from sqlalchemy import Column, Engine, MetaData, Table, inspect, select, text
 from bot import db
 from bot.app import build_app
 from bot.demo import FakeSlack
-from bot.models import TimelineEntry
+from bot.models import Publication, TimelineEntry
 from bot.services import build_services
 from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Bot, Clock, Database, make_settings
-from tests.test_migrations import HEAD_REVISION, SLACK_ENV, empty_database_of, run_cli
+from tests.test_migrations import HEAD, HEAD_REVISION, SLACK_ENV, empty_database_of, run_cli
 
-OLDER_REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 # Every revision, oldest first, as Alembic chains them (not by their ids' spelling).
 IN_ORDER = [
     script.revision
     for script in reversed(list(ScriptDirectory(str(db.MIGRATIONS_DIR)).walk_revisions()))
 ]
+# Every revision before the latest.
+OLDER_REVISIONS = [revision for revision in IN_ORDER if revision not in HEAD]
 # Tables incident-bot 0.1 made with create_all, before it used migrations: 0001's, unrecorded.
 UNRECORDED = "unrecorded"
 
@@ -608,3 +609,20 @@ def test_the_bot_carries_on_from_an_upgraded_database(
     for said in ("Errors at checkout", "Rolled back the deploy", "Certificate renewed"):
         assert said in exported.stdout
     assert "Renew certificates automatically" in exported.stdout
+
+
+def test_incidents_closed_before_the_upgrade_are_recorded_as_published(
+    filled: Filled, tmp_path: Path
+) -> None:
+    # Their postmortems were posted (or given up on) by the bot of their time: an upgrade
+    # must not leave them pending, or the next start would post them all again.
+    result = run_cli(filled.database, "db", "upgrade", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    with filled.database.engine.connect() as connection:
+        rows = connection.execute(
+            select(Publication.incident_id, Publication.pending, Publication.channel_id)
+        ).all()
+    closed = [i for i in filled.given["incidents"] if i["status"] == "closed"]
+    assert closed  # the filled database has one
+    assert sorted(rows) == sorted((i["id"], False, i["channel_id"]) for i in closed)

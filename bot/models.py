@@ -117,6 +117,14 @@ class Incident(Base):
     def private_channel_deleted(self) -> bool:
         return self.channel_deleted == DeletedChannel.PRIVATE
 
+    def posts_in(self, closed_in: str) -> str | None:
+        """Where a close typed in `closed_in` posts the summary and the postmortem: there,
+        or nowhere when the incident's private channel was deleted and the close was typed
+        elsewhere (only its members saw its timeline, and they cannot any more)."""
+        if self.private_channel_deleted and self.channel_id != closed_in:
+            return None
+        return closed_in
+
 
 class TimelineEntry(Base):
     __tablename__ = "timeline_entries"

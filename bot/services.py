@@ -56,7 +56,7 @@ class FollowUps:
         self._futures: dict[Future[None], str] = {}  # what each still running or queued does
         self._lock = threading.Lock()
 
-    def submit(self, work: Callable[[], None], *, what: str = "follow-up work") -> None:
+    def submit(self, work: Callable[[], object], *, what: str = "follow-up work") -> None:
         def run() -> None:
             try:
                 work()

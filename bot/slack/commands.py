@@ -56,6 +56,9 @@ class Call:
     channel_name: str = ""  # as Slack names it: "directmessage" in a DM, "mpdm-…" in a group DM
     # Slack's trigger_id, one per invocation: the same request delivered twice has the same.
     request_id: str | None = None
+    # The organization of an org-wide installation (Enterprise Grid), whose token answers it.
+    enterprise_id: str | None = None
+    is_enterprise_install: bool = False
 
     def in_conversation(self) -> bool:
         """True in a direct or group message, where the bot can neither post nor upload."""
@@ -296,13 +299,18 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
         user_id=call.user_id,
         text=leading.rest if leading else None,
         now=call.now,
+        publish_to=incidents.PublishTo(
+            channel_id=call.channel_id,
+            enterprise_id=call.enterprise_id,
+            is_enterprise_install=call.is_enterprise_install,
+        ),
     )
-    services, incident_id, token = call.services, incident.id, call.token
+    pending = incidents.publication(call.session, incident_id=incident.id)
+    assert pending is not None and pending.claim is not None  # the close claimed it
+    services, incident_id, token, claim = call.services, incident.id, call.token, pending.claim
     response_url, reference = call.response_url, incident.reference
-    # Where the close was typed; nowhere for a private channel Slack deleted: only its
-    # members saw its timeline, and they cannot any more.
-    unposted = incident.private_channel_deleted and incident.channel_id != call.channel_id
-    channel_id = None if unposted else call.channel_id
+    channel_id = incident.posts_in(call.channel_id)
+    unposted = channel_id is None
 
     def followup() -> None:
         publish.publish_postmortem(
@@ -312,6 +320,7 @@ def handle_close(call: Call, incident: Incident | None) -> Outcome:
             channel_id=channel_id,
             token=token,
             response_url=response_url,
+            claim=claim,
         )
 
     return Outcome(
@@ -998,6 +1007,8 @@ def handle_incident_command(
             deadline=deadline,
             channel_name=command.get("channel_name", ""),
             request_id=request_id(command),
+            enterprise_id=context.enterprise_id,
+            is_enterprise_install=bool(context.is_enterprise_install),
         )
 
     committing = False

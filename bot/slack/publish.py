@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from enum import Enum
 from http.client import HTTPException
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -59,6 +61,14 @@ def confirm_capture(
             log.warning("could not change the confirmation on %s: %s", ts, error)
 
 
+class Attempt(Enum):
+    """How an attempt at publishing a postmortem ended."""
+
+    DONE = "done"  # published, or refused by Slack for good and said so in the channel
+    RETRY = "retry"  # a later attempt could get past what stopped this one
+    LOST = "lost"  # the publication is no longer this attempt's (reopened, taken over)
+
+
 def publish_postmortem(
     services: Services,
     *,
@@ -67,12 +77,84 @@ def publish_postmortem(
     channel_id: str | None,
     token: str | None,
     response_url: str | None,
+    claim: str,
+) -> Attempt:
+    """Render and keep the postmortem, then post the summary and the Markdown file, while
+    `claim` holds the incident's pending publication; then record how the attempt ended
+    (`incidents.finish_publication`): pending still after what a later attempt could get
+    past, published otherwise."""
+    attempt = _publish(
+        services,
+        incident_id=incident_id,
+        reference=reference,
+        channel_id=channel_id,
+        token=token,
+        response_url=response_url,
+        claim=claim,
+    )
+    _finish(services, incident_id=incident_id, reference=reference, claim=claim, attempt=attempt)
+    return attempt
+
+
+def _finish(
+    services: Services, *, incident_id: int, reference: str, claim: str, attempt: Attempt
 ) -> None:
-    """Render and keep the postmortem, then post the summary and the Markdown file in
-    `channel_id`; in none when it is None (the incident's private channel was deleted)."""
+    if attempt is Attempt.LOST:
+        log.info("the postmortem of %s is no longer this attempt's to publish", reference)
+        return
+    failed = attempt is Attempt.RETRY
+    try:
+        with services.sessions() as session:
+            found = incidents.finish_publication(
+                session, incident_id=incident_id, claim=claim, failed=failed, now=services.clock()
+            )
+            session.commit()
+            attempts = found.attempts if found else 0
+            pending = found is not None and found.pending
+            retry_at = found.claimed_until if found else None
+    except SQLAlchemyError:
+        # Its claim lapses by itself, and the sweeper then tries again.
+        log.warning("could not record how publishing %s went", reference, exc_info=True)
+        return
+    if found is None:
+        log.warning("the postmortem of %s was taken over by another attempt", reference)
+    elif pending:
+        log.warning(
+            "publishing the postmortem of %s failed (attempt %d of %d); trying again at %s",
+            reference,
+            attempts,
+            incidents.PUBLICATION_ATTEMPTS,
+            retry_at.isoformat() if retry_at else "once its claim lapses",
+        )
+    elif failed:
+        log.error(
+            "gave up publishing the postmortem of %s after %d attempts; "
+            "`incident-bot export %s` prints it",
+            reference,
+            attempts,
+            reference,
+        )
+
+
+def _publish(
+    services: Services,
+    *,
+    incident_id: int,
+    reference: str,
+    channel_id: str | None,
+    token: str | None,
+    response_url: str | None,
+    claim: str,
+) -> Attempt:
     failure: str | None = None  # of the template, told once the session is closed
     try:
         with services.sessions() as session:
+            held = incidents.hold_publication(
+                session, incident_id=incident_id, claim=claim, now=services.clock()
+            )
+            if held is None:
+                return Attempt.LOST
+            summary_posted = held.summary_posted
             incident = session.get_one(Incident, incident_id)
             context = postmortem.build_context(session, incident=incident, now=services.clock())
             summary = replies.close_summary(
@@ -92,20 +174,20 @@ def publish_postmortem(
                 incidents.record_postmortem(
                     session, incident=incident, markdown=markdown, now=services.clock()
                 )
-                session.commit()
+            session.commit()
             title = incident.title
     except SQLAlchemyError:
-        # The close is committed: the postmortem can be rendered from it again.
+        # The close is committed, and its publication pending: it is tried again.
         log.warning("could not write the postmortem of %s", reference, exc_info=True)
         tell(
             response_url,
             replies.refusal(
                 f"{reference} is closed, but the database stopped answering before I could "
-                "write its postmortem, so nothing was posted. Once it answers again, "
-                f"`incident-bot export {reference}` prints the postmortem."
+                "write its postmortem, so nothing was posted yet. I will try again; "
+                f"`incident-bot export {reference}` prints the postmortem once it answers."
             ),
         )
-        return
+        return Attempt.RETRY
     # Not inside the session: a slow response URL would hold its connection (and on SQLite
     # the write lock every command needs) for as long as Slack took.
     if failure is not None:
@@ -117,11 +199,26 @@ def publish_postmortem(
                 "postmortem."
             ),
         )
-    if channel_id is None:
-        return
+    if channel_id is None:  # nowhere to post it (Incident.posts_in): kept, and done
+        return Attempt.DONE
     posted_in = channel_id
 
     client = web_client(services.settings, token)
+
+    def still_mine(*, summary_posted: bool = False) -> bool:
+        """Renew the claim before a call to Slack; False when it is no longer ours."""
+        try:
+            with services.sessions() as session:
+                held = incidents.hold_publication(
+                    session, incident_id=incident_id, claim=claim, now=services.clock()
+                )
+                if held is not None and summary_posted:
+                    held.summary_posted = True
+                session.commit()
+                return held is not None
+        except SQLAlchemyError:  # the claim made before still holds for a while
+            log.warning("could not renew the claim on %s", reference, exc_info=True)
+            return True
 
     def post_summary() -> None:
         client.chat_postMessage(
@@ -131,40 +228,52 @@ def publish_postmortem(
             unfurl_links=False,
         )
 
-    try:
-        _as_member(client, posted_in, post_summary)
-    except SlackApiError as error:
-        code = str(error.response.get("error", ""))
-        log.warning("posting the summary of %s failed: %s", reference, explained(error))
-        if code == "missing_scope":
-            # Installed before the manifest asked for the scope: the response URL needs none.
-            # The upload may still go up, on a scope of its own.
-            tell(response_url, summary)
+    if not summary_posted:
+        if not still_mine():
+            return Attempt.LOST
+        try:
+            _as_member(client, posted_in, post_summary)
+            summary_posted = True
+        except SlackApiError as error:
+            code = str(error.response.get("error", ""))
+            log.warning("posting the summary of %s failed: %s", reference, explained(error))
+            if code == "missing_scope":
+                # Installed before the manifest asked for the scope: the response URL needs
+                # none. The upload may still go up, on a scope of its own.
+                # Refused until the app is reinstalled: the upload decides what comes next.
+                summary_posted = True
+                tell(response_url, summary)
+                tell(
+                    response_url,
+                    replies.refusal(
+                        f"I could not post the summary of {reference} ({explained(error)})."
+                    ),
+                )
+            elif code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
+                # The response URL can still speak in the channel for the person who closed
+                # it. Told there, it is over; not told (no response URL), it is tried again:
+                # someone may invite the bot, or reinstall it, meanwhile.
+                shared = tell(response_url, summary)
+                told = tell(response_url, replies.refusal(_not_posted(code, reference)))
+                return Attempt.DONE if shared and told else Attempt.RETRY
+            else:
+                # Slack said it failed: a later attempt posts it again if it may succeed.
+                summary_posted = not retryable(error)
+                tell(
+                    response_url,
+                    replies.refusal(f"I could not post the summary of {reference} ({code})."),
+                )
+        except UNREACHABLE as error:
+            log.warning("posting the summary of %s failed: %s", reference, error)
+            # An answer cut short or timed out may follow a message posted: not posted again.
+            summary_posted = not refused_connection(error)
             tell(
                 response_url,
-                replies.refusal(
-                    f"I could not post the summary of {reference} ({explained(error)})."
-                ),
+                replies.refusal(f"I could not reach Slack to post the summary of {reference}."),
             )
-        elif code in NOT_A_MEMBER or code in CANNOT_POST or code in TOKEN_REFUSED:
-            # The response URL can still speak in the channel for the person who closed it.
-            tell(response_url, summary)
-            tell(response_url, replies.refusal(_not_posted(code, reference)))
-            return
-        else:
-            tell(
-                response_url,
-                replies.refusal(f"I could not post the summary of {reference} ({code})."),
-            )
-    except UNREACHABLE as error:
-        log.warning("posting the summary of %s failed: %s", reference, error)
-        tell(
-            response_url,
-            replies.refusal(f"I could not reach Slack to post the summary of {reference}."),
-        )
 
     if markdown is None:
-        return
+        return Attempt.DONE
     content = markdown
 
     def upload() -> None:
@@ -175,18 +284,46 @@ def publish_postmortem(
             title=replies.plain(f"Postmortem {reference}: {title}", 250),
         )
 
+    if not still_mine(summary_posted=summary_posted):
+        return Attempt.LOST
     try:
         _as_member(client, posted_in, upload)
     except UNREACHABLE as error:
+        again = not isinstance(error, SlackApiError) or retryable(error)
         code = explained(error) if isinstance(error, SlackApiError) else str(error)
         log.warning("uploading the postmortem of %s failed: %s", reference, code)
-        tell(
+        told = tell(
             response_url,
             replies.refusal(
                 f"I could not upload the postmortem of {reference} ({code}). It is saved: "
                 f"`incident-bot export {reference}` prints it."
+                + (" I will try again." if again else "")
             ),
         )
+        return Attempt.RETRY if again or not told else Attempt.DONE
+    return Attempt.DONE
+
+
+# Error codes with which Slack says that it failed this time (its Web API's common errors).
+TRANSIENT = {
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+    "ratelimited",
+}
+
+
+def retryable(error: SlackApiError) -> bool:
+    """Whether a later attempt could get past Slack's refusal: a 429, a 5xx, a transient code."""
+    status = error.response.status_code
+    return status == 429 or status >= 500 or error.response.get("error") in TRANSIENT
+
+
+def refused_connection(error: BaseException) -> bool:
+    """Whether Slack was never reached (nothing can have been posted)."""
+    reason = error.reason if isinstance(error, URLError) else error
+    return isinstance(reason, ConnectionRefusedError)
 
 
 def explained(error: SlackApiError) -> str:
@@ -237,19 +374,22 @@ def _as_member(client: WebClient, channel_id: str, call: Callable[[], None]) -> 
         call()
 
 
-def tell(response_url: str | None, reply: Reply, *, replace_original: bool | None = None) -> None:
-    """Answer through the command's response URL; a failure here is only logged."""
+def tell(response_url: str | None, reply: Reply, *, replace_original: bool | None = None) -> bool:
+    """Answer through the command's response URL; whether Slack took it (a failure here is
+    only logged)."""
     if not response_url:
-        return
+        return False
     try:
         # Its log says only warnings, which do not name the URL (app.quiet_response_urls).
         client = WebhookClient(response_url, timeout=10, retry_handlers=retry_handlers())
         response = client.send(**reply.as_ack(), replace_original=replace_original)
     except Exception:
         log.exception("could not answer through the response URL")
-        return
+        return False
     if response.status_code != 200:
         # Slack answers in the body: `expired_url`, `used_url` (five answers in 30 minutes).
         log.warning(
             "the response URL refused an answer: %s %s", response.status_code, response.body
         )
+        return False
+    return True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from bot import incidents
+from bot.demo import Fault
 from bot.models import Incident, Publication
 from tests.conftest import ALICE, CHANNEL, Bot
 
@@ -59,3 +61,60 @@ def test_a_close_records_its_publication_pending_and_a_reopen_withdraws_it(bot: 
     assert again.pending and again.channel_id == CHANNEL
     assert again.claim not in (None, pending.claim)
     assert again.claimed_until == bot.clock() + incidents.PUBLICATION_LEASE
+
+
+def incident_id_of(bot: Bot, reference_number: int = 1) -> int:
+    with bot.services.sessions() as session:
+        return session.scalars(select(Incident.id).where(Incident.number == reference_number)).one()
+
+
+def test_a_published_postmortem_is_no_longer_pending(bot: Bot) -> None:
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+
+    assert "# Postmortem: Checkout is failing" in bot.fake.uploaded_text()
+    done = publication(bot, incident_id_of(bot))
+    assert not done.pending and done.claim is None and done.summary_posted
+
+
+# What a later attempt could get past: Slack's 5xx, its transient error codes, a rate limit
+# that outlasts the retries, a connection that drops.
+RETRYABLE = [
+    Fault(status=500, error="internal_error", times=3),
+    Fault(error="fatal_error"),
+    Fault(status=429, retry_after=0, times=3),
+    Fault(cut=True, times=3),
+]
+
+
+@pytest.mark.parametrize("fault", RETRYABLE, ids=["5xx", "fatal_error", "rate_limited", "cut"])
+def test_an_upload_slack_could_take_later_leaves_the_postmortem_pending(
+    bot: Bot, fault: Fault
+) -> None:
+    bot.fake.fail("files.getUploadURLExternal", fault)
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+
+    assert not bot.fake.uploads
+    responses = bot.fake.wait_for_responses(2)
+    assert any("I will try again" in r["text"] for r in responses)
+    pending = publication(bot, incident_id_of(bot))
+    assert pending.pending and pending.claim is None and pending.attempts == 1
+    assert pending.summary_posted  # the next attempt uploads the file alone
+    assert pending.claimed_until == bot.clock() + incidents.PUBLICATION_RETRY_FIRST
+
+
+def test_a_refusal_for_good_said_in_the_channel_ends_the_publication(bot: Bot) -> None:
+    # A private channel the bot is not in: the summary and the reason go through the
+    # response URL, and nothing a later attempt does would differ until someone invites it.
+    bot.fake.members_only.add(CHANNEL)
+    bot.fake.private.add(CHANNEL)
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+
+    responses = bot.fake.wait_for_responses(2)
+    assert any("invite" in r["text"].lower() for r in responses)
+    assert not publication(bot, incident_id_of(bot)).pending

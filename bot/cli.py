@@ -143,6 +143,7 @@ def _socket(_args: argparse.Namespace) -> int:
 
     from bot.app import build_app
     from bot.services import FOLLOWUP_GRACE_S, build_services
+    from bot.slack.publish import start_sweeper
     from bot.socket_mode import IncidentSocketModeHandler
 
     settings = Settings.load(require=("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"))
@@ -200,6 +201,7 @@ def _socket(_args: argparse.Namespace) -> int:
         return 1
     handler.client.default_auto_reconnect_enabled = True
     handler.client.auto_reconnect_enabled = True
+    start_sweeper(services)  # what a stopped worker left unpublished
     log.info("answering Slack over Socket Mode; stop with SIGTERM or Ctrl-C")
     _wait_for_a_stop(handler.client.stopped)
     _finish_envelopes(handler.client)

@@ -131,6 +131,48 @@ class RequestPruning:
                 self._next = now if forgotten >= self.batch else now + self.every
 
 
+class Periodic:
+    """Runs `work` on the follow-ups once as soon as it is started, then every `every`
+    seconds, one run at a time: a run still going when the next is due is not doubled."""
+
+    def __init__(
+        self, followups: FollowUps, work: Callable[[], object], *, every: float, what: str
+    ) -> None:
+        self.every = every
+        self._followups = followups
+        self._work = work
+        self._what = what
+        self._stop = threading.Event()
+        self._running = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="periodic", daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Start no more runs (one under way is left to FollowUps.finish)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._running.acquire(blocking=False):
+                try:
+                    self._followups.submit(self._run, what=self._what)
+                except RuntimeError:  # the follow-ups were shut down
+                    self._running.release()
+                    return
+            self._stop.wait(self.every)
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._running.release()
+
+
 @dataclass
 class Services:
     """What listeners need besides the request: storage, templates, clocks and helpers."""
@@ -145,15 +187,20 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     notes: NoteWriter = field(init=False)
     pruning: RequestPruning = field(default_factory=RequestPruning)
+    # Jobs started with the worker (the sweeper of pending postmortems), stopped with it.
+    periodic: list[Periodic] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.notes = NoteWriter(self.engine)
 
     def stop(self, grace: float) -> None:
-        """At shutdown: give the follow-ups `grace` seconds (FollowUps.finish), then close the
+        """At shutdown: start no more periodic jobs, give the follow-ups `grace` seconds
+        (FollowUps.finish), then close the
         database's connections. On SQLite the last one closed moves what the write-ahead log
         holds into the database file; left open to the process's end, the log kept it beside
         the file, and a backup that copies the file alone (README) had none of it."""
+        for job in self.periodic:
+            job.stop()
         self.followups.finish(grace)
         self.engine.dispose()
 

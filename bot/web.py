@@ -146,6 +146,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
     """Run the bot under gunicorn: `workers` processes of `threads` threads each."""
     from bot.app import build_app
     from bot.services import build_services
+    from bot.slack.publish import start_sweeper
 
     built: list[Services] = []
 
@@ -153,7 +154,9 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, threads: in
         # Each worker builds its own app: engines and thread pools must not cross a fork.
         services = build_services(settings, create_schema=False, request_threads=threads)
         built.append(services)
-        return build_wsgi(build_app(settings, services), services)
+        wsgi = build_wsgi(build_app(settings, services), services)
+        start_sweeper(services)  # what a stopped worker left unpublished
+        return wsgi
 
     def finish() -> None:
         for services in built:

@@ -26,6 +26,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack
 from bot.models import Publication, TimelineEntry
 from bot.services import build_services
+from bot.slack import publish
 from tests.conftest import ALICE, BOB, CHANNEL, TEAM, Bot, Clock, Database, make_settings
 from tests.test_migrations import HEAD, HEAD_REVISION, SLACK_ENV, empty_database_of, run_cli
 
@@ -612,7 +613,7 @@ def test_the_bot_carries_on_from_an_upgraded_database(
 
 
 def test_incidents_closed_before_the_upgrade_are_recorded_as_published(
-    filled: Filled, tmp_path: Path
+    filled: Filled, fake_slack: FakeSlack, clock: Clock, tmp_path: Path
 ) -> None:
     # Their postmortems were posted (or given up on) by the bot of their time: an upgrade
     # must not leave them pending, or the next start would post them all again.
@@ -626,3 +627,8 @@ def test_incidents_closed_before_the_upgrade_are_recorded_as_published(
     closed = [i for i in filled.given["incidents"] if i["status"] == "closed"]
     assert closed  # the filled database has one
     assert sorted(rows) == sorted((i["id"], False, i["channel_id"]) for i in closed)
+    # And the first sweep of the upgraded bot posts none of them again, however late it is.
+    bot = make_bot(filled.database, fake_slack, clock)
+    clock.advance(days=30)
+    assert publish.publish_pending(bot.services) == 0
+    assert not fake_slack.calls_to("chat.postMessage") and not fake_slack.uploads

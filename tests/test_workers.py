@@ -30,9 +30,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy import select as select_rows
 
+from bot import incidents as use_cases
+from bot.db import make_session_factory
 from bot.demo import FakeSlack, SlashCommand
-from tests.conftest import ALICE, BOB, SECRET, TEAM, TEST_DATABASE_URL, TOKEN, Database
+from bot.models import Publication
+from tests.conftest import ALICE, BOB, NOW, SECRET, TEAM, TEST_DATABASE_URL, TOKEN, Database
 from tests.test_migrations import cli_env, empty_database_of, run_cli
 from tests.test_web import free_port, http_get
 
@@ -613,3 +617,41 @@ def test_every_note_acknowledged_around_a_kill_9_is_stored_exactly_once(
     tally.check(incidents)
     assert acknowledged["after"] > 0, f"nothing acknowledged after the restart; {tally.summary()}"
     assert entry_numbers_with_gaps(shared_database.engine) == {}
+
+
+# --- 4. a postmortem a killed worker left unpublished ----------------------------------
+
+
+def test_a_postmortem_left_pending_is_published_once_by_the_workers_that_start_next(
+    servers: Servers, shared_database: Database, fake_slack: FakeSlack
+) -> None:
+    # A close committed as a worker does before it answers; the worker then died, and its
+    # claim on the publication lapsed (NOW lies weeks before the servers' clocks).
+    sessions = make_session_factory(shared_database.engine)
+    with sessions() as session:
+        incident = use_cases.start_incident(
+            session,
+            team_id=TEAM,
+            channel_id="C0LOST0001",
+            user_id=ALICE,
+            title="Checkout is failing",
+            started_at=NOW,
+            timezone="UTC",
+            now=NOW,
+        )
+        session.flush()
+        use_cases.close_incident(
+            session, incident=incident, closed_at=NOW, user_id=ALICE, text="fixed", now=NOW
+        )
+        session.commit()
+
+    # Both workers of a new server sweep at start-up, at once.
+    server = servers.start("after-the-crash")
+    assert fake_slack.wait_for("files.completeUploadExternal", 1, timeout=READY_LIMIT_S)
+    server.stop()  # what either worker was still doing is done or given up
+
+    uploads = fake_slack.calls_to("files.completeUploadExternal")
+    assert [u.params["channel_id"] for u in uploads] == ["C0LOST0001"]
+    assert len(fake_slack.calls_to("chat.postMessage")) == 1
+    with sessions() as session:
+        assert session.scalars(select_rows(Publication.pending)).all() == [False]

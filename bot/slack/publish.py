@@ -10,12 +10,13 @@ from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from slack_sdk.webhook import WebhookClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import incidents, postmortem
 from bot.models import Incident
-from bot.services import Services, retry_handlers, web_client
+from bot.services import Periodic, Services, retry_handlers, web_client
 from bot.slack import replies
 from bot.slack.replies import Reply
 
@@ -324,6 +325,114 @@ def refused_connection(error: BaseException) -> bool:
     """Whether Slack was never reached (nothing can have been posted)."""
     reason = error.reason if isinstance(error, URLError) else error
     return isinstance(reason, ConnectionRefusedError)
+
+
+# How often each worker looks for pending postmortems that no one is publishing, and how
+# many it takes on at most each time.
+SWEEP_EVERY_S = 60.0
+SWEEP_BATCH = 20
+
+
+def start_sweeper(services: Services, *, every: float = SWEEP_EVERY_S) -> Periodic:
+    """Publish pending postmortems (`publish_pending`) once now, then every `every` seconds,
+    until the services stop: after a crash or a restart, what the closing worker did not
+    publish is published by the next worker to start."""
+    job = Periodic(
+        services.followups,
+        lambda: publish_pending(services),
+        every=every,
+        what="publishing the postmortems still pending",
+    )
+    services.periodic.append(job)
+    return job.start()
+
+
+def publish_pending(services: Services, *, limit: int = SWEEP_BATCH) -> int:
+    """Publish up to `limit` pending postmortems that no one holds (the closing worker died,
+    or the wait after a failed attempt is over), each under a claim of its own, so that
+    another worker's sweep or a live follow-up does not post it twice; how many were tried.
+    One that has had its attempts is given up, with an error in the log."""
+    tried = 0
+    for _ in range(limit):
+        try:
+            with services.sessions() as session:
+                claimed = incidents.claim_publication(session, now=services.clock())
+                if claimed is None:
+                    return tried
+                found, incident = claimed.publication, claimed.incident
+                reference, team_id = incident.reference, incident.team_id
+                channel_id, attempts, claim = found.channel_id, found.attempts, found.claim
+                enterprise_id, org_wide = found.enterprise_id, found.is_enterprise_install
+                incident_id, given_up = found.incident_id, claimed.given_up
+                session.commit()
+        except SQLAlchemyError:
+            log.warning("could not look for pending postmortems", exc_info=True)
+            return tried
+        if given_up:
+            log.error(
+                "gave up publishing the postmortem of %s after %d attempts; "
+                "`incident-bot export %s` prints it",
+                reference,
+                attempts,
+                reference,
+            )
+            continue
+        assert claim is not None  # claim_publication gave it one
+        tried += 1
+        log.info(
+            "publishing the postmortem of %s (attempt %d of %d)",
+            reference,
+            attempts,
+            incidents.PUBLICATION_ATTEMPTS,
+        )
+        token = workspace_token(
+            services, team_id=team_id, enterprise_id=enterprise_id, is_enterprise_install=org_wide
+        )
+        if token is None:
+            log.warning("no bot token for workspace %s to publish %s with", team_id, reference)
+            _finish(
+                services,
+                incident_id=incident_id,
+                reference=reference,
+                claim=claim,
+                attempt=Attempt.RETRY,
+            )
+            continue
+        publish_postmortem(
+            services,
+            incident_id=incident_id,
+            reference=reference,
+            channel_id=channel_id,
+            token=token,
+            response_url=None,
+            claim=claim,
+        )
+    return tried
+
+
+def workspace_token(
+    services: Services, *, team_id: str, enterprise_id: str | None, is_enterprise_install: bool
+) -> str | None:
+    """The bot token that speaks in a workspace with no request at hand: SLACK_BOT_TOKEN, or
+    with SLACK_CLIENT_ID the installation's (an org-wide one's for its workspaces); None
+    when it is not installed (uninstalling forgets it) or the store cannot say."""
+    settings = services.settings
+    if not settings.multi_workspace:
+        return settings.slack_bot_token
+    store = SQLAlchemyInstallationStore(
+        client_id=settings.slack_client_id or "", engine=services.engine, logger=log
+    )
+    try:
+        # As Bolt's authorize asks it (an org-wide installation is found by its organization).
+        bot = store.find_bot(
+            enterprise_id=enterprise_id,
+            team_id=team_id,
+            is_enterprise_install=is_enterprise_install,
+        )
+    except SQLAlchemyError:
+        log.warning("could not read the installation of %s", team_id, exc_info=True)
+        return None
+    return bot.bot_token if bot is not None else None
 
 
 def explained(error: SlackApiError) -> str:

@@ -19,6 +19,7 @@ from bot.app import build_app
 from bot.demo import FakeSlack, Fault, signed_event
 from bot.models import SLACK_OAUTH_STATES, Incident, TimelineEntry
 from bot.services import build_services
+from bot.slack import publish
 from bot.web import build_wsgi
 from tests.conftest import SECRET, Bot, Clock, Database, make_settings
 from tests.slack.test_slack_failures import answered
@@ -308,3 +309,26 @@ def test_an_install_the_database_cannot_keep_leaves_its_token_out_of_the_log(
     logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
     assert "could not finish an install" in logged
     assert token not in logged
+
+
+def test_pending_postmortems_are_published_with_each_installation_s_token(multi: Bot) -> None:
+    # No request is at hand when the sweeper publishes: each workspace's token comes from its
+    # installation, an org-wide one's from its organization's.
+    first = install(multi, "T0FIRST001")
+    org = install(multi, "E0ORG00001")
+    multi.fake.fail("files.getUploadURLExternal", Fault(error="internal_error", times=2))
+    multi.command("start One", team="T0FIRST001", channel="C0FIRST001")
+    multi.command("close", team="T0FIRST001", channel="C0FIRST001")
+    multi.command("start Two", team="T0ORGWS001", enterprise="E0ORG00001", channel="C0ORGWS001")
+    multi.command("close", team="T0ORGWS001", enterprise="E0ORG00001", channel="C0ORGWS001")
+    multi.wait()
+    assert not multi.fake.calls_to("files.completeUploadExternal")
+
+    multi.clock.advance(minutes=1)
+    assert publish.publish_pending(multi.services) == 2
+
+    uploaded = {
+        call.params["channel_id"]: call.token
+        for call in multi.fake.calls_to("files.completeUploadExternal")
+    }
+    assert uploaded == {"C0FIRST001": first, "C0ORGWS001": org}

@@ -8,7 +8,9 @@ from sqlalchemy import select
 from bot import incidents
 from bot.demo import Fault
 from bot.models import Incident, Publication
-from tests.conftest import ALICE, CHANNEL, Bot
+from bot.services import Services, build_services
+from bot.slack import publish
+from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, at_once
 
 OTHER_CHANNEL = "C0OTHER001"
 
@@ -118,3 +120,124 @@ def test_a_refusal_for_good_said_in_the_channel_ends_the_publication(bot: Bot) -
     responses = bot.fake.wait_for_responses(2)
     assert any("invite" in r["text"].lower() for r in responses)
     assert not publication(bot, incident_id_of(bot)).pending
+
+
+# --- the sweeper: what no follow-up published ---------------------------------------------------
+
+
+def fresh_services(bot: Bot, clock: Clock) -> Services:
+    """Another worker's services on the same database (a restart, or a second process)."""
+    return build_services(
+        bot.services.settings, engine=bot.services.engine, clock=clock, create_schema=False
+    )
+
+
+def completed_uploads(bot: Bot) -> list[str]:
+    return [c.params["channel_id"] for c in bot.fake.calls_to("files.completeUploadExternal")]
+
+
+def test_a_postmortem_slack_would_not_take_is_published_by_the_sweeper_once_it_does(
+    bot: Bot,
+) -> None:
+    bot.fake.fail("files.getUploadURLExternal", Fault(status=500, error="internal_error", times=3))
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+    assert not bot.fake.uploads
+
+    # Not before its wait is over: Slack has just said it is failing.
+    assert publish.publish_pending(bot.services) == 0
+    bot.clock.advance(seconds=incidents.PUBLICATION_RETRY_FIRST.total_seconds())
+    assert publish.publish_pending(bot.services) == 1
+
+    assert "# Postmortem: Checkout is failing" in bot.fake.uploaded_text()
+    assert completed_uploads(bot) == [CHANNEL]
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1  # the summary was posted once
+    done = publication(bot, incident_id_of(bot))
+    assert not done.pending and done.attempts == 2
+    assert publish.publish_pending(bot.services) == 0
+
+
+def test_a_summary_slack_failed_to_take_is_posted_with_the_next_attempt(bot: Bot) -> None:
+    bot.fake.fail("chat.postMessage", Fault(status=503, times=3))
+    bot.fake.fail("files.getUploadURLExternal", Fault(status=503, times=3))
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+    assert not publication(bot, incident_id_of(bot)).summary_posted
+
+    bot.clock.advance(minutes=1)
+    publish.publish_pending(bot.services)
+
+    posted = bot.fake.calls_to("chat.postMessage")
+    assert len(posted) == 4 and "INC-1" in posted[-1].params["text"]
+    assert completed_uploads(bot) == [CHANNEL]
+
+
+def test_a_close_whose_follow_up_never_ran_is_published_by_the_next_worker_to_start(
+    bot: Bot,
+) -> None:
+    bot.command("start Checkout is failing")
+    incident_id = close_without_publishing(bot, channel=OTHER_CHANNEL)  # the worker dies here
+
+    # Within the dead worker's claim, no one takes it: it might be a live, slow follow-up.
+    assert publish.publish_pending(fresh_services(bot, bot.clock)) == 0
+    assert not bot.fake.calls_to("files.getUploadURLExternal")
+
+    later = Clock(bot.clock() + incidents.PUBLICATION_LEASE)
+    restarted = fresh_services(bot, later)
+    publish.start_sweeper(restarted, every=3600)  # its first sweep runs at once
+    try:
+        assert bot.fake.wait_for("files.completeUploadExternal", 1)
+        assert restarted.followups.wait(timeout=30)
+    finally:
+        restarted.stop(5)
+
+    # Where the close was typed, with the workspace's token.
+    assert completed_uploads(bot) == [OTHER_CHANNEL]
+    [summary] = bot.fake.calls_to("chat.postMessage")
+    assert summary.params["channel"] == OTHER_CHANNEL and summary.token == TOKEN
+    assert "# Postmortem: Checkout is failing" in bot.fake.uploaded_text()
+    assert not publication(bot, incident_id).pending
+
+
+def test_two_sweepers_at_once_publish_a_pending_postmortem_once(bot: Bot) -> None:
+    bot.command("start Checkout is failing")
+    close_without_publishing(bot)
+    later = Clock(bot.clock() + incidents.PUBLICATION_LEASE)
+    workers = [fresh_services(bot, later), fresh_services(bot, later)]
+
+    tried = at_once(2, lambda n: publish.publish_pending(workers[n]))
+
+    assert sorted(tried) == [0, 1]
+    assert completed_uploads(bot) == [CHANNEL]
+    assert len(bot.fake.calls_to("chat.postMessage")) == 1
+
+
+def test_a_postmortem_slack_never_takes_is_given_up_after_its_attempts(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot.fake.fail("files.getUploadURLExternal", Fault(error="internal_error", times=1000))
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+
+    sweeps = 0
+    while publication(bot, incident_id_of(bot)).pending:
+        bot.clock.advance(seconds=incidents.PUBLICATION_RETRY_LONGEST.total_seconds())
+        publish.publish_pending(bot.services)
+        sweeps += 1
+        assert sweeps < incidents.PUBLICATION_ATTEMPTS
+
+    given_up = publication(bot, incident_id_of(bot))
+    assert given_up.attempts == incidents.PUBLICATION_ATTEMPTS
+    tries = bot.fake.calls_to("files.getUploadURLExternal")
+    assert len(tries) == incidents.PUBLICATION_ATTEMPTS
+    assert any(
+        "gave up publishing the postmortem of INC-1" in r.getMessage()
+        and "export INC-1" in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "ERROR"
+    )
+    bot.clock.advance(hours=24)
+    assert publish.publish_pending(bot.services) == 0

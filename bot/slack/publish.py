@@ -361,7 +361,9 @@ def publish_pending(services: Services, *, limit: int = SWEEP_BATCH) -> int:
                     return tried
                 found, incident = claimed.publication, claimed.incident
                 reference, team_id = incident.reference, incident.team_id
-                channel_id, attempts, claim = found.channel_id, found.attempts, found.claim
+                # Where the close was typed; nowhere for a deleted private channel's.
+                channel_id = incident.posts_in(found.channel_id)
+                attempts, claim = found.attempts, found.claim
                 enterprise_id, org_wide = found.enterprise_id, found.is_enterprise_install
                 incident_id, given_up = found.incident_id, claimed.given_up
                 session.commit()

@@ -11,6 +11,7 @@ from bot.models import Incident, Publication
 from bot.services import Services, build_services
 from bot.slack import publish
 from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, at_once
+from tests.slack.test_channels import delete
 
 OTHER_CHANNEL = "C0OTHER001"
 
@@ -241,3 +242,19 @@ def test_a_postmortem_slack_never_takes_is_given_up_after_its_attempts(
     )
     bot.clock.advance(hours=24)
     assert publish.publish_pending(bot.services) == 0
+
+
+def test_a_deleted_private_channels_postmortem_left_pending_is_posted_nowhere(bot: Bot) -> None:
+    # Closed by name from another channel, as the closing worker dies: the sweeper keeps the
+    # close's promise that a deleted private channel's timeline is shown to no one elsewhere.
+    bot.command("start Payroll export leaks")
+    bot.command("note 9:10 AM - secret detail")
+    assert delete(bot, CHANNEL, private=True).status == 200
+    incident_id = close_without_publishing(bot, channel=OTHER_CHANNEL)
+
+    later = Clock(bot.clock() + incidents.PUBLICATION_LEASE)
+    assert publish.publish_pending(fresh_services(bot, later)) == 1
+
+    assert bot.fake.calls_to("chat.postMessage") == []
+    assert completed_uploads(bot) == []
+    assert not publication(bot, incident_id).pending

@@ -217,7 +217,7 @@ def build_context(session: Session, *, incident: Incident, now: datetime) -> Pos
         channel_id=incident.channel_id,
         status="ongoing" if ongoing else "resolved",
         timezone=incident.timezone,
-        date=_long_date(local_start.date()),
+        date=_days(min(days), max(days)),
         window=Window(
             phrase=_window_phrase(local_start, local_end, zone_name, spans_days, ongoing),
             start=_clock(local_start, zone_name, with_date=spans_days, with_year=spans_years),
@@ -437,6 +437,17 @@ def _clock(local: datetime, zone_name: str, *, with_date: bool, with_year: bool)
 
 def _long_date(day: date) -> str:
     return f"{day:%A} {day.day} {day:%B %Y}"
+
+
+def _days(first: date, last: date) -> str:
+    """`Friday 20 November 2026`, or the span: `Friday 20 – Monday 23 November 2026`."""
+    if first == last:
+        return _long_date(first)
+    if first.year != last.year:
+        return f"{_long_date(first)} – {_long_date(last)}"
+    if first.month != last.month:
+        return f"{first:%A} {first.day} {first:%B} – {_long_date(last)}"
+    return f"{first:%A} {first.day} – {_long_date(last)}"
 
 
 def _window_phrase(

@@ -1279,3 +1279,68 @@ def test_slack_markup_reaches_both_postmortems_as_the_person_saw_it(bot: Bot) ->
     for text in sent:
         assert "<!" not in text
         assert not re.search(r"(?<!\u200b)@(channel|here|everyone)\b", text), text
+
+
+# --- incidents told through signed commands ---------------------------------------------
+
+
+def closed_postmortems(bot: Bot) -> Rendered:
+    """The Markdown the close uploaded, and the HTML of the same incident, as rendered."""
+    bot.wait()
+    markdown = bot.fake.uploaded_text()
+    with bot.services.sessions() as session:
+        [incident] = session.scalars(select(Incident)).all()
+        context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
+    html = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
+    return Rendered(context=context, markdown=markdown, html=html)
+
+
+def header(rendered: Rendered) -> tuple[str, str]:
+    """The line under the title, in Markdown and in HTML, without its bold."""
+    md_line = rendered.md[1]
+    html_line = rendered.page.blocks[2]
+    assert md_line.kind == "p" and html_line.kind == "p"
+    return re.sub(r"<strong(_open|_close)?>", "", md_line.text), html_line.text.replace(
+        "<strong>", ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("close_at", "date", "duration"),
+    [
+        # Friday 11:50 PM to Saturday 12:10 AM in Nairobi.
+        (
+            datetime(2026, 11, 20, 21, 10, tzinfo=UTC),
+            "Friday 20 – Saturday 21 November 2026",
+            "20 minutes",
+        ),
+        (
+            datetime(2026, 11, 22, 23, 50, tzinfo=UTC),
+            "Friday 20 – Monday 23 November 2026",
+            "2 days 3 hours",
+        ),
+        # Into the next month, and into the next year.
+        (
+            datetime(2026, 12, 1, 1, 0, tzinfo=UTC),
+            "Friday 20 November – Tuesday 1 December 2026",
+            "10 days 4 hours 10 minutes",
+        ),
+        (
+            datetime(2027, 1, 1, 0, 0, tzinfo=UTC),
+            "Friday 20 November 2026 – Friday 1 January 2027",
+            "41 days 3 hours 10 minutes",
+        ),
+    ],
+)
+def test_the_header_gives_every_day_an_incident_spans(
+    bot: Bot, close_at: datetime, date: str, duration: str
+) -> None:
+    bot.clock.now = datetime(2026, 11, 20, 20, 50, tzinfo=UTC)  # Friday 11:50 PM EAT
+    bot.command("start Night outage")
+    bot.clock.now = close_at
+    assert "is closed" in bot.command("close Recovered").text
+
+    rendered = closed_postmortems(bot)
+
+    expected = f"INC-1 · {date} · {duration} · resolved"
+    assert header(rendered) == (expected, expected)

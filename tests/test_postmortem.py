@@ -828,7 +828,20 @@ def test_typed_text_is_escaped_in_html(stories: Stories, typed: str) -> None:
     page = rendered.page
     text = html_text
 
-    our_tags = {"html", "head", "meta", "title", "body", "h1", "h2", "p", "strong", "ul", "li"}
+    our_tags = {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "p",
+        "strong",
+        "ul",
+        "li",
+    }
     assert set(page.tags) <= our_tags | {"br", "footer"}
     # Headings hold the title on one line, so its line breaks are only layout there.
     assert page.blocks[0] == Block("title", f"Postmortem: {_flat(typed)}")
@@ -1262,7 +1275,20 @@ def test_slack_markup_reaches_both_postmortems_as_the_person_saw_it(bot: Bot) ->
         context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
     html = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
     page = html_blocks(html)
-    our_tags = {"html", "head", "meta", "title", "body", "h1", "h2", "p", "strong", "ul", "li"}
+    our_tags = {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "p",
+        "strong",
+        "ul",
+        "li",
+    }
     assert set(page.tags) <= our_tags | {"br", "footer", "a"}
     html_timeline = [b.text for b in sections(page.blocks)["Timeline:"] if b.kind == "li"]
     assert html_timeline[: len(seen)] == [f"9:00 AM - {html_text(typed)}" for typed in seen]
@@ -1344,3 +1370,78 @@ def test_the_header_gives_every_day_an_incident_spans(
 
     expected = f"INC-1 · {date} · {duration} · resolved"
     assert header(rendered) == (expected, expected)
+
+
+class _Nesting(HTMLParser):
+    """Every element of a page, checking that each is closed where it was opened."""
+
+    VOID = frozenset({"br", "meta", "link", "img", "hr", "input", "base", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.elements: list[tuple[str, tuple[str, ...], dict[str, str | None]]] = []
+        self.declarations: list[str] = []
+        self.styles: list[str] = []
+        self.first_thing: str | None = None
+
+    def handle_decl(self, decl: str) -> None:
+        self.first_thing = self.first_thing or f"<!{decl}>"
+        self.declarations.append(decl)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.first_thing = self.first_thing or f"<{tag}>"
+        self.elements.append((tag, tuple(self.open), dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes {self.open}"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self.open and self.open[-1] == "style":
+            self.styles.append(data)
+        elif data.strip():
+            self.first_thing = self.first_thing or data
+
+
+def test_the_html_is_a_complete_page_that_needs_nothing_else(bot: Bot) -> None:
+    # A long link pasted into a note: one word of 3,000 characters.
+    long_link = "https://grafana.example/d/x?" + "a=1&" * 750
+    bot.command("start <b>Checkout</b> & payments")
+    bot.command(f"note {long_link}")
+    bot.clock.advance(minutes=5)
+    bot.command("close")
+    rendered = closed_postmortems(bot)
+
+    page = _Nesting()
+    page.feed(rendered.html)
+    page.close()
+    assert page.first_thing == "<!DOCTYPE html>"
+    assert page.open == []
+    elements = {tag: (parents, attrs) for tag, parents, attrs in page.elements}
+    assert elements["html"] == ((), {"lang": "en"})
+    # The charset first in <head> (within its first 1024 bytes), a title, and a width for
+    # phones: what a browser needs to show a file opened from disk.
+    assert page.elements[1] == ("head", ("html",), {})
+    assert page.elements[2] == ("meta", ("html", "head"), {"charset": "utf-8"})
+    assert rendered.html.index('<meta charset="utf-8">') < 1024
+    assert elements["title"][0] == ("html", "head")
+    assert [b.text for b in rendered.page.blocks if b.kind == "title"] == [
+        "Postmortem: <b>Checkout</b> & payments"
+    ]
+    assert ("meta", ("html", "head"), {"name": "viewport", "content": "width=device-width"}) in (
+        page.elements
+    )
+    # Nothing is fetched: no scripts, images, frames or stylesheets from elsewhere.
+    fetched = {"script", "img", "link", "iframe", "object", "embed", "video", "audio", "source"}
+    assert not fetched & {tag for tag, _, _ in page.elements}
+    assert all("src" not in attrs for _, _, attrs in page.elements)
+    style = "".join(page.styles)
+    assert "url(" not in style and "@import" not in style
+    # Its own style keeps lines readable and wraps a word wider than the page.
+    assert re.search(r"body\s*\{[^}]*max-width:", style), style
+    assert re.search(r"overflow-wrap:\s*anywhere", style), style
+    # The long word is there, whole.
+    assert html_text(long_link) in rendered.html_timeline()[0]

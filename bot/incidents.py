@@ -1003,6 +1003,9 @@ def reopen_incident(
     # Two reopens at once (PostgreSQL): the second waits for the first, then finds it open.
     if is_open_locked(session, incident=incident):
         raise IncidentError(f"{incident.reference} is open already; there is nothing to reopen.")
+    # The close is undone, not forgotten: the timeline keeps when it was (a close without a
+    # text left no entry, and closed_at is cleared), so the postmortem shows both closes.
+    closed_at, closed_by = incident.closed_at, incident.closed_by
     try:
         with session.begin_nested():
             incident.status = IncidentStatus.OPEN.value
@@ -1024,6 +1027,15 @@ def reopen_incident(
             changed_at=now,
         )
     )
+    if closed_at is not None:
+        add_event(
+            session,
+            incident=incident,
+            text="Closed",
+            user_id=closed_by or user_id,
+            at=closed_at,
+            now=now,
+        )
     add_event(
         session, incident=incident, text=f"Reopened: {reason}", user_id=user_id, at=now, now=now
     )

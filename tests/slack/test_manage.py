@@ -732,10 +732,12 @@ def test_reopen_keeps_the_reason_on_the_timeline_and_closes_again(bot: Bot) -> N
     reply = bot.command("reopen errors are back")
     assert reply.in_channel and "INC-1" in reply.text
     assert incident(bot).status == "open" and incident(bot).closed_at is None
-    assert [text for _, text, _ in live(bot)] == ["Reopened: errors are back"]
+    # The first close stays on the timeline: closed_at is cleared, and it had no text.
+    assert [text for _, text, _ in live(bot)] == ["Closed", "Reopened: errors are back"]
     bot.command("close")
     bot.wait()
-    assert "Reopened: errors are back" in bot.fake.uploaded_text()
+    uploaded = bot.fake.uploaded_text()
+    assert uploaded.index("- Closed") < uploaded.index("Reopened: errors are back"), uploaded
     with bot.services.sessions() as session:
         statuses = session.scalars(select(FieldChange.value).where(FieldChange.field == "status"))
         assert list(statuses) == ["reopened"]

@@ -195,10 +195,10 @@ class Services:
 
     def stop(self, grace: float) -> None:
         """At shutdown: start no more periodic jobs, give the follow-ups `grace` seconds
-        (FollowUps.finish), then close the
-        database's connections. On SQLite the last one closed moves what the write-ahead log
-        holds into the database file; left open to the process's end, the log kept it beside
-        the file, and a backup that copies the file alone (README) had none of it."""
+        (FollowUps.finish), then close the database's connections. On SQLite the last one
+        closed moves what the write-ahead log holds into the database file; left open to the
+        process's end, the log kept it beside the file, and a backup that copies the file
+        alone (README) had none of it."""
         for job in self.periodic:
             job.stop()
         self.followups.finish(grace)

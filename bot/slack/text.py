@@ -43,9 +43,17 @@ def decode(
     name Slack shows for a user id, or else the id is kept. So for channels (`<#C123>`),
     whose names `channel_names` holds (`unnamed_channels` lists the ids to look up).
     """
-    return _unescape(
-        _MARKUP.sub(lambda match: _visible_form(match, name_of, channel_names or {}), text)
-    )
+    # Only what Slack escaped is unescaped: the text around the markup and the markup's own
+    # targets and labels. A name looked up (users.info, conversations.info) is not escaped,
+    # so a display name "a &lt; b" stays as it is.
+    pieces: list[str] = []
+    end = 0
+    for match in _MARKUP.finditer(text):
+        pieces.append(_unescape(text[end : match.start()]))
+        pieces.append(_visible_form(match, name_of, channel_names or {}))
+        end = match.end()
+    pieces.append(_unescape(text[end:]))
+    return "".join(pieces)
 
 
 def unnamed_channels(text: str) -> list[str]:
@@ -58,8 +66,7 @@ def _visible_form(
     name_of: Callable[[str], str | None] | None,
     channel_names: Mapping[str, str],
 ) -> str:
-    inner = match.group(1)
-    target, _, label = inner.partition("|")
+    target, _, label = (_unescape(part) for part in match.group(1).partition("|"))
     if target.startswith("@"):
         if label:
             return f"@{label}"

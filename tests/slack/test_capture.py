@@ -107,6 +107,24 @@ def test_people_mentioned_in_a_pinned_message_are_kept_by_the_name_slack_showed(
     assert "* 9:00 AM - u0alice001: @Bob is rolling back;" in bot.fake.uploaded_text()
 
 
+def test_a_name_slack_gives_is_kept_as_it_is_while_what_was_typed_is_unescaped(
+    bot: Bot,
+) -> None:
+    """users.info gives names as they are (no `&lt;`); only the message's own text comes
+    escaped. A display name "R&amp;D &lt;ops&gt;" (typed so, literally) was stored as
+    "R&D <ops>"."""
+    bot.fake.names[BOB] = "R&amp;D &lt;ops&gt;"
+    bot.command("start Outage")
+    text = "&lt;b&gt; <@U0BOB00001> &amp;amp; <https://x.example/?a=1&amp;b=2|a &amp; b>"
+    ts = bot.fake.post(CHANNEL, text, user=ALICE, ts=PIN_TS)
+
+    reaction(bot, ts)
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == "<b> @R&amp;D &lt;ops&gt; &amp; a & b (https://x.example/?a=1&b=2)"
+
+
 def test_pinning_twice_and_slack_retries_make_one_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "the one message", user=ALICE, ts=PIN_TS)

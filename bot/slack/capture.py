@@ -8,7 +8,7 @@ holds one entry per message). Events from channels without an open incident are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -26,7 +26,7 @@ from bot.models import Incident
 from bot.services import Services
 from bot.slack import replies
 from bot.slack import text as slack_text
-from bot.slack.commands import NOT_HERE, in_conversation, request_id
+from bot.slack.commands import NOT_HERE, in_conversation, names_in, request_id
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, team_of, with_session
 from bot.slack.publish import NOT_A_MEMBER, TOKEN_REFUSED, confirm_capture, explained, tell
 
@@ -88,13 +88,16 @@ def to_message(
     *,
     channel: str,
     client: WebClient,
-    author_name: Callable[[str], str | None],
-    channel_names: Callable[[list[str]], Mapping[str, str]],
+    names_in: Callable[[str, list[str]], slack_text.Names],
 ) -> timeline.Message:
     """What the timeline keeps of a Slack message: decoded text, author, link and files.
-    `author_name` names a user id, `channel_names` the channel ids it can (`<#C123>`)."""
+    `names_in(text, people)` gives the names Slack shows for `people` and for those `text`
+    mentions without their names (`<@U123>`, `<#C123>`)."""
     ts = str(raw["ts"])
     author = str(raw.get("user") or raw.get("bot_id") or raw.get("username") or "")
+    is_person = author.startswith(("U", "W"))
+    text = message_text(raw)
+    names = names_in(text, [author] if is_person else [])
     permalink: str | None = None
     try:
         permalink = client.chat_getPermalink(channel=channel, message_ts=ts).get("permalink")
@@ -108,17 +111,12 @@ def to_message(
         for f in raw.get("files") or []
         if isinstance(f, dict)
     ]
-    text = message_text(raw)
     return timeline.Message(
         channel_id=channel,
         ts=ts,
         author_id=author,
-        author_name=author_name(author) if author.startswith(("U", "W")) else _bot_name(raw),
-        text=slack_text.decode(
-            text,
-            name_of=author_name,
-            channel_names=channel_names(slack_text.unnamed_channels(text)),
-        ),
+        author_name=names.people.get(author, f"@{author}") if is_person else _bot_name(raw),
+        text=slack_text.decode(text, names=names),
         occurred_at=slack_time(ts),
         permalink=permalink if _is_web_link(permalink) else None,
         files=files,
@@ -195,11 +193,10 @@ def end_lookup(session: Session) -> None:
 def register(app: App, services: Services) -> None:
     pin = services.settings.timeline_emoji
 
-    def names(team_id: str, token: str | None) -> Callable[[str], str | None]:
-        return lambda user: services.people.name_for(team_id=team_id, user_id=user, token=token)
-
-    def channel_names(team_id: str, token: str | None) -> Callable[[list[str]], Mapping[str, str]]:
-        return lambda ids: services.channels.names(team_id=team_id, channel_ids=ids, token=token)
+    def names(team_id: str, token: str | None) -> Callable[[str, list[str]], slack_text.Names]:
+        return lambda text, people: names_in(
+            services, team_id=team_id, token=token, text=text, people=people
+        )
 
     def react(token: str | None, channel: str, ts: str, *, add: bool) -> Callable[[], None]:
         return lambda: confirm_capture(services, token, channel, ts, add=add)
@@ -250,8 +247,7 @@ def register(app: App, services: Services) -> None:
             raw,
             channel=channel,
             client=client,
-            author_name=names(team_id, context.bot_token),
-            channel_names=channel_names(team_id, context.bot_token),
+            names_in=names(team_id, context.bot_token),
         )
         event_id = request_id(body, "event_id")
         if event_id is not None:
@@ -359,8 +355,7 @@ def register(app: App, services: Services) -> None:
             raw,
             channel=channel,
             client=client,
-            author_name=names(team_id, context.bot_token),
-            channel_names=channel_names(team_id, context.bot_token),
+            names_in=names(team_id, context.bot_token),
         )
         try:
             timeline.refresh_message(
@@ -415,8 +410,7 @@ def register(app: App, services: Services) -> None:
                     raw,
                     channel=channel,
                     client=client,
-                    author_name=names(team_id, context.bot_token),
-                    channel_names=channel_names(team_id, context.bot_token),
+                    names_in=names(team_id, context.bot_token),
                 )
                 trigger_id = request_id(body)
                 if trigger_id is not None:

@@ -7,110 +7,64 @@ sometimes as `<#C0123ABCD|>`): the id alone, which no one reading a postmortem k
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.slack.middleware import patience
-from bot.slack.people import FAILED_TTL_S, FOUND_TTL_S, LOOKUP_TIMEOUT_S, retry_after
+from bot.slack.lookups import LOOKUP_TIMEOUT_S, MAX_LOOKUPS, Asked, Lookups
+from bot.slack.people import FAILED_TTL_S, FOUND_TTL_S, retry_after
 
 log = logging.getLogger(__name__)
-
-# Channels looked up for one text: the others keep their ids. conversations.info is in
-# Slack's Tier 3 (about 50 calls a minute), and a text naming dozens of channels must not
-# use it all up.
-MAX_LOOKUPS = 5
 
 
 class ChannelDirectory:
     """A cache of (workspace, channel) -> name, filled by `conversations.info` in the
-    background. All the lookups of one text wait together, at most `timeout`, and no longer
-    than the request being answered can spare; one that answers later fills the cache.
-    A channel Slack does not name (`channel_not_found`, `missing_scope`, a rate limit, no
-    answer) is left out, and its mention keeps its id."""
+    background. All the lookups of one text wait together (`Asked.wait`), at most a second,
+    and no longer than the request being answered can spare; one that answers later fills
+    the cache. A channel Slack does not name (`channel_not_found`, `missing_scope`, a rate
+    limit, no answer) is left out, and its mention keeps its id."""
 
-    def __init__(
-        self,
-        *,
-        api_url: str,
-        timeout: float = LOOKUP_TIMEOUT_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, *, api_url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._api_url = api_url
-        self._timeout = timeout
-        self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[str | None, float]] = {}
-        self._pending: dict[tuple[str, str], Future[str | None]] = {}
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(
-            max_workers=MAX_LOOKUPS, thread_name_prefix="conversations-info"
+        self._lookups: Lookups[str | None] = Lookups(
+            self._lookup, threads=MAX_LOOKUPS, name="conversations-info", clock=clock
         )
 
-    def names(
+    def ask(
         self, *, team_id: str, channel_ids: Iterable[str], token: str | None
-    ) -> dict[str, str]:
-        """The names Slack gives these channels (without `#`), of those it tells in time."""
-        found: dict[str, str] = {}
-        waiting: dict[str, Future[str | None]] = {}
-        with self._lock:
-            for channel_id in dict.fromkeys(channel_ids):
-                key = (team_id, channel_id)
-                cached = self._cache.get(key)
-                if cached is not None and cached[1] > self._clock():
-                    if cached[0]:
-                        found[channel_id] = cached[0]
-                    continue
-                if len(waiting) >= MAX_LOOKUPS:
-                    continue
-                future = self._pending.get(key)
-                if future is None:
-                    future = self._executor.submit(self._lookup, key, token)
-                    self._pending[key] = future
-                waiting[channel_id] = future
-        if not waiting:
-            return found
-        # Other calls to Slack may have used the request's time already; what follows (the
-        # commit, the answer) still needs its share. The lookups run at once: one wait.
-        until = time.monotonic() + patience(self._timeout)
-        for channel_id, future in waiting.items():
-            try:
-                name = future.result(timeout=max(0.0, until - time.monotonic()))
-            except FutureTimeout:
-                log.warning("conversations.info for %s took too long; keeping its id", channel_id)
-                continue
-            if name:
-                found[channel_id] = name
-        return found
+    ) -> Asked[str | None]:
+        """Ask Slack for these channels' names (a few at most), None for those it does not
+        give; `Asked.wait` gives the answers."""
+        return self._lookups.ask(team_id=team_id, ids=channel_ids, token=token)
 
-    def _lookup(self, key: tuple[str, str], token: str | None) -> str | None:
+    def _lookup(self, channel_id: str, token: str | None) -> tuple[str | None, float]:
         name: str | None = None
         failed_for = FAILED_TTL_S
         try:
             client = WebClient(
                 token=token,
                 base_url=self._api_url,
-                timeout=int(self._timeout * 3) or 1,
-                # The text waits `timeout` at most; a retry that answers after it still
+                timeout=int(LOOKUP_TIMEOUT_S * 3),
+                # The text waits a second at most; a retry that answers after it still
                 # fills the cache for the next text that names the channel.
                 retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
             )
-            channel = client.conversations_info(channel=key[1]).get("channel") or {}
+            channel = client.conversations_info(channel=channel_id).get("channel") or {}
             candidate = channel.get("name") if isinstance(channel, dict) else None
             # A direct message has no name (`user` instead): its mention keeps the id.
             if isinstance(candidate, str) and candidate.strip():
                 name = candidate.strip()
         except SlackApiError as error:
-            log.warning("conversations.info failed for %s: %s; keeping its id", key[1], error)
+            log.warning("conversations.info failed for %s: %s; keeping its id", channel_id, error)
             failed_for = retry_after(error)
         except Exception as error:  # any other failure (network, timeout) keeps the id
-            log.warning("conversations.info failed for %s: %s; keeping its id", key[1], error)
-        with self._lock:
-            self._cache[key] = (name, self._clock() + (FOUND_TTL_S if name else failed_for))
-            self._pending.pop(key, None)
-        return name
+            log.warning("conversations.info failed for %s: %s; keeping its id", channel_id, error)
+        return name, FOUND_TTL_S if name else failed_for
+
+
+def names(channels: dict[str, str | None]) -> dict[str, str]:
+    """The names among `channels`' answers (without `#`), by channel id."""
+    return {channel_id: name for channel_id, name in channels.items() if name}

@@ -27,10 +27,12 @@ from bot import bidi, db, incidents, notes, timeline, timeparse
 from bot.config import Settings
 from bot.models import REQUEST_ID_LENGTH, DeletedChannel, Field, Incident, incident_reference
 from bot.services import Services
-from bot.slack import channels, publish, replies
+from bot.slack import channels, lookups, publish, replies
 from bot.slack import text as slack_text
+from bot.slack.channel_names import names as channel_names
 from bot.slack.middleware import COMMAND_DEADLINE_S, rollback_quietly, time_left, with_session
 from bot.slack.people import SLACKBOT, Person
+from bot.slack.people import names as people_names
 from bot.slack.replies import Reply
 
 log = logging.getLogger(__name__)
@@ -828,15 +830,11 @@ def _run(
         problem = f"`/incident {subcommand.name}` needs some text: {subcommand.usage}"
         return Outcome(help_reply(settings, problem), result="missing_text")
     call = build_call(rest)
-    # Looked up before the command's transaction begins, as people are (_look_up_people).
-    channel_names = call.services.channels.names(
-        team_id=call.team_id, channel_ids=slack_text.unnamed_channels(rest), token=call.token
-    )
-    call = replace(call, text=slack_text.decode(rest, channel_names=channel_names), raw=rest)
+    names = _look_up(subcommand, call, rest)
+    call = replace(call, text=slack_text.decode(rest, names=names), raw=rest)
     if len(call.text) > incidents.MAX_TEXT_LENGTH + PREFIX_ROOM:
         refusal = replies.refusal(str(incidents.TextTooLongError(len(call.text))))
         return Outcome(refusal, result="refused")
-    _look_up_people(subcommand, call)
     channel_id = call.channel_id  # where the incident the command is about is open
     if subcommand.name == "close":
         number, rest = named_incident(call.text)
@@ -937,19 +935,61 @@ _READ_A_TIME = frozenset({"start", "close", "edit", "detected", "mitigated"})
 _NAME_A_PERSON = frozenset({"commander", "role"})
 
 
-def _look_up_people(subcommand: Subcommand, call: Call) -> None:
-    """Ask Slack about the caller (for their zone) and a person the command names before the
-    command's transaction begins: Slack may take up to a second, and meanwhile the request's
-    record (on SQLite, the process's write lock) and the incident's row lock would be held.
-    The answers are cached, so the handler's own lookups then cost nothing."""
-    people, team_id, token = call.services.people, call.team_id, call.token
+def _look_up(subcommand: Subcommand, call: Call, rest: str) -> slack_text.Names:
+    """Ask Slack, before the command's transaction begins, about the caller (for their zone),
+    a person the command names, and the people and channels its text mentions without their
+    names: Slack may take up to a second, and meanwhile the request's record (on SQLite, the
+    process's write lock) and the incident's row lock would be held. The answers are cached,
+    so the handler's own lookups then cost nothing. The names Slack gave in time."""
+    writer: list[str] = []
     if subcommand.name == "start" or (
-        subcommand.name in _READ_A_TIME and any(c.isdigit() for c in call.text)
+        subcommand.name in _READ_A_TIME and any(c.isdigit() for c in rest)
     ):
-        people.person(team_id=team_id, user_id=call.user_id, token=token)
+        writer = [call.user_id]
+    named: list[str] = []
     if subcommand.name in _NAME_A_PERSON:
-        for user_id in re.findall(r"<@([UW][A-Z0-9]+)[|>]", call.raw):
-            people.person(team_id=team_id, user_id=user_id, token=token)
+        named = re.findall(r"<@([UW][A-Z0-9]+)[|>]", rest)
+    return names_in(
+        call.services,
+        team_id=call.team_id,
+        token=call.token,
+        text=rest,
+        people=writer,
+        also=named,
+        people_in_text=False,
+    )
+
+
+def names_in(
+    services: Services,
+    *,
+    team_id: str,
+    token: str | None,
+    text: str,
+    people: Sequence[str] = (),
+    also: Sequence[str] = (),
+    people_in_text: bool = True,
+) -> slack_text.Names:
+    """Ask Slack about `people`, and about a few of `also` and of the people and channels
+    `text` mentions without their names, all at once and in one wait (no more than the
+    request can spare): the names Slack gave in time. With nothing to ask (the usual note),
+    no thread and no lock."""
+    unnamed = slack_text.unnamed(text)
+    if not people_in_text:
+        unnamed = slack_text.Unnamed(people=[], channels=unnamed.channels)
+    if not (people or also or unnamed.people or unnamed.channels):
+        return slack_text.Names()
+    directory = services.people
+    asked_people = directory.ask(team_id=team_id, user_ids=people, token=token)
+    mentioned = directory.ask(team_id=team_id, user_ids=[*also, *unnamed.people], token=token)
+    asked_channels = services.channels.ask(
+        team_id=team_id, channel_ids=unnamed.channels, token=token
+    )
+    by = lookups.until()
+    found = {**asked_people.wait(by), **mentioned.wait(by)}
+    return slack_text.Names(
+        people=people_names(found), channels=channel_names(asked_channels.wait(by))
+    )
 
 
 # In a direct or group message: there is no incident here, and none can be started.

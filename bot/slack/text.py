@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot import bidi
@@ -12,8 +13,11 @@ from bot import bidi
 _MARKUP = re.compile(r"<([^<>]*)>")
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
 _ZERO_WIDTH_SPACE = "\u200b"
-# A channel mention without its name: <#C0123ABCD>, or <#C0123ABCD|> in a command's text.
-_UNNAMED_CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)\|?>")
+# A mention without its name: <@U0123ABCD> or <#C0123ABCD>, or with an empty one (<#C0123ABCD|>)
+# in a command's text.
+_UNNAMED = re.compile(r"<([@#])([UWCG][A-Z0-9]+)\|?>")
+_USER_ID = re.compile(r"[UW][A-Z0-9]+")
+_CHANNEL_ID = re.compile(r"[CG][A-Z0-9]+")
 # What Slack reads as one piece of markup: an entity, or a link or mention (<@U1>,
 # <#C1|general>, <https://x|label>). Cut inside one, its pieces would show as typed.
 _PIECE = re.compile(r"&(?:amp|lt|gt);|<[^<>]*>")
@@ -29,20 +33,32 @@ _BACKTICK = str.maketrans("`", "\u02cb")
 _QUOTE = re.compile(r"^([^\S\n]*)&gt;", re.MULTILINE)
 
 
-def decode(
-    text: str,
-    *,
-    name_of: Callable[[str], str | None] | None = None,
-    channel_names: Mapping[str, str] | None = None,
-) -> str:
+@dataclass(frozen=True)
+class Names:
+    """Names Slack gave for ids a text mentions without them, by id (no `@` or `#`)."""
+
+    people: Mapping[str, str] = field(default_factory=dict)
+    channels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unnamed:
+    """The ids a text mentions without their names, in order, once each."""
+
+    people: list[str]
+    channels: list[str]
+
+
+def decode(text: str, *, names: Names | None = None) -> str:
     """Turn Slack's escaped command text into what the person typed.
 
     Mentions become their visible form (`@ann`, `#general`, `@here`), links their URL or
     label, and the three escaped characters (`&amp;`, `&lt;`, `&gt;`) themselves. A message's
-    text names no one (`<@U123>`, where a command's has `<@U123|ann>`): `name_of` gives the
-    name Slack shows for a user id, or else the id is kept. So for channels (`<#C123>`),
-    whose names `channel_names` holds (`unnamed_channels` lists the ids to look up).
+    text names no one (`<@U123>`, where a command's has `<@U123|ann>`), nor some channels
+    (`<#C123>`): `names` gives those Slack shows (`unnamed` lists the ids to look up); the
+    others keep their ids.
     """
+    named = names or Names()
     # Only what Slack escaped is unescaped: the text around the markup and the markup's own
     # targets and labels. A name looked up (users.info, conversations.info) is not escaped,
     # so a display name "a &lt; b" stays as it is.
@@ -50,31 +66,32 @@ def decode(
     end = 0
     for match in _MARKUP.finditer(text):
         pieces.append(_unescape(text[end : match.start()]))
-        pieces.append(_visible_form(match, name_of, channel_names or {}))
+        pieces.append(_visible_form(match, named))
         end = match.end()
     pieces.append(_unescape(text[end:]))
     return "".join(pieces)
 
 
-def unnamed_channels(text: str) -> list[str]:
-    """The ids of the channels `text` mentions without their names, in order, once each."""
-    return list(dict.fromkeys(_UNNAMED_CHANNEL.findall(text)))
+def unnamed(text: str) -> Unnamed:
+    """The people and channels `text` mentions without their names, to look up."""
+    people: dict[str, None] = {}
+    channels: dict[str, None] = {}
+    if "<" in text:  # the usual note mentions no one: no more than this scan
+        for kind, found in _UNNAMED.findall(text):
+            if kind == "@" and _USER_ID.fullmatch(found):
+                people[found] = None
+            elif kind == "#" and _CHANNEL_ID.fullmatch(found):
+                channels[found] = None
+    return Unnamed(people=list(people), channels=list(channels))
 
 
-def _visible_form(
-    match: re.Match[str],
-    name_of: Callable[[str], str | None] | None,
-    channel_names: Mapping[str, str],
-) -> str:
+def _visible_form(match: re.Match[str], names: Names) -> str:
     target, _, label = (_unescape(part) for part in match.group(1).partition("|"))
     if target.startswith("@"):
-        if label:
-            return f"@{label}"
-        user_id = target[1:]
-        name = name_of(user_id) if name_of and re.fullmatch(r"[UW][A-Z0-9]+", user_id) else None
+        name = label or names.people.get(target[1:])
         return f"@{name.removeprefix('@')}" if name else target
     if target.startswith("#"):
-        name = label or channel_names.get(target[1:])
+        name = label or names.channels.get(target[1:])
         return f"#{name.removeprefix('#')}" if name else target
     if target.startswith("!"):
         keyword, *details = target[1:].split("^")

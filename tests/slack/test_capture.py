@@ -125,6 +125,50 @@ def test_a_name_slack_gives_is_kept_as_it_is_while_what_was_typed_is_unescaped(
     assert entry.text == "<b> @R&amp;D &lt;ops&gt; &amp; a & b (https://x.example/?a=1&b=2)"
 
 
+def test_a_message_naming_many_people_looks_up_a_few(bot: Bot) -> None:
+    """users.info is in Slack's Tier 4: a message naming 30 people made 30 lookups, one
+    after the other, each waited for up to a second."""
+    mentioned = [f"U0MANY000{n}" for n in range(8)]
+    for n, user_id in enumerate(mentioned):
+        bot.fake.users[user_id] = "UTC"
+        bot.fake.names[user_id] = f"person-{n}"
+    bot.command("start Outage")
+    ts = bot.fake.post(CHANNEL, " ".join(f"<@{u}>" for u in mentioned), user=ALICE, ts=PIN_TS)
+
+    reaction(bot, ts)
+    bot.wait()
+
+    [entry] = entries(bot)
+    named = " ".join(f"@person-{n}" for n in range(5))
+    assert entry.text == f"{named} @U0MANY0005 @U0MANY0006 @U0MANY0007"
+    asked = [call.params["user"] for call in bot.fake.calls_to("users.info")]
+    assert sorted(user for user in asked if user in mentioned) == mentioned[:5]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(status=429, error="ratelimited", retry_after=30, times=2),
+        Fault(status=500, error="fatal_error", times=2),
+        Fault(delay=2.5),  # longer than a lookup may wait
+    ],
+    ids=["ratelimited", "server_error", "timeout"],
+)
+def test_a_person_slack_does_not_name_keeps_the_id_and_the_pin_is_kept(
+    bot: Bot, fault: Fault
+) -> None:
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+    bot.fake.fail("users.info", fault)
+    ts = bot.fake.post(CHANNEL, "<@U0BOB00001> is rolling back", user=ALICE, ts=PIN_TS)
+
+    assert reaction(bot, ts).status == 200
+    bot.wait()
+
+    [entry] = entries(bot)
+    assert entry.text == "@U0BOB00001 is rolling back"
+
+
 def test_pinning_twice_and_slack_retries_make_one_entry(bot: Bot) -> None:
     bot.command("start Outage")
     ts = bot.fake.post(CHANNEL, "the one message", user=ALICE, ts=PIN_TS)

@@ -66,11 +66,8 @@ def test_decode_handles_several_pieces_of_markup_in_one_text() -> None:
 def test_decode_keeps_names_looked_up_as_slack_gave_them() -> None:
     """Names from users.info and conversations.info are not escaped: only the text is."""
     arrived = "&lt;b&gt; <@U0ANN00001> in <#C0WARROOM1> &amp;amp;"
-    decoded = slack_text.decode(
-        arrived,
-        name_of={"U0ANN00001": "a &lt; b"}.get,
-        channel_names={"C0WARROOM1": "r&amp;d"},
-    )
+    names = slack_text.Names(people={"U0ANN00001": "a &lt; b"}, channels={"C0WARROOM1": "r&amp;d"})
+    decoded = slack_text.decode(arrived, names=names)
     assert decoded == "<b> @a &lt; b in #r&amp;d &amp;"
 
 

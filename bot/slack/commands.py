@@ -950,13 +950,7 @@ def _look_up(subcommand: Subcommand, call: Call, rest: str) -> slack_text.Names:
     if subcommand.name in _NAME_A_PERSON:
         named = re.findall(r"<@([UW][A-Z0-9]+)[|>]", rest)
     return names_in(
-        call.services,
-        team_id=call.team_id,
-        token=call.token,
-        text=rest,
-        people=writer,
-        also=named,
-        people_in_text=False,
+        call.services, team_id=call.team_id, token=call.token, text=rest, people=writer, also=named
     )
 
 
@@ -968,15 +962,12 @@ def names_in(
     text: str,
     people: Sequence[str] = (),
     also: Sequence[str] = (),
-    people_in_text: bool = True,
 ) -> slack_text.Names:
     """Ask Slack about `people`, and about a few of `also` and of the people and channels
     `text` mentions without their names, all at once and in one wait (no more than the
     request can spare): the names Slack gave in time. With nothing to ask (the usual note),
     no thread and no lock."""
     unnamed = slack_text.unnamed(text)
-    if not people_in_text:
-        unnamed = slack_text.Unnamed(people=[], channels=unnamed.channels)
     if not (people or also or unnamed.people or unnamed.channels):
         return slack_text.Names()
     directory = services.people

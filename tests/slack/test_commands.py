@@ -786,6 +786,40 @@ def test_a_channel_a_command_mentions_without_its_name_is_stored_by_its_name(bot
     assert "#war-room" in reply.visible
 
 
+def test_a_person_a_command_mentions_without_their_name_is_stored_by_their_name(
+    bot: Bot,
+) -> None:
+    """Slack escapes a person in a command's text as `<@U0123ABCD|bob>`, but some clients
+    and its newer formats send `<@U0123ABCD>` alone: notes, causes and actions kept
+    "@U0BOB00001" where the person had typed "@Bob"."""
+    bot.fake.names[BOB] = "Bob"
+    bot.command("start Outage")
+
+    reply = bot.command("note paged <@U0BOB00001> and <@U0GONE0001>", escaped=True)
+    bot.command("cause <@U0BOB00001|>'s deploy", escaped=True)
+    bot.command("action <@U0BOB00001> adds an alert", escaped=True)
+
+    [entry] = stored_entries(bot)
+    # Slack does not know U0GONE0001 (user_not_found): its id is all there is to show.
+    assert entry.text == "paged @Bob and @U0GONE0001"
+    assert "@Bob" in reply.visible
+    assert the_incident(bot).cause == "@Bob's deploy"
+    with bot.services.sessions() as session:
+        assert list(session.scalars(select(Action.text))) == ["@Bob adds an alert"]
+    asked = [call.params["user"] for call in bot.fake.calls_to("users.info")]
+    assert asked.count(BOB) == 1  # cached
+
+
+def test_a_note_that_mentions_no_one_asks_slack_nothing(bot: Bot) -> None:
+    """The busiest path: a note without mentions does not wait on Slack."""
+    bot.command("start Outage")
+    asked = len(bot.fake.calls)
+
+    bot.command("note db primary failed over &amp; replica lag 3s", escaped=True)
+
+    assert [call.method for call in bot.fake.calls[asked:]] == []
+
+
 def test_template_syntax_in_text_is_just_text(bot: Bot) -> None:
     bot.command("start {{ 7*7 }} {% if true %}boom{% endif %}")
     bot.command("note {{ config }}")

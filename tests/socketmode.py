@@ -136,8 +136,11 @@ class SocketModeServer:
                     (length,) = struct.unpack("!Q", stream.read(8))
                 mask = stream.read(4) if head[1] & 0x80 else b"\0\0\0\0"
                 data = bytes(b ^ mask[i % 4] for i, b in enumerate(stream.read(length)))
-                if opcode == _PING:
-                    self._send(_PONG, data)
+                if opcode == _PING:  # answered on its own connection, even one dropped since
+                    try:
+                        self._send(_PONG, data, on=link)
+                    except OSError:  # the client has closed it meanwhile
+                        return
                 elif opcode == _CLOSE:
                     return
                 elif opcode == _TEXT:
@@ -148,15 +151,18 @@ class SocketModeServer:
         except (OSError, ValueError):
             return
 
-    def _send(self, opcode: int, data: bytes) -> None:
+    def _send(self, opcode: int, data: bytes, *, on: socket.socket | None = None) -> None:
+        """Send a frame on `on`, or on the connection now current."""
         if len(data) < 126:
             head = struct.pack("!BB", 0x80 | opcode, len(data))
         elif len(data) < 1 << 16:
             head = struct.pack("!BBH", 0x80 | opcode, 126, len(data))
         else:
             head = struct.pack("!BBQ", 0x80 | opcode, 127, len(data))
-        with self._lock:
-            link = self._link
+        link = on
+        if link is None:
+            with self._lock:
+                link = self._link
         assert link is not None, "no client is connected"
         with self._sending:
             link.sendall(head + data)

@@ -281,6 +281,17 @@ def handle_action(call: Call, incident: Incident | None) -> Outcome:
     return Outcome(replies.action_added(incident, text=action.text, count=count))
 
 
+_NO_TIME_SEPARATOR = re.compile(r"^-(?:\s+|$)")
+
+
+def _without_empty_when(text: str) -> str:
+    """`- text` → `text`: the optional `<when> -` of `close` and `edit`, typed with no time in
+    it. That dash is not the text's: text that starts with one comes after a time
+    (`close 2:46 AM - - x`), and `-5%` keeps its dash. `note` keeps it: a note may be a list
+    item (`note - restarted db-2`), and its reply shows the text as stored."""
+    return _NO_TIME_SEPARATOR.sub("", text, count=1)
+
+
 def _time_only(text: str) -> bool:
     """A time with no separator after it. `1:10 AM -` already has one (Slack trimmed its
     last space), and a second would make the `-` the text."""
@@ -289,7 +300,7 @@ def _time_only(text: str) -> bool:
 
 def handle_close(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
-    text = call.text
+    text = _without_empty_when(call.text)  # `close - fixed`
     if text and _time_only(text):  # `/incident close 2:46 AM` with no text after it
         text = text + timeparse.SEPARATOR
     leading = timeparse.split_leading_time(text, zone=call.zone(), now=call.now) if text else None
@@ -381,15 +392,10 @@ def _entry_number(text: str) -> tuple[int, str]:
     return int(digits), rest.strip()
 
 
-_NO_TIME_SEPARATOR = re.compile(r"^-(?:\s+|$)")
-
-
 def handle_edit(call: Call, incident: Incident | None) -> Outcome:
     assert incident is not None
     number, rest = _entry_number(call.text)
-    # `edit 3 - new text`: the optional `<when> -` with no time in it. The separator is not
-    # the text's (text that starts with a dash comes after a time: `edit 3 1:10 AM - - x`).
-    rest = _NO_TIME_SEPARATOR.sub("", rest, count=1)
+    rest = _without_empty_when(rest)  # `edit 3 - new text`
     if rest and _time_only(rest):  # `edit 3 1:10 AM`: a new time only
         rest = rest + timeparse.SEPARATOR
     head, separator, _ = timeparse.partition(rest)

@@ -217,6 +217,16 @@ def test_note_with_a_time_is_read_in_the_writers_own_zone(bot: Bot) -> None:
     ]
 
 
+def test_a_note_that_starts_with_a_dash_keeps_it_and_shows_it(bot: Bot) -> None:
+    # Unlike `close - x` and `edit 1 - x`: a note may be a list item, pasted as typed.
+    bot.command("start Outage")
+
+    reply = bot.command("note - restarted db-2")
+
+    assert "- restarted db-2" in reply.text
+    assert [entry.text for entry in stored_entries(bot)] == ["- restarted db-2"]
+
+
 @pytest.mark.parametrize("zone", ["America", "Not/A_Zone", "../etc"])
 def test_a_zone_slack_gives_that_is_no_zone_still_keeps_the_persons_name(
     bot: Bot, zone: str
@@ -400,6 +410,29 @@ def test_close_with_only_a_time(bot: Bot) -> None:
     incident = the_incident(bot)
     assert incident.closed_at == datetime(2026, 11, 20, 5, 30, tzinfo=UTC)
     assert count(bot, TimelineEntry) == 0
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("close - fixed", ["fixed"]),
+        ("close -  fixed", ["fixed"]),
+        ("close -", []),
+        ("close INC-1 - fixed", ["fixed"]),
+        ("close 8:30 AM - - a dash the text starts with", ["- a dash the text starts with"]),
+        ("close -5% errors left", ["-5% errors left"]),
+    ],
+)
+def test_a_close_with_no_time_before_the_separator_keeps_the_separator_out_of_the_text(
+    bot: Bot, typed: str, stored: list[str]
+) -> None:
+    bot.command("start 8:00 AM - Outage")
+
+    reply = bot.command(typed)
+    bot.wait()
+
+    assert the_incident(bot).status == "closed", reply.text
+    assert [entry.text for entry in stored_entries(bot)] == stored
 
 
 def test_close_before_the_start_is_refused_and_nothing_changes(bot: Bot) -> None:

@@ -188,8 +188,10 @@ def start_incident(
     timezone: str,
     now: datetime,
 ) -> Incident:
-    """Open an incident in a channel; refuse if one is open there already."""
+    """Open an incident in a channel; refuse if one is open there already, or if it would
+    start more than `START_AGO_LIMIT` ago."""
     title = check_text(title, what="title")
+    check_start_time(started_at, zone=ZoneInfo(timezone), now=now)
     existing = find_open_incident(session, team_id=team_id, channel_id=channel_id)
     if existing is not None:
         raise IncidentAlreadyOpenError(existing)
@@ -401,7 +403,7 @@ BEFORE_START_LIMIT = timedelta(days=7)
 
 def check_typed_time(incident: Incident, at: datetime) -> None:
     """Refuse a time typed for an entry, a mark or a close more than `BEFORE_START_LIMIT`
-    before the incident's start (`start` itself may be given any past time)."""
+    before the incident's start (`start` has its own limit: `check_start_time`)."""
     if at >= incident.started_at - BEFORE_START_LIMIT:
         return
     zone = ZoneInfo(incident.timezone)
@@ -410,6 +412,24 @@ def check_typed_time(incident: Incident, at: datetime) -> None:
         "is more than 7 days before that, which is more likely a slip (the year?) than meant. "
         "Give the time again; if it is right, write it into the text of an entry stamped now "
         "(`/incident note <text>`)."
+    )
+
+
+# An incident is often recorded after the fact (the weekend's, on Monday), seldom a month
+# later: a start further back than this is more likely a slip (2016 for 2026, 10 for 11) than
+# meant, and its impact window would stretch to match.
+START_AGO_LIMIT = timedelta(days=30)
+
+
+def check_start_time(started_at: datetime, *, zone: ZoneInfo, now: datetime) -> None:
+    """Refuse a start more than `START_AGO_LIMIT` before `now`, showing the time as read."""
+    if started_at >= now - START_AGO_LIMIT:
+        return
+    read = _local(started_at, zone)
+    raise IncidentError(
+        f"{read} is more than 30 days ago, which is more likely a slip (the year?) than "
+        "meant. Give the time again; if it is right, start the incident now and write when "
+        f"it began into its title (`/incident start <title> (began {read})`)."
     )
 
 

@@ -1295,6 +1295,29 @@ def test_a_typed_time_more_than_a_week_before_the_start_is_refused(bot: Bot, typ
     assert incident(bot).status == "open" and incident(bot).detected_at is None
 
 
+@pytest.mark.parametrize(
+    ("typed", "read"),
+    [
+        ("start 2016-11-22 10:00 - Checkout down", "2016-11-22 10:00 EAT"),
+        ("start Oct 21 2026 8:59 AM - Checkout down", "2026-10-21 08:59 EAT"),
+    ],
+)
+def test_a_start_typed_more_than_30_days_ago_is_refused(bot: Bot, typed: str, read: str) -> None:
+    reply = bot.command(typed)
+
+    assert f"{read} is more than 30 days ago" in reply.text, reply.text
+    assert f"`/incident start &lt;title&gt; (began {read})`" in reply.text  # Slack shows <title>
+    assert reply.text.endswith("Nothing was recorded.") and not reply.in_channel
+    assert incident(bot) is None
+
+
+def test_a_start_typed_within_30_days_ago_is_recorded_after_the_fact(bot: Bot) -> None:
+    reply = bot.command("start Oct 21 2026 9:00 AM - Checkout down")
+
+    assert "INC-1" in reply.text, reply.text
+    assert incident(bot).started_at == datetime(2026, 10, 21, 6, 0, tzinfo=UTC)
+
+
 def test_a_typed_time_within_a_week_before_the_start_widens_the_window(bot: Bot) -> None:
     bot.command("start 7:00 AM - Outage")
 

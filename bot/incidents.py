@@ -572,12 +572,23 @@ def get_incident(session: Session, *, team_id: str | None, number: int) -> Incid
 
 
 def record_postmortem(
-    session: Session, *, incident: Incident, markdown: str, now: datetime
+    session: Session, *, publication: Publication, markdown: str, now: datetime
 ) -> Postmortem:
-    """Keep the postmortem as it was rendered at close."""
-    postmortem = Postmortem(incident_id=incident.id, rendered_at=now, markdown=markdown)
-    session.add(postmortem)
-    return postmortem
+    """Keep the postmortem as this attempt at publishing it rendered it: in the row an
+    earlier attempt after the same close stored, replaced, or in a new one."""
+    kept = (
+        session.get(Postmortem, publication.postmortem_id)
+        if publication.postmortem_id is not None
+        else None
+    )
+    if kept is None:
+        kept = Postmortem(incident_id=publication.incident_id, rendered_at=now, markdown=markdown)
+        session.add(kept)
+        session.flush()
+        publication.postmortem_id = kept.id
+    else:
+        kept.rendered_at, kept.markdown = now, markdown
+    return kept
 
 
 # --- publication of the postmortem ----------------------------------------------------------
@@ -617,6 +628,7 @@ def _publication_pending(
     found.claimed_until = now + PUBLICATION_LEASE
     found.attempts = 1
     found.summary_posted = False
+    found.postmortem_id = None  # this close's postmortem is kept in a row of its own
     return found
 
 

@@ -284,6 +284,9 @@ class Publication(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     # The summary is in the channel: a later attempt uploads the file alone.
     summary_posted: Mapped[bool] = mapped_column(default=False)
+    # The postmortems row this close's attempts keep, each replacing it with what it sends:
+    # one row per close, however many attempts it takes (none yet: the first adds it).
+    postmortem_id: Mapped[int | None] = mapped_column(default=None)
 
 
 # slack_sdk's OAuth stores (multi-workspace installs) keep their own tables; declaring them on

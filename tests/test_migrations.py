@@ -31,7 +31,7 @@ from tests.conftest import (
     _postgres_engine,
 )
 
-HEAD = ("0010",)  # the latest migration in bot/migrations/versions
+HEAD = ("0011",)  # the latest migration in bot/migrations/versions
 HEAD_REVISION = HEAD[0]
 
 

@@ -314,6 +314,22 @@ TABLES: dict[str, list[dict[str, Any]]] = {
             "markdown": "# Postmortem: Checkout is down\n\n* 10:10 AM - Errors at checkout\n",
         }
     ],
+    # As a bot at 0010 left a postmortem it published (0010 itself records one published for
+    # each incident closed before it: expected_after_upgrade).
+    "publications": [
+        {
+            "since": "0010",
+            "incident_id": 1,
+            "pending": False,
+            "channel_id": CHANNEL,
+            "enterprise_id": None,
+            "is_enterprise_install": False,
+            "claim": None,
+            "claimed_until": None,
+            "attempts": 1,
+            "summary_posted": True,
+        }
+    ],
     "handled_requests": [
         {
             "request_id": "1795150000.trigger.severity",
@@ -470,6 +486,20 @@ def expected_after_upgrade(filled: Filled) -> dict[str, list[dict[str, Any]]]:
             if name == "incidents" and "last_entry_number" not in had:
                 full["last_entry_number"] = sum(1 for e in entries if e["incident_id"] == had["id"])
             expected[name].append(full)
+        if name == "publications" and name not in filled.given:  # made by 0010: published
+            expected[name] = [
+                {
+                    **{c.name: None for c in head_table(name).columns},
+                    "incident_id": incident["id"],
+                    "pending": False,
+                    "channel_id": incident["channel_id"],
+                    "is_enterprise_install": False,
+                    "attempts": 0,
+                    "summary_posted": True,
+                }
+                for incident in filled.given["incidents"]
+                if incident["status"] == "closed"
+            ]
         keys = [column.name for column in head_table(name).primary_key.columns]
         expected[name].sort(key=lambda row: [row[key] for key in keys])
     return expected

@@ -173,7 +173,7 @@ def _publish(
                 markdown = None
             if markdown is not None:
                 incidents.record_postmortem(
-                    session, incident=incident, markdown=markdown, now=services.clock()
+                    session, publication=held, markdown=markdown, now=services.clock()
                 )
             session.commit()
             title = incident.title

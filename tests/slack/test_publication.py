@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from bot import incidents
 from bot.demo import Fault
-from bot.models import Incident, Publication
+from bot.models import Incident, Postmortem, Publication
 from bot.services import Services, build_services
 from bot.slack import publish
 from tests.conftest import ALICE, CHANNEL, TOKEN, Bot, Clock, at_once
@@ -258,3 +258,31 @@ def test_a_deleted_private_channels_postmortem_left_pending_is_posted_nowhere(bo
     assert bot.fake.calls_to("chat.postMessage") == []
     assert completed_uploads(bot) == []
     assert not publication(bot, incident_id).pending
+
+
+def stored_postmortems(bot: Bot) -> list[str]:
+    with bot.services.sessions() as session:
+        return list(session.scalars(select(Postmortem.markdown).order_by(Postmortem.id)))
+
+
+def test_a_retried_postmortem_is_kept_once_per_close_as_last_sent(bot: Bot) -> None:
+    bot.fake.fail("files.getUploadURLExternal", Fault(error="internal_error", times=3))
+    bot.command("start Checkout is failing")
+    bot.command("close fixed")
+    bot.wait()
+    bot.clock.advance(minutes=1)
+    assert publish.publish_pending(bot.services) == 1  # 3 attempts, 1 upload
+    bot.clock.advance(minutes=2)
+    assert publish.publish_pending(bot.services) == 1
+    bot.clock.advance(minutes=4)
+    assert publish.publish_pending(bot.services) == 1
+
+    assert not publication(bot, incident_id_of(bot)).pending
+    assert stored_postmortems(bot) == [bot.fake.uploaded_text()]
+
+    # A reopen and a second close keep the first close's copy and add the second's.
+    bot.command("reopen not fixed after all")
+    bot.command("close fixed for real")
+    bot.wait()
+    first, second = stored_postmortems(bot)
+    assert "fixed for real" not in first and "fixed for real" in second

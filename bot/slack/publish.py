@@ -93,12 +93,27 @@ def publish_postmortem(
         response_url=response_url,
         claim=claim,
     )
-    _finish(services, incident_id=incident_id, reference=reference, claim=claim, attempt=attempt)
+    _finish(
+        services,
+        incident_id=incident_id,
+        reference=reference,
+        claim=claim,
+        attempt=attempt,
+        channel_id=channel_id,
+        token=token,
+    )
     return attempt
 
 
 def _finish(
-    services: Services, *, incident_id: int, reference: str, claim: str, attempt: Attempt
+    services: Services,
+    *,
+    incident_id: int,
+    reference: str,
+    claim: str,
+    attempt: Attempt,
+    channel_id: str | None,
+    token: str | None,
 ) -> None:
     if attempt is Attempt.LOST:
         log.info("the postmortem of %s is no longer this attempt's to publish", reference)
@@ -128,13 +143,38 @@ def _finish(
             retry_at.isoformat() if retry_at else "once its claim lapses",
         )
     elif failed:
-        log.error(
-            "gave up publishing the postmortem of %s after %d attempts; "
-            "`incident-bot export %s` prints it",
-            reference,
-            attempts,
-            reference,
+        give_up(
+            services, reference=reference, attempts=attempts, channel_id=channel_id, token=token
         )
+
+
+def give_up(
+    services: Services, *, reference: str, attempts: int, channel_id: str | None, token: str | None
+) -> None:
+    """Say in the log, and in the channel where the close was typed (told at the close that
+    it would be tried again) when the token still speaks there, that a postmortem is given up."""
+    log.error(
+        "gave up publishing the postmortem of %s after %d attempts; "
+        "`incident-bot export %s` prints it",
+        reference,
+        attempts,
+        reference,
+    )
+    if channel_id is None or token is None:  # posted nowhere (Incident.posts_in), or no token
+        return
+    told = replies.refusal(
+        f"I gave up posting the postmortem of {reference} after {attempts} attempts (the "
+        f"bot's log says why). `incident-bot export {reference}` prints it."
+    )
+    try:
+        web_client(services.settings, token).chat_postMessage(
+            channel=channel_id,
+            text=told.text,
+            blocks=[block.to_dict() for block in told.blocks],
+            unfurl_links=False,
+        )
+    except UNREACHABLE as error:  # the log has said it
+        log.warning("could not say in %s that %s was given up: %s", channel_id, reference, error)
 
 
 def _publish(
@@ -370,13 +410,16 @@ def publish_pending(services: Services, *, limit: int = SWEEP_BATCH) -> int:
         except SQLAlchemyError:
             log.warning("could not look for pending postmortems", exc_info=True)
             return tried
+        token = workspace_token(
+            services, team_id=team_id, enterprise_id=enterprise_id, is_enterprise_install=org_wide
+        )
         if given_up:
-            log.error(
-                "gave up publishing the postmortem of %s after %d attempts; "
-                "`incident-bot export %s` prints it",
-                reference,
-                attempts,
-                reference,
+            give_up(
+                services,
+                reference=reference,
+                attempts=attempts,
+                channel_id=channel_id,
+                token=token,
             )
             continue
         assert claim is not None  # claim_publication gave it one
@@ -387,9 +430,6 @@ def publish_pending(services: Services, *, limit: int = SWEEP_BATCH) -> int:
             attempts,
             incidents.PUBLICATION_ATTEMPTS,
         )
-        token = workspace_token(
-            services, team_id=team_id, enterprise_id=enterprise_id, is_enterprise_install=org_wide
-        )
         if token is None:
             log.warning("no bot token for workspace %s to publish %s with", team_id, reference)
             _finish(
@@ -398,6 +438,8 @@ def publish_pending(services: Services, *, limit: int = SWEEP_BATCH) -> int:
                 reference=reference,
                 claim=claim,
                 attempt=Attempt.RETRY,
+                channel_id=channel_id,
+                token=None,
             )
             continue
         publish_postmortem(

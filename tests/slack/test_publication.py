@@ -240,8 +240,31 @@ def test_a_postmortem_slack_never_takes_is_given_up_after_its_attempts(
         for r in caplog.records
         if r.levelname == "ERROR"
     )
+    # Told "I will try again" at the close, the channel is told it will not be.
+    said = [c.params["text"] for c in bot.fake.calls_to("chat.postMessage")]
+    assert len(said) == 2 and "INC-1" in said[0], said  # the summary, then this
+    assert "gave up posting the postmortem of INC-1 after 8 attempts" in said[1]
+    assert "`incident-bot export INC-1` prints it" in said[1]
     bot.clock.advance(hours=24)
     assert publish.publish_pending(bot.services) == 0
+    assert len(bot.fake.calls_to("chat.postMessage")) == 2
+
+
+def test_a_postmortem_whose_last_attempt_died_is_given_up_in_the_channel(bot: Bot) -> None:
+    bot.command("start Checkout is failing")
+    incident_id = close_without_publishing(bot, channel=OTHER_CHANNEL)
+    with bot.services.sessions() as session:  # as after 8 attempts, the last one's worker dead
+        session.get_one(Publication, incident_id).attempts = incidents.PUBLICATION_ATTEMPTS
+        session.commit()
+
+    later = Clock(bot.clock() + incidents.PUBLICATION_LEASE)
+    assert publish.publish_pending(fresh_services(bot, later)) == 0
+
+    assert completed_uploads(bot) == []
+    [told] = bot.fake.calls_to("chat.postMessage")
+    assert told.params["channel"] == OTHER_CHANNEL and told.token == TOKEN
+    assert "gave up posting the postmortem of INC-1" in told.params["text"]
+    assert not publication(bot, incident_id).pending
 
 
 def test_a_deleted_private_channels_postmortem_left_pending_is_posted_nowhere(bot: Bot) -> None:

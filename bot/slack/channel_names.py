@@ -10,11 +10,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.slack.lookups import LOOKUP_TIMEOUT_S, MAX_LOOKUPS, Asked, Lookups
+from bot.slack.lookups import MAX_LOOKUPS, Asked, Lookups
+from bot.slack.lookups import client as lookup_client
 from bot.slack.people import FAILED_TTL_S, FOUND_TTL_S, retry_after
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,7 @@ class ChannelDirectory:
         name: str | None = None
         failed_for = FAILED_TTL_S
         try:
-            client = WebClient(
-                token=token,
-                base_url=self._api_url,
-                timeout=int(LOOKUP_TIMEOUT_S * 3),
-                # The text waits a second at most; a retry that answers after it still
-                # fills the cache for the next text that names the channel.
-                retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
-            )
+            client = lookup_client(api_url=self._api_url, token=token)
             channel = client.conversations_info(channel=channel_id).get("channel") or {}
             candidate = channel.get("name") if isinstance(channel, dict) else None
             # A direct message has no name (`user` instead): its mention keeps the id.

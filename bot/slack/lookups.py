@@ -16,6 +16,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
 from bot.slack.middleware import patience
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,17 @@ LOOKUP_TIMEOUT_S = 1.0
 # Slack's Tier 4 (about 100 calls a minute), conversations.info in Tier 3 (about 50), and a
 # text naming dozens must neither use them up nor wait on each.
 MAX_LOOKUPS = 5
+
+
+def client(*, api_url: str, token: str | None) -> WebClient:
+    """A Web API client for one lookup. The request waits LOOKUP_TIMEOUT_S at most; an
+    answer after it, a rate limit's retry included, still fills the cache for the next."""
+    return WebClient(
+        token=token,
+        base_url=api_url,
+        timeout=int(LOOKUP_TIMEOUT_S * 3),
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
+    )
 
 
 def until(most: float = LOOKUP_TIMEOUT_S) -> float:

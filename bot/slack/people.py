@@ -8,11 +8,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.slack.lookups import LOOKUP_TIMEOUT_S, MAX_LOOKUPS, Asked, Lookups, until
+from bot.slack.lookups import MAX_LOOKUPS, Asked, Lookups, until
+from bot.slack.lookups import client as lookup_client
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,7 @@ class UserDirectory:
         person = UNKNOWN
         failed_for = FAILED_TTL_S
         try:
-            client = WebClient(
-                token=token,
-                base_url=self._api_url,
-                timeout=int(LOOKUP_TIMEOUT_S * 3),
-                # The command waits a second at most; a retry that answers after it still
-                # fills the cache for the person's next command.
-                retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
-            )
+            client = lookup_client(api_url=self._api_url, token=token)
             user = client.users_info(user=user_id).get("user") or {}
             person = Person(
                 zone=_zone(user.get("tz")),

@@ -822,27 +822,19 @@ def test_typed_text_is_shown_as_typed_in_markdown(stories: Stories, typed: str) 
     assert "49" not in rendered.markdown
 
 
+# The tags the default HTML template writes itself (links and line breaks aside).
+OUR_TAGS = frozenset(
+    {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "strong", "ul", "li"}
+)
+
+
 @pytest.mark.parametrize("typed", TYPED)
 def test_typed_text_is_escaped_in_html(stories: Stories, typed: str) -> None:
     rendered = _story_with_everywhere(stories, typed)
     page = rendered.page
     text = html_text
 
-    our_tags = {
-        "html",
-        "head",
-        "meta",
-        "title",
-        "style",
-        "body",
-        "h1",
-        "h2",
-        "p",
-        "strong",
-        "ul",
-        "li",
-    }
-    assert set(page.tags) <= our_tags | {"br", "footer"}
+    assert set(page.tags) <= OUR_TAGS | {"br", "footer"}
     # Headings hold the title on one line, so its line breaks are only layout there.
     assert page.blocks[0] == Block("title", f"Postmortem: {_flat(typed)}")
     assert page.blocks[1] == Block("h1", f"Postmortem : {_flat(typed)}")
@@ -1275,21 +1267,7 @@ def test_slack_markup_reaches_both_postmortems_as_the_person_saw_it(bot: Bot) ->
         context = postmortem.build_context(session, incident=incident, now=bot.clock.now)
     html = postmortem.render(bot.services.templates, context, postmortem.Format.HTML)
     page = html_blocks(html)
-    our_tags = {
-        "html",
-        "head",
-        "meta",
-        "title",
-        "style",
-        "body",
-        "h1",
-        "h2",
-        "p",
-        "strong",
-        "ul",
-        "li",
-    }
-    assert set(page.tags) <= our_tags | {"br", "footer", "a"}
+    assert set(page.tags) <= OUR_TAGS | {"br", "footer", "a"}
     html_timeline = [b.text for b in sections(page.blocks)["Timeline:"] if b.kind == "li"]
     assert html_timeline[: len(seen)] == [f"9:00 AM - {html_text(typed)}" for typed in seen]
     # The only link is the bot's own: the pinned message's permalink.

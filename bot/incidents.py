@@ -648,7 +648,14 @@ def hold_publication(
 ) -> Publication | None:
     """The publication, its claim renewed for `PUBLICATION_LEASE`, if `claim` still holds it
     and it is pending; None if it is no longer this claim's to publish (reopened, taken over,
-    done)."""
+    done).
+
+    The incident's row is taken first (shared: FOR KEY SHARE, which the postmortem's foreign
+    key takes anyway), then the publication's: the order in which a close or a reopen takes
+    them. In the other order a reopen during a publication deadlocked (PostgreSQL)."""
+    session.execute(
+        select(Incident.id).where(Incident.id == incident_id).with_for_update(key_share=True)
+    )
     found = session.scalars(
         select(Publication)
         .where(Publication.incident_id == incident_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import select
 
@@ -309,3 +311,36 @@ def test_a_retried_postmortem_is_kept_once_per_close_as_last_sent(bot: Bot) -> N
     bot.wait()
     first, second = stored_postmortems(bot)
     assert "fixed for real" not in first and "fixed for real" in second
+
+
+def test_a_reopen_while_the_postmortem_is_being_kept_waits_for_it_rather_than_deadlock(
+    bot: Bot,
+) -> None:
+    # The close's follow-up holds the publication, then stores the postmortem (whose foreign
+    # key shares the incident's row); a reopen locks the incident's row, then the
+    # publication. Taken in opposite orders, PostgreSQL broke the tie by failing one: the
+    # reopen was answered "the database did not answer".
+    if bot.services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: no two locks to take in turn")
+    bot.command("start Checkout is failing")
+    incident_id = close_without_publishing(bot)
+    claim = publication(bot, incident_id).claim
+    assert claim is not None
+    publishing = bot.services.sessions()
+    held = incidents.hold_publication(
+        publishing, incident_id=incident_id, claim=claim, now=bot.clock()
+    )
+    assert held is not None
+    answers: list[str] = []
+    reopening = threading.Thread(target=lambda: answers.append(bot.command("reopen not over").text))
+    reopening.start()
+    reopening.join(timeout=0.5)  # it waits for a lock the follow-up holds
+
+    incidents.record_postmortem(publishing, publication=held, markdown="# kept", now=bot.clock())
+    publishing.commit()
+    publishing.close()
+    reopening.join(timeout=30)
+
+    assert not reopening.is_alive()
+    assert answers and "INC-1 reopened" in answers[0], answers
+    assert not publication(bot, incident_id).pending
